@@ -1,0 +1,320 @@
+//! The decision itself: scale up for pending pods or high usage, otherwise maybe scale down.
+
+use super::{
+    Action, Decision, Lifecycle, Memory, Observation, PolicyConfig, Reading, binpack, victim,
+};
+use std::collections::HashSet;
+
+/// Predicted usage after a consolidation must stay this many points under the scale-up
+/// thresholds, so removing a node does not trigger the next scale-up (flapping).
+const CONSOLIDATION_MARGIN: f64 = 10.0;
+
+/// Capacity still arriving, and instances to roll back, across all groups.
+struct Boot {
+    in_flight: u32,
+    rollback: Vec<String>,
+}
+
+fn booting(obs: &Observation, cfg: &PolicyConfig, now: i64) -> Boot {
+    let ready: HashSet<&str> = obs
+        .nodes
+        .iter()
+        .filter(|n| n.ready)
+        .filter_map(|n| n.instance_id.as_deref())
+        .collect();
+    let limit = cfg.max_node_provision_time.as_secs() as i64;
+    let mut boot = Boot {
+        in_flight: 0,
+        rollback: Vec::new(),
+    };
+    for g in &obs.groups {
+        let live: Vec<_> = g
+            .instances
+            .iter()
+            .filter(|i| matches!(i.lifecycle, Lifecycle::Launching | Lifecycle::InService))
+            .collect();
+        for i in &live {
+            if ready.contains(i.id.as_str()) {
+                continue;
+            }
+            if now - i.first_seen > limit {
+                boot.rollback.push(i.id.clone());
+            } else {
+                boot.in_flight += 1;
+            }
+        }
+        // Desired capacity the group has not launched yet is on its way too.
+        boot.in_flight += g.desired.saturating_sub(live.len() as u32);
+    }
+    boot
+}
+
+fn since(t: Option<i64>, now: i64) -> Option<i64> {
+    t.map(|t| now - t)
+}
+
+fn cooling(last: Option<i64>, window: std::time::Duration, now: i64) -> Option<i64> {
+    let left = window.as_secs() as i64 - since(last, now)?;
+    (left > 0).then_some(left)
+}
+
+/// Decides one step. Returns the decision and the memory to persist for the next one.
+pub fn decide(
+    obs: &Observation,
+    mem: &Memory,
+    cfg: &PolicyConfig,
+    now: i64,
+) -> (Decision, Memory) {
+    let mut next = mem.clone();
+    let mut reasons = Vec::new();
+    let boot = booting(obs, cfg, now);
+    if !boot.rollback.is_empty() {
+        reasons.push(format!(
+            "rollback: {} not Ready within {}s",
+            boot.rollback.join(", "),
+            cfg.max_node_provision_time.as_secs()
+        ));
+    }
+
+    next.high_cpu_checks = match obs.usage.cpu {
+        Reading::Value(v) if v > cfg.cpu_above => mem.high_cpu_checks + 1,
+        _ => 0,
+    };
+
+    let mut decision = Decision {
+        action: Action::None,
+        group: 0,
+        from: obs.groups.first().map_or(0, |g| g.desired),
+        to: obs.groups.first().map_or(0, |g| g.desired),
+        victim: None,
+        rollback: boot.rollback,
+        in_flight: boot.in_flight,
+        reasons,
+    };
+
+    let add = scale_up_count(obs, mem, &next, cfg, boot.in_flight, now, &mut decision.reasons);
+    if add > 0 {
+        match obs.groups.iter().position(|g| g.desired < g.max) {
+            Some(gi) => {
+                let g = &obs.groups[gi];
+                decision.action = Action::ScaleUp;
+                decision.group = gi;
+                decision.from = g.desired;
+                decision.to = (g.desired + add).min(g.max);
+                if g.desired + add > g.max {
+                    decision
+                        .reasons
+                        .push(format!("clamped to max {} of {}", g.max, g.asg_name));
+                }
+                next.last_scale_up = Some(now);
+                next.high_cpu_checks = 0;
+                next.low_since = None;
+            }
+            None => decision
+                .reasons
+                .push("every node group is at its maximum".to_string()),
+        }
+        return (decision, next);
+    }
+
+    scale_down(obs, &mut next, cfg, boot.in_flight, now, &mut decision);
+    (decision, next)
+}
+
+/// How many nodes to add (0 for none), with the reasons.
+fn scale_up_count(
+    obs: &Observation,
+    mem: &Memory,
+    next: &Memory,
+    cfg: &PolicyConfig,
+    in_flight: u32,
+    now: i64,
+    reasons: &mut Vec<String>,
+) -> u32 {
+    let up_cooldown = cooling(mem.last_scale_up, cfg.after_scale_up, now);
+    if cfg.pending_pods && !obs.pending.is_empty() {
+        let pending = obs.pending.len() as u32;
+        let step = if pending > 5 { 2 } else { 1 };
+        let mut wanted = step;
+        if cfg.pending_pods_binpack {
+            let node = obs
+                .groups
+                .iter()
+                .find(|g| g.desired < g.max)
+                .or(obs.groups.first())
+                .map(|g| g.node_allocatable)
+                .unwrap_or_default();
+            let requests: Vec<_> = obs.pending.iter().map(|p| p.requests).collect();
+            let (need, too_big) = binpack::nodes_needed(&requests, node);
+            if too_big > 0 {
+                reasons.push(format!(
+                    "{too_big} pending pods request more than one node offers; no scale-up helps them"
+                ));
+            }
+            if need == 0 {
+                return 0;
+            }
+            wanted = wanted.max(need);
+        }
+        if in_flight >= wanted {
+            reasons.push(format!(
+                "{pending} pending pods wait for {in_flight} nodes already booting"
+            ));
+            return 0;
+        }
+        if let Some(left) = up_cooldown.filter(|_| cfg.cooldown_applies_to_pending) {
+            reasons.push(format!("{pending} pending pods, but scale-up cooldown has {left}s left"));
+            return 0;
+        }
+        reasons.push(format!(
+            "{pending} pending pods need {wanted} nodes, {in_flight} already booting"
+        ));
+        return wanted - in_flight;
+    }
+
+    let mut why = Vec::new();
+    if next.high_cpu_checks >= cfg.cpu_checks {
+        why.push(format!(
+            "CPU above {}% for {} checks",
+            cfg.cpu_above, next.high_cpu_checks
+        ));
+    }
+    if let Some(m) = obs.usage.memory.value().filter(|m| *m > cfg.memory_above) {
+        why.push(format!("memory {m:.1}% above {}%", cfg.memory_above));
+    }
+    for c in &obs.usage.custom {
+        if let (Some(v), Some(t)) = (c.value.value(), c.scale_up_above)
+            && v > t
+        {
+            why.push(format!("{} {v} above {t}", c.name));
+        }
+    }
+    if why.is_empty() {
+        return 0;
+    }
+    if in_flight > 0 {
+        reasons.push(format!(
+            "{}; waiting for {in_flight} nodes already booting",
+            why.join("; ")
+        ));
+        return 0;
+    }
+    if let Some(left) = up_cooldown {
+        reasons.push(format!("{}; scale-up cooldown has {left}s left", why.join("; ")));
+        return 0;
+    }
+    reasons.extend(why);
+    1
+}
+
+fn scale_down(
+    obs: &Observation,
+    next: &mut Memory,
+    cfg: &PolicyConfig,
+    in_flight: u32,
+    now: i64,
+    d: &mut Decision,
+) {
+    let block = |next: &mut Memory, d: &mut Decision, why: String| {
+        next.low_since = None;
+        d.reasons.push(why);
+    };
+    if !obs.pending.is_empty() {
+        return block(next, d, format!("{} pods pending", obs.pending.len()));
+    }
+    if in_flight > 0 || !d.rollback.is_empty() {
+        return block(next, d, format!("{in_flight} nodes still booting"));
+    }
+    let (cpu, memory) = match (&obs.usage.cpu, &obs.usage.memory) {
+        (Reading::Value(c), Reading::Value(m)) => (*c, *m),
+        (c, m) => {
+            let missing: Vec<String> = [("cpu", c), ("memory", m)]
+                .into_iter()
+                .filter_map(|(n, r)| match r {
+                    Reading::Missing(why) => Some(format!("{n} signal missing ({why})")),
+                    Reading::Value(_) => None,
+                })
+                .collect();
+            return block(next, d, format!("no scale-down: {}", missing.join(", ")));
+        }
+    };
+    let mut custom_low = true;
+    for c in &obs.usage.custom {
+        match (&c.value, c.scale_down_below, c.scale_up_above) {
+            (Reading::Missing(why), Some(_), _) | (Reading::Missing(why), _, Some(_)) => {
+                return block(next, d, format!("no scale-down: {} missing ({why})", c.name));
+            }
+            (Reading::Value(v), below, above) => {
+                if below.is_some_and(|t| *v >= t) || above.is_some_and(|t| *v > t) {
+                    custom_low = false;
+                }
+            }
+            _ => {}
+        }
+    }
+    let usage_low = cpu < cfg.cpu_below && memory < cfg.memory_below && custom_low;
+
+    let candidate = match victim::choose(obs) {
+        Ok(c) => c,
+        Err(why) => return block(next, d, why),
+    };
+    let consolidates = cfg.consolidate && custom_low && {
+        let total = obs
+            .nodes
+            .iter()
+            .filter(|n| n.ready)
+            .fold(super::Resources::ZERO, |a, n| a.plus(n.allocatable));
+        let left = total.minus(candidate.allocatable);
+        let after = |usage: f64, t: f64, l: f64| if l > 0.0 { usage * t / l } else { f64::INFINITY };
+        after(cpu, total.cpu, left.cpu) < cfg.cpu_above - CONSOLIDATION_MARGIN
+            && after(memory, total.memory, left.memory) < cfg.memory_above - CONSOLIDATION_MARGIN
+    };
+    if !usage_low && !consolidates {
+        return block(
+            next,
+            d,
+            format!("usage too high to remove a node (CPU {cpu:.1}%, memory {memory:.1}%)"),
+        );
+    }
+    let low_since = *next.low_since.get_or_insert(now);
+    let held = now - low_since;
+    if held < cfg.sustained.as_secs() as i64 {
+        d.reasons.push(format!(
+            "{} can go; low for {held}s of {}s",
+            candidate.victim.node,
+            cfg.sustained.as_secs()
+        ));
+        return;
+    }
+    for (last, window, what) in [
+        (next.last_scale_up, cfg.after_scale_up, "scale-up"),
+        (next.last_scale_down, cfg.after_scale_down, "scale-down"),
+    ] {
+        if let Some(left) = cooling(last, window, now) {
+            d.reasons.push(format!(
+                "{} can go, but {what} cooldown has {left}s left",
+                candidate.victim.node
+            ));
+            return;
+        }
+    }
+    let g = &obs.groups[candidate.group];
+    d.action = super::Action::ScaleDown;
+    d.group = candidate.group;
+    d.from = g.desired;
+    d.to = g.desired - 1;
+    d.reasons.push(if usage_low {
+        format!(
+            "CPU {cpu:.1}% < {}% and memory {memory:.1}% < {}% for {held}s",
+            cfg.cpu_below, cfg.memory_below
+        )
+    } else {
+        format!("{}'s pods fit on the other nodes for {held}s", candidate.victim.node)
+    });
+    d.reasons.push(format!(
+        "removing least-utilised node {} ({})",
+        candidate.victim.node, candidate.victim.instance_id
+    ));
+    d.victim = Some(candidate.victim);
+    next.last_scale_down = Some(now);
+}

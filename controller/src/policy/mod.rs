@@ -1,0 +1,304 @@
+//! The scaling policy: a pure function from what the controller observed to what it should do.
+//!
+//! No I/O and no clock: `now` is an argument. The controller (`cycle`) and the digital twin
+//! (`simulator`) call exactly this code, so what the twin measures is what production does.
+
+pub mod binpack;
+mod decide;
+#[cfg(test)]
+mod tests;
+pub mod victim;
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+pub use decide::decide;
+
+/// CPU cores and memory in GiB.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu: f64,
+    pub memory: f64,
+}
+
+impl Resources {
+    pub const ZERO: Resources = Resources {
+        cpu: 0.0,
+        memory: 0.0,
+    };
+    /// Slack for float sums of many requests.
+    const EPS: f64 = 1e-9;
+
+    pub fn fits_in(self, free: Resources) -> bool {
+        self.cpu <= free.cpu + Self::EPS && self.memory <= free.memory + Self::EPS
+    }
+    pub fn plus(self, o: Resources) -> Resources {
+        Resources {
+            cpu: self.cpu + o.cpu,
+            memory: self.memory + o.memory,
+        }
+    }
+    pub fn minus(self, o: Resources) -> Resources {
+        Resources {
+            cpu: self.cpu - o.cpu,
+            memory: self.memory - o.memory,
+        }
+    }
+    pub fn max(self, o: Resources) -> Resources {
+        Resources {
+            cpu: self.cpu.max(o.cpu),
+            memory: self.memory.max(o.memory),
+        }
+    }
+    /// The larger of the CPU and memory fractions of `of` (0 when `of` is empty).
+    pub fn dominant_share(self, of: Resources) -> f64 {
+        let share = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        share(self.cpu, of.cpu).max(share(self.memory, of.memory))
+    }
+}
+
+/// One observed value, or why there is none. A missing value is a state of its own: it can
+/// block a scale-down, it never causes a scaling action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reading {
+    Value(f64),
+    Missing(String),
+}
+
+impl Reading {
+    /// Builds a reading, turning NaN and infinities into `Missing`.
+    pub fn from_f64(v: f64) -> Reading {
+        if v.is_finite() {
+            Reading::Value(v)
+        } else {
+            Reading::Missing(format!("value is {v}"))
+        }
+    }
+    pub fn value(&self) -> Option<f64> {
+        match self {
+            Reading::Value(v) => Some(*v),
+            Reading::Missing(_) => None,
+        }
+    }
+}
+
+/// A custom signal's reading with its thresholds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CustomReading {
+    pub name: String,
+    pub value: Reading,
+    pub scale_up_above: Option<f64>,
+    pub scale_down_below: Option<f64>,
+}
+
+/// Usage signals, cluster-wide, as Prometheus reports them (percentages 0–100).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub cpu: Reading,
+    pub memory: Reading,
+    pub custom: Vec<CustomReading>,
+}
+
+/// A pod, as far as scaling cares.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub requests: Resources,
+    /// Owned by a DaemonSet: it runs on every node and never moves.
+    pub daemonset: bool,
+    /// A static pod's mirror: it cannot be evicted.
+    pub mirror: bool,
+    /// Annotated `cluster-autoscaler.kubernetes.io/safe-to-evict: "false"`.
+    pub not_safe_to_evict: bool,
+}
+
+impl Pod {
+    /// Pods that would have to be rescheduled elsewhere if their node went away.
+    pub fn moves_with_drain(&self) -> bool {
+        !self.daemonset && !self.mirror
+    }
+}
+
+/// A Kubernetes node with its pods.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    /// EC2 instance id from `spec.providerID`, when the node is an EC2 instance.
+    pub instance_id: Option<String>,
+    pub ready: bool,
+    /// Cordoned (`spec.unschedulable`) or tainted as draining: new pods cannot land here.
+    pub unschedulable: bool,
+    pub control_plane: bool,
+    /// Annotated `smartscale.io/scale-down-disabled=true`.
+    pub scale_down_disabled: bool,
+    pub allocatable: Resources,
+    pub pods: Vec<Pod>,
+}
+
+impl Node {
+    pub fn requested(&self) -> Resources {
+        self.pods
+            .iter()
+            .fold(Resources::ZERO, |acc, p| acc.plus(p.requests))
+    }
+    pub fn free(&self) -> Resources {
+        self.allocatable.minus(self.requested())
+    }
+}
+
+/// An instance's lifecycle as the Auto Scaling group reports it, reduced to what matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifecycle {
+    /// `Pending`, `Pending:Wait`, `Pending:Proceed`.
+    Launching,
+    InService,
+    /// Any `Terminating*` or `Terminated` state: already leaving.
+    Terminating,
+    /// Detached, standby, warm pool: not ours to count.
+    Other,
+}
+
+/// An Auto Scaling group instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    pub lifecycle: Lifecycle,
+    /// When the controller first saw it launching (unix seconds); rollback counts from here.
+    pub first_seen: i64,
+}
+
+/// A worker Auto Scaling group as observed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    pub asg_name: String,
+    pub min: u32,
+    pub max: u32,
+    pub desired: u32,
+    /// Allocatable of one node of this group (used to pack pending pods).
+    pub node_allocatable: Resources,
+    pub instances: Vec<Instance>,
+}
+
+/// Everything the policy looks at in one decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    pub usage: Usage,
+    pub nodes: Vec<Node>,
+    /// Pods the scheduler could not place (PodScheduled=False, reason Unschedulable).
+    pub pending: Vec<Pod>,
+    pub groups: Vec<Group>,
+}
+
+/// What the policy remembers between decisions (persisted in the state record).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Memory {
+    /// Consecutive decisions with CPU above the scale-up threshold.
+    pub high_cpu_checks: u32,
+    /// Since when (unix seconds) the cluster has continuously qualified for a scale-down.
+    pub low_since: Option<i64>,
+    pub last_scale_up: Option<i64>,
+    pub last_scale_down: Option<i64>,
+}
+
+/// Policy knobs. Defaults: see `Default` and README "Policy".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyConfig {
+    pub cpu_above: f64,
+    pub cpu_checks: u32,
+    pub memory_above: f64,
+    /// Scale up for unschedulable pods.
+    pub pending_pods: bool,
+    /// Size scale-ups for pending pods by packing their requests (else the seed's +1/+2 only).
+    pub pending_pods_binpack: bool,
+    /// Whether the scale-up cooldown also delays scale-ups for pending pods (the seed's rule).
+    pub cooldown_applies_to_pending: bool,
+    pub cpu_below: f64,
+    pub memory_below: f64,
+    /// Also scale down when a node's pods fit on the others by requests and the usage predicted
+    /// after removing it stays below the scale-up thresholds (usage thresholds alone leave
+    /// well-packed clusters over-provisioned forever).
+    pub consolidate: bool,
+    pub sustained: Duration,
+    pub after_scale_up: Duration,
+    pub after_scale_down: Duration,
+    pub max_node_provision_time: Duration,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            cpu_above: 70.0,
+            cpu_checks: 3,
+            memory_above: 75.0,
+            pending_pods: true,
+            pending_pods_binpack: true,
+            cooldown_applies_to_pending: false,
+            cpu_below: 30.0,
+            memory_below: 50.0,
+            consolidate: true,
+            sustained: Duration::from_secs(600),
+            after_scale_up: Duration::from_secs(300),
+            after_scale_down: Duration::from_secs(60),
+            max_node_provision_time: Duration::from_secs(900),
+        }
+    }
+}
+
+impl PolicyConfig {
+    /// The rules exactly as the seed document wrote them (no bin-packing, no consolidation,
+    /// cooldowns gate every scale-up, 10 minutes between scale-downs).
+    pub fn seed() -> Self {
+        PolicyConfig {
+            pending_pods_binpack: false,
+            cooldown_applies_to_pending: true,
+            consolidate: false,
+            after_scale_down: Duration::from_secs(600),
+            ..PolicyConfig::default()
+        }
+    }
+}
+
+/// What to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    ScaleUp,
+    ScaleDown,
+    None,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::ScaleUp => "scale_up",
+            Action::ScaleDown => "scale_down",
+            Action::None => "none",
+        }
+    }
+}
+
+/// The node chosen for removal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Victim {
+    pub node: String,
+    pub instance_id: String,
+}
+
+/// The policy's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub action: Action,
+    /// Index into `Observation::groups` of the group acted on (the first group when none).
+    pub group: usize,
+    pub from: u32,
+    pub to: u32,
+    pub victim: Option<Victim>,
+    /// Instances that never became Ready nodes within `max_node_provision_time`: terminate them.
+    pub rollback: Vec<String>,
+    /// Nodes still booting (capacity in flight), all groups.
+    pub in_flight: u32,
+    pub reasons: Vec<String>,
+}

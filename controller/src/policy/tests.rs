@@ -1,0 +1,364 @@
+//! Hand-checked decisions on small clusters.
+
+use super::*;
+
+const NODE: Resources = Resources {
+    cpu: 2.0,
+    memory: 4.0,
+};
+
+fn pod(ns: &str, name: &str, cpu: f64) -> Pod {
+    Pod {
+        namespace: ns.into(),
+        name: name.into(),
+        requests: Resources { cpu, memory: cpu },
+        daemonset: false,
+        mirror: false,
+        not_safe_to_evict: false,
+    }
+}
+
+fn node(name: &str, pods: Vec<Pod>) -> Node {
+    Node {
+        name: name.into(),
+        instance_id: Some(format!("i-{name}")),
+        ready: true,
+        unschedulable: false,
+        control_plane: false,
+        scale_down_disabled: false,
+        allocatable: NODE,
+        pods,
+    }
+}
+
+fn obs(nodes: Vec<Node>, pending: Vec<Pod>, cpu: f64, memory: f64) -> Observation {
+    let instances = nodes
+        .iter()
+        .filter(|n| !n.control_plane)
+        .map(|n| Instance {
+            id: n.instance_id.clone().unwrap_or_default(),
+            lifecycle: Lifecycle::InService,
+            first_seen: 0,
+        })
+        .collect::<Vec<_>>();
+    Observation {
+        usage: Usage {
+            cpu: Reading::Value(cpu),
+            memory: Reading::Value(memory),
+            custom: vec![],
+        },
+        pending,
+        groups: vec![Group {
+            asg_name: "workers".into(),
+            min: 1,
+            max: 10,
+            desired: instances.len() as u32,
+            node_allocatable: NODE,
+            instances,
+        }],
+        nodes,
+    }
+}
+
+fn pending(n: usize, cpu: f64) -> Vec<Pod> {
+    (0..n).map(|i| pod("default", &format!("p{i}"), cpu)).collect()
+}
+
+const NOW: i64 = 100_000;
+
+#[test]
+fn pending_pods_are_packed_into_the_nodes_they_need() {
+    // 6 pods of 1 CPU need 3 nodes of 2 CPU: +3, not the seed's +2.
+    let o = obs(vec![node("a", vec![pod("default", "x", 1.5)])], pending(6, 1.0), 50.0, 40.0);
+    let (d, m) = decide(&o, &Memory::default(), &PolicyConfig::default(), NOW);
+    assert_eq!(d.action, Action::ScaleUp);
+    assert_eq!((d.from, d.to), (1, 4));
+    assert_eq!(m.last_scale_up, Some(NOW));
+}
+
+#[test]
+fn scale_up_is_clamped_by_max() {
+    let mut o = obs(vec![node("a", vec![])], pending(40, 1.0), 50.0, 40.0);
+    o.groups[0].max = 5;
+    let (d, _) = decide(&o, &Memory::default(), &PolicyConfig::default(), NOW);
+    assert_eq!((d.from, d.to), (1, 5));
+    assert!(d.reasons.iter().any(|r| r.contains("clamped to max 5")));
+}
+
+#[test]
+fn nodes_in_flight_absorb_pending_pods() {
+    let mut o = obs(vec![node("a", vec![])], pending(6, 1.0), 50.0, 40.0);
+    // The previous cycle raised desired to 4: three instances are booting.
+    o.groups[0].desired = 4;
+    for i in 0..3 {
+        o.groups[0].instances.push(Instance {
+            id: format!("i-new{i}"),
+            lifecycle: Lifecycle::Launching,
+            first_seen: NOW - 30,
+        });
+    }
+    let (d, _) = decide(&o, &Memory::default(), &PolicyConfig::default(), NOW);
+    assert_eq!(d.action, Action::None, "{:?}", d.reasons);
+    assert_eq!(d.in_flight, 3);
+}
+
+#[test]
+fn seed_rule_adds_two_for_more_than_five_small_pending_pods() {
+    let o = obs(vec![node("a", vec![])], pending(6, 0.1), 50.0, 40.0);
+    let (d, _) = decide(&o, &Memory::default(), &PolicyConfig::seed(), NOW);
+    assert_eq!((d.from, d.to), (1, 3));
+}
+
+#[test]
+fn high_cpu_scales_up_on_the_third_consecutive_check_only() {
+    let o = obs(vec![node("a", vec![]), node("b", vec![])], vec![], 85.0, 40.0);
+    let cfg = PolicyConfig::default();
+    let (d1, m1) = decide(&o, &Memory::default(), &cfg, NOW);
+    let (d2, m2) = decide(&o, &m1, &cfg, NOW + 30);
+    let (d3, m3) = decide(&o, &m2, &cfg, NOW + 60);
+    assert_eq!([d1.action, d2.action], [Action::None, Action::None]);
+    assert_eq!(d3.action, Action::ScaleUp);
+    assert_eq!((d3.from, d3.to), (2, 3));
+    assert_eq!(m3.high_cpu_checks, 0, "counter resets after acting");
+}
+
+#[test]
+fn a_dip_resets_the_cpu_trend() {
+    let cfg = PolicyConfig::default();
+    let hot = obs(vec![node("a", vec![])], vec![], 85.0, 40.0);
+    let cool = obs(vec![node("a", vec![])], vec![], 60.0, 40.0);
+    let (_, m) = decide(&hot, &Memory::default(), &cfg, NOW);
+    let (_, m) = decide(&hot, &m, &cfg, NOW + 30);
+    let (_, m) = decide(&cool, &m, &cfg, NOW + 60);
+    let (d, _) = decide(&hot, &m, &cfg, NOW + 90);
+    assert_eq!(d.action, Action::None);
+}
+
+#[test]
+fn high_memory_scales_up_at_once() {
+    let o = obs(vec![node("a", vec![])], vec![], 20.0, 80.0);
+    let (d, _) = decide(&o, &Memory::default(), &PolicyConfig::default(), NOW);
+    assert_eq!((d.action, d.to), (Action::ScaleUp, 2));
+}
+
+#[test]
+fn usage_scale_up_respects_cooldown() {
+    let o = obs(vec![node("a", vec![])], vec![], 20.0, 80.0);
+    let mem = Memory {
+        last_scale_up: Some(NOW - 60),
+        ..Memory::default()
+    };
+    let (d, _) = decide(&o, &mem, &PolicyConfig::default(), NOW);
+    assert_eq!(d.action, Action::None);
+    assert!(d.reasons.iter().any(|r| r.contains("cooldown has 240s left")));
+}
+
+fn low_cluster() -> Observation {
+    obs(
+        vec![
+            node("a", vec![pod("default", "a1", 1.0)]),
+            node("b", vec![pod("default", "b1", 0.25)]),
+            node("c", vec![pod("kube-system", "dns", 0.5)]),
+        ],
+        vec![],
+        10.0,
+        20.0,
+    )
+}
+
+#[test]
+fn scale_down_waits_for_the_sustained_window_then_removes_least_utilised() {
+    let cfg = PolicyConfig::default();
+    let o = low_cluster();
+    let (d, m) = decide(&o, &Memory::default(), &cfg, NOW);
+    assert_eq!(d.action, Action::None);
+    assert_eq!(m.low_since, Some(NOW));
+    let (d, m) = decide(&o, &m, &cfg, NOW + 599);
+    assert_eq!(d.action, Action::None);
+    let (d, m) = decide(&o, &m, &cfg, NOW + 600);
+    assert_eq!(d.action, Action::ScaleDown, "{:?}", d.reasons);
+    assert_eq!(d.victim.as_ref().map(|v| v.node.as_str()), Some("b"));
+    assert_eq!((d.from, d.to), (3, 2));
+    assert_eq!(m.last_scale_down, Some(NOW + 600));
+}
+
+#[test]
+fn protected_nodes_are_never_chosen() {
+    let cfg = PolicyConfig::default();
+    let mut o = low_cluster();
+    o.nodes[1].scale_down_disabled = true; // b
+    let mut cp = node("cp", vec![]);
+    cp.control_plane = true;
+    cp.instance_id = None;
+    o.nodes.push(cp);
+    let m = Memory {
+        low_since: Some(NOW - 3600),
+        ..Memory::default()
+    };
+    let (d, _) = decide(&o, &m, &cfg, NOW);
+    // b is annotated, cp is control plane, c is the last kube-system node: a is the only choice.
+    assert_eq!(d.victim.map(|v| v.node), Some("a".to_string()));
+}
+
+#[test]
+fn not_safe_to_evict_and_last_kube_system_block_their_nodes() {
+    let cfg = PolicyConfig::default();
+    let mut o = low_cluster();
+    o.nodes[0].pods[0].not_safe_to_evict = true; // a
+    o.nodes[1].scale_down_disabled = true; // b
+    let m = Memory {
+        low_since: Some(NOW - 3600),
+        ..Memory::default()
+    };
+    let (d, _) = decide(&o, &m, &cfg, NOW);
+    assert_eq!(d.action, Action::None);
+    let why = d.reasons.join("; ");
+    assert!(why.contains("not safe to evict"), "{why}");
+    assert!(why.contains("last node running kube-system pods"), "{why}");
+}
+
+#[test]
+fn nothing_is_removed_while_its_pods_would_not_fit_elsewhere() {
+    let cfg = PolicyConfig::default();
+    let o = obs(
+        vec![
+            node("a", vec![pod("default", "a1", 1.5)]),
+            node("b", vec![pod("default", "b1", 1.5)]),
+        ],
+        vec![],
+        10.0,
+        20.0,
+    );
+    let m = Memory {
+        low_since: Some(NOW - 3600),
+        ..Memory::default()
+    };
+    let (d, _) = decide(&o, &m, &cfg, NOW);
+    assert_eq!(d.action, Action::None);
+    assert!(d.reasons.join(";").contains("would not fit elsewhere"));
+}
+
+#[test]
+fn missing_signals_block_scale_down_and_never_scale() {
+    let cfg = PolicyConfig::default();
+    let mut o = low_cluster();
+    o.usage.cpu = Reading::Missing("Prometheus unreachable".into());
+    let m = Memory {
+        low_since: Some(NOW - 3600),
+        ..Memory::default()
+    };
+    let (d, m2) = decide(&o, &m, &cfg, NOW);
+    assert_eq!(d.action, Action::None);
+    assert_eq!(m2.low_since, None, "the low window restarts");
+    assert!(d.reasons.join(";").contains("cpu signal missing"));
+    o.usage.memory = Reading::from_f64(f64::NAN);
+    let (d, _) = decide(&o, &m, &cfg, NOW);
+    assert!(d.reasons.join(";").contains("memory signal missing"));
+}
+
+#[test]
+fn group_minimum_is_respected() {
+    let cfg = PolicyConfig::default();
+    let mut o = low_cluster();
+    o.groups[0].min = 3;
+    let m = Memory {
+        low_since: Some(NOW - 3600),
+        ..Memory::default()
+    };
+    let (d, _) = decide(&o, &m, &cfg, NOW);
+    assert_eq!(d.action, Action::None);
+}
+
+#[test]
+fn consolidation_removes_a_node_when_usage_thresholds_alone_would_not() {
+    // CPU 45% is above the seed's 30% scale-down threshold, but b's pod fits on a.
+    let o = obs(
+        vec![
+            node("a", vec![pod("default", "a1", 1.0)]),
+            node("b", vec![pod("default", "b1", 0.5)]),
+            node("c", vec![pod("kube-system", "dns", 0.5)]),
+        ],
+        vec![],
+        35.0,
+        30.0,
+    );
+    let m = Memory {
+        low_since: Some(NOW - 3600),
+        ..Memory::default()
+    };
+    let (d, _) = decide(&o, &m, &PolicyConfig::default(), NOW);
+    assert_eq!(d.action, Action::ScaleDown, "{:?}", d.reasons);
+    let (d, _) = decide(&o, &m, &PolicyConfig::seed(), NOW);
+    assert_eq!(d.action, Action::None);
+}
+
+#[test]
+fn consolidation_stops_before_usage_would_trigger_a_scale_up() {
+    // 50% CPU on 3 nodes → 75% on 2: above 70 - margin. Keep the node.
+    let o = obs(
+        vec![
+            node("a", vec![pod("default", "a1", 0.5)]),
+            node("b", vec![pod("default", "b1", 0.5)]),
+            node("c", vec![pod("kube-system", "dns", 0.5)]),
+        ],
+        vec![],
+        50.0,
+        30.0,
+    );
+    let m = Memory {
+        low_since: Some(NOW - 3600),
+        ..Memory::default()
+    };
+    let (d, _) = decide(&o, &m, &PolicyConfig::default(), NOW);
+    assert_eq!(d.action, Action::None);
+}
+
+#[test]
+fn scale_down_cooldown_paces_removals() {
+    let cfg = PolicyConfig::default();
+    let o = low_cluster();
+    let m = Memory {
+        low_since: Some(NOW - 3600),
+        last_scale_down: Some(NOW - 30),
+        ..Memory::default()
+    };
+    let (d, _) = decide(&o, &m, &cfg, NOW);
+    assert_eq!(d.action, Action::None);
+    assert!(d.reasons.join(";").contains("scale-down cooldown has 30s left"));
+}
+
+#[test]
+fn instances_that_never_become_ready_are_rolled_back() {
+    let cfg = PolicyConfig::default();
+    let mut o = low_cluster();
+    o.groups[0].desired = 4;
+    o.groups[0].instances.push(Instance {
+        id: "i-stuck".into(),
+        lifecycle: Lifecycle::InService,
+        first_seen: NOW - 901,
+    });
+    let (d, _) = decide(&o, &Memory::default(), &cfg, NOW);
+    assert_eq!(d.rollback, vec!["i-stuck".to_string()]);
+    assert_eq!(d.action, Action::None, "no scale-down while rolling back");
+}
+
+#[test]
+fn custom_signal_above_threshold_scales_up_and_missing_blocks_down() {
+    let cfg = PolicyConfig::default();
+    let mut o = low_cluster();
+    o.usage.custom.push(CustomReading {
+        name: "queue_depth".into(),
+        value: Reading::Value(500.0),
+        scale_up_above: Some(100.0),
+        scale_down_below: Some(10.0),
+    });
+    let (d, _) = decide(&o, &Memory::default(), &cfg, NOW);
+    assert_eq!(d.action, Action::ScaleUp);
+    o.usage.custom[0].value = Reading::Missing("no data".into());
+    let m = Memory {
+        low_since: Some(NOW - 3600),
+        ..Memory::default()
+    };
+    let (d, _) = decide(&o, &m, &cfg, NOW);
+    assert_eq!(d.action, Action::None);
+}
