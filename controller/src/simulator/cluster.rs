@@ -1,0 +1,352 @@
+//! The simulated cluster: an Auto Scaling group whose instances boot into nodes, pods that come
+//! and go with demand, and a scheduler that binds pods to nodes that fit them by requests.
+
+use crate::policy::{self, Lifecycle, Resources};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::SimOptions;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NodeState {
+    /// Instance launched; becomes a Ready node at `ready_at`.
+    Booting { ready_at: i64 },
+    Ready,
+    /// Cordoned and evicted; the instance is gone at `gone_at`.
+    Draining { gone_at: i64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct SimNode {
+    pub id: u32,
+    pub launched: i64,
+    pub state: NodeState,
+    pub requested: Resources,
+    /// Next spot interruption (when spot interruptions are modelled).
+    pub interrupt_at: Option<i64>,
+}
+
+impl SimNode {
+    pub fn name(&self) -> String {
+        format!("node-{:04}", self.id)
+    }
+    pub fn instance_id(&self) -> String {
+        format!("i-{:08x}", self.id)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SimPod {
+    pub id: u64,
+    pub requests: Resources,
+    pub node: Option<u32>,
+    /// When the pod started waiting to be scheduled.
+    pub waiting_since: i64,
+}
+
+/// The whole simulated world for one policy run.
+pub struct Cluster {
+    pub opts: SimOptions,
+    pub nodes: Vec<SimNode>,
+    pub pods: Vec<SimPod>,
+    pub desired: u32,
+    next_node: u32,
+    next_pod: u64,
+    rng: ChaCha8Rng,
+    /// Seconds each pod waited before it was bound (one entry per scheduling).
+    pub waits: Vec<i64>,
+    pub scale_actions: u32,
+}
+
+impl Cluster {
+    /// A cluster with `nodes` Ready nodes, as if it had been running before the trace starts.
+    pub fn new(opts: SimOptions, nodes: u32, seed: u64) -> Cluster {
+        let mut c = Cluster {
+            opts,
+            nodes: Vec::new(),
+            pods: Vec::new(),
+            desired: 0,
+            next_node: 0,
+            next_pod: 0,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            waits: Vec::new(),
+            scale_actions: 0,
+        };
+        for _ in 0..nodes {
+            c.launch(0);
+            if let Some(n) = c.nodes.last_mut() {
+                n.state = NodeState::Ready;
+            }
+        }
+        c.desired = nodes;
+        c
+    }
+
+    fn launch(&mut self, now: i64) {
+        let o = &self.opts;
+        let jitter = if o.boot_jitter_s > 0 {
+            self.rng.random_range(-o.boot_jitter_s..=o.boot_jitter_s)
+        } else {
+            0
+        };
+        let ready_at = now + (o.boot_time_s + jitter).max(1);
+        let interrupt_at = self.next_interruption(now);
+        self.nodes.push(SimNode {
+            id: self.next_node,
+            launched: now,
+            state: NodeState::Booting { ready_at },
+            requested: Resources::ZERO,
+            interrupt_at,
+        });
+        self.next_node += 1;
+    }
+
+    fn next_interruption(&mut self, now: i64) -> Option<i64> {
+        let rate = self.opts.spot_interruptions_per_node_hour;
+        (rate > 0.0).then(|| {
+            let u: f64 = self.rng.random_range(f64::EPSILON..1.0);
+            now + (-u.ln() / rate * 3600.0) as i64
+        })
+    }
+
+    /// Instances that count toward desired capacity (booting or Ready).
+    pub fn live(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| !matches!(n.state, NodeState::Draining { .. }))
+            .count()
+    }
+
+    /// Sets the group's desired capacity: launches instances, or lets the "ASG" pick victims
+    /// (a random live instance, as AWS's default termination policy is opaque to the user).
+    pub fn set_desired(&mut self, desired: u32, now: i64) {
+        if desired == self.desired {
+            return;
+        }
+        self.scale_actions += 1;
+        self.desired = desired;
+        while (self.live() as u32) < desired {
+            self.launch(now);
+        }
+        while (self.live() as u32) > desired {
+            let live: Vec<u32> = self
+                .nodes
+                .iter()
+                .filter(|n| !matches!(n.state, NodeState::Draining { .. }))
+                .map(|n| n.id)
+                .collect();
+            let pick = live[self.rng.random_range(0..live.len())];
+            self.drain(pick, now);
+        }
+    }
+
+    /// TerminateInstanceInAutoScalingGroup(ShouldDecrementDesiredCapacity=true) of a chosen node.
+    pub fn terminate(&mut self, node: u32, now: i64) {
+        if self.nodes.iter().any(|n| n.id == node && !matches!(n.state, NodeState::Draining { .. })) {
+            self.scale_actions += 1;
+            self.desired = self.desired.saturating_sub(1);
+            self.drain(node, now);
+        }
+    }
+
+    /// Cordons the node and evicts its pods; they wait for a place again.
+    fn drain(&mut self, node: u32, now: i64) {
+        let gone_at = now + self.opts.drain_time_s;
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.id == node) {
+            // A node that never finished booting has nothing to drain.
+            n.state = match n.state {
+                NodeState::Booting { .. } => NodeState::Draining { gone_at: now },
+                _ => NodeState::Draining { gone_at },
+            };
+            n.requested = Resources::ZERO;
+        }
+        for p in self.pods.iter_mut().filter(|p| p.node == Some(node)) {
+            p.node = None;
+            p.waiting_since = now;
+        }
+    }
+
+    /// Creates or deletes pods so the workload requests `cpu` cores (and `memory` GiB).
+    pub fn set_demand(&mut self, cpu: f64, memory: Option<f64>, now: i64) {
+        let size = self.opts.pod;
+        let by_cpu = (cpu / size.cpu - 1e-9).ceil().max(0.0) as usize;
+        let by_mem = memory.map_or(0, |m| (m / size.memory - 1e-9).ceil().max(0.0) as usize);
+        let want = by_cpu.max(by_mem);
+        while self.pods.len() < want {
+            self.pods.push(SimPod {
+                id: self.next_pod,
+                requests: size,
+                node: None,
+                waiting_since: now,
+            });
+            self.next_pod += 1;
+        }
+        while self.pods.len() > want {
+            // Like a ReplicaSet scaling down: unscheduled pods go first, then a random one.
+            let i = match self.pods.iter().rposition(|p| p.node.is_none()) {
+                Some(i) => i,
+                None => self.rng.random_range(0..self.pods.len()),
+            };
+            let p = self.pods.swap_remove(i);
+            if let Some(n) = p.node.and_then(|id| self.nodes.iter_mut().find(|n| n.id == id)) {
+                n.requested = n.requested.minus(p.requests);
+            }
+        }
+    }
+
+    /// Advances node lifecycles to `now`: boots finish, drains finish, spot interruptions hit.
+    pub fn advance(&mut self, now: i64) {
+        let mut interrupted = Vec::new();
+        for n in &mut self.nodes {
+            if let NodeState::Booting { ready_at } = n.state
+                && ready_at <= now
+            {
+                n.state = NodeState::Ready;
+            }
+            if n.interrupt_at.is_some_and(|t| t <= now) && n.state == NodeState::Ready {
+                n.interrupt_at = None;
+                interrupted.push(n.id);
+            }
+        }
+        for id in interrupted {
+            // Spot: two minutes' notice, and the ASG replaces the instance (desired unchanged).
+            let notice = self.opts.drain_time_s.min(120);
+            self.drain(id, now);
+            if let Some(n) = self.nodes.iter_mut().find(|n| n.id == id) {
+                n.state = NodeState::Draining { gone_at: now + notice };
+            }
+            self.launch(now);
+        }
+        self.nodes
+            .retain(|n| !matches!(n.state, NodeState::Draining { gone_at } if gone_at <= now));
+    }
+
+    /// Binds waiting pods, oldest first, to the Ready node with the most free room that fits
+    /// them (the default scheduler's LeastAllocated scoring spreads pods like this).
+    pub fn schedule(&mut self, now: i64) {
+        let alloc = self.opts.allocatable;
+        let mut waiting: Vec<usize> = (0..self.pods.len())
+            .filter(|&i| self.pods[i].node.is_none())
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        waiting.sort_by_key(|&i| (self.pods[i].waiting_since, self.pods[i].id));
+        for i in waiting {
+            let req = self.pods[i].requests;
+            let best = self
+                .nodes
+                .iter_mut()
+                .filter(|n| n.state == NodeState::Ready && req.fits_in(alloc.minus(n.requested)))
+                .min_by(|a, b| {
+                    a.requested
+                        .dominant_share(alloc)
+                        .total_cmp(&b.requested.dominant_share(alloc))
+                        .then(a.id.cmp(&b.id))
+                });
+            if let Some(n) = best {
+                n.requested = n.requested.plus(req);
+                let p = &mut self.pods[i];
+                p.node = Some(n.id);
+                self.waits.push(now - p.waiting_since);
+            }
+        }
+    }
+
+    pub fn pending(&self) -> impl Iterator<Item = &SimPod> {
+        self.pods.iter().filter(|p| p.node.is_none())
+    }
+
+    pub fn ready_nodes(&self) -> usize {
+        self.nodes.iter().filter(|n| n.state == NodeState::Ready).count()
+    }
+
+    /// Earliest future node event (boot done, drain done, interruption), if any.
+    pub fn next_event(&self) -> Option<i64> {
+        self.nodes
+            .iter()
+            .flat_map(|n| {
+                let own = match n.state {
+                    NodeState::Booting { ready_at } => Some(ready_at),
+                    NodeState::Draining { gone_at } => Some(gone_at),
+                    NodeState::Ready => None,
+                };
+                [own, n.interrupt_at]
+            })
+            .flatten()
+            .min()
+    }
+
+    /// The cluster as the controller would observe it, for the real policy.
+    pub fn observe(&self, usage: policy::Usage, group: &policy::Group) -> policy::Observation {
+        let alloc = self.opts.allocatable;
+        let mut nodes: Vec<policy::Node> = Vec::new();
+        let mut index = std::collections::HashMap::new();
+        let mut instances = Vec::new();
+        for n in &self.nodes {
+            let lifecycle = match n.state {
+                NodeState::Booting { .. } => Lifecycle::Launching,
+                NodeState::Ready => Lifecycle::InService,
+                NodeState::Draining { .. } => Lifecycle::Terminating,
+            };
+            instances.push(policy::Instance {
+                id: n.instance_id(),
+                lifecycle,
+                first_seen: n.launched,
+            });
+            if matches!(n.state, NodeState::Booting { .. }) {
+                continue; // not registered with Kubernetes yet
+            }
+            index.insert(n.id, nodes.len());
+            nodes.push(policy::Node {
+                name: n.name(),
+                instance_id: Some(n.instance_id()),
+                ready: true,
+                unschedulable: matches!(n.state, NodeState::Draining { .. }),
+                control_plane: false,
+                scale_down_disabled: false,
+                allocatable: alloc,
+                pods: Vec::new(),
+            });
+        }
+        for p in &self.pods {
+            let pod = policy::Pod {
+                namespace: "default".into(),
+                name: format!("pod-{}", p.id),
+                requests: p.requests,
+                daemonset: false,
+                mirror: false,
+                not_safe_to_evict: false,
+            };
+            if let Some(&i) = p.node.and_then(|id| index.get(&id)) {
+                nodes[i].pods.push(pod);
+            }
+        }
+        let pending = self
+            .pending()
+            .map(|p| policy::Pod {
+                namespace: "default".into(),
+                name: format!("pod-{}", p.id),
+                requests: p.requests,
+                daemonset: false,
+                mirror: false,
+                not_safe_to_evict: false,
+            })
+            .collect();
+        policy::Observation {
+            usage,
+            nodes,
+            pending,
+            groups: vec![policy::Group {
+                desired: self.desired,
+                instances,
+                ..group.clone()
+            }],
+        }
+    }
+
+    /// Node id from a node name produced by `observe`.
+    pub fn node_id(name: &str) -> Option<u32> {
+        name.strip_prefix("node-")?.parse().ok()
+    }
+}

@@ -1,0 +1,192 @@
+//! Results: per-policy numbers, the JSON shape, and the table.
+
+use super::{Run, SimOptions, Timeline, oracle::OracleRun, trace::Trace};
+use serde::Serialize;
+
+/// One autoscaler's numbers on one trace.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyResult {
+    pub name: String,
+    pub node_hours: f64,
+    pub cost: f64,
+    pub savings_vs_static_pct: f64,
+    pub pending_p50_s: f64,
+    pub pending_p99_s: f64,
+    pub pending_max_s: f64,
+    pub cpu_over_90_minutes: f64,
+    pub scale_actions: u32,
+    /// Only on `smartscale`: its node-hours divided by the oracle's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oracle_ratio: Option<f64>,
+}
+
+/// Rounds for stable, readable output.
+fn r3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Nearest-rank percentile of waits (seconds).
+fn percentile(sorted: &[i64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1] as f64
+}
+
+fn hourly(opts: &SimOptions) -> f64 {
+    opts.spot_share * opts.spot_hourly_price + (1.0 - opts.spot_share) * opts.hourly_price
+}
+
+impl PolicyResult {
+    pub(super) fn from_run(name: &str, opts: &SimOptions, run: &Run) -> PolicyResult {
+        let mut waits = run.waits.clone();
+        waits.sort_unstable();
+        let node_hours = run.node_seconds / 3600.0;
+        PolicyResult {
+            name: name.to_string(),
+            node_hours: r3(node_hours),
+            cost: r3(node_hours * hourly(opts)),
+            savings_vs_static_pct: 0.0,
+            pending_p50_s: percentile(&waits, 50.0),
+            pending_p99_s: percentile(&waits, 99.0),
+            pending_max_s: waits.last().copied().unwrap_or(0) as f64,
+            cpu_over_90_minutes: r3(run.cpu_over_90_s as f64 / 60.0),
+            scale_actions: run.scale_actions,
+            oracle_ratio: None,
+        }
+    }
+
+    pub(super) fn oracle(opts: &SimOptions, run: &OracleRun) -> PolicyResult {
+        let node_hours = run.node_seconds / 3600.0;
+        PolicyResult {
+            name: "oracle".to_string(),
+            node_hours: r3(node_hours),
+            cost: r3(node_hours * hourly(opts)),
+            savings_vs_static_pct: 0.0,
+            pending_p50_s: 0.0,
+            pending_p99_s: 0.0,
+            pending_max_s: 0.0,
+            cpu_over_90_minutes: 0.0,
+            scale_actions: run.scale_actions,
+            oracle_ratio: None,
+        }
+    }
+}
+
+/// The whole comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub boot_time_s: i64,
+    pub policies: Vec<PolicyResult>,
+    #[serde(skip)]
+    pub timelines: Vec<(String, Vec<Timeline>)>,
+    /// Demand in nodes' worth of CPU, on the timelines' grid.
+    #[serde(skip)]
+    pub demand: Vec<(i64, f64)>,
+}
+
+impl Report {
+    pub(super) fn new(
+        trace: &Trace,
+        opts: &SimOptions,
+        mut policies: Vec<PolicyResult>,
+        timelines: Vec<(String, Vec<Timeline>)>,
+    ) -> Report {
+        let static_cost = policies
+            .iter()
+            .find(|p| p.name == "static-peak")
+            .map(|p| p.cost)
+            .unwrap_or(0.0);
+        let oracle_hours = policies
+            .iter()
+            .find(|p| p.name == "oracle")
+            .map(|p| p.node_hours)
+            .unwrap_or(0.0);
+        for p in &mut policies {
+            if static_cost > 0.0 {
+                p.savings_vs_static_pct = r3(100.0 * (1.0 - p.cost / static_cost));
+            }
+            if p.name == "smartscale" && oracle_hours > 0.0 {
+                p.oracle_ratio = Some(r3(p.node_hours / oracle_hours));
+            }
+        }
+        let demand = timelines
+            .first()
+            .map(|(_, tl)| {
+                tl.iter()
+                    .map(|s| (s.t, trace.at(s.t).cpu / opts.allocatable.cpu))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Report {
+            scenario: trace.name.clone(),
+            boot_time_s: opts.boot_time_s,
+            policies,
+            timelines,
+            demand,
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&PolicyResult> {
+        self.policies.iter().find(|p| p.name == name)
+    }
+
+    pub fn to_json(&self) -> String {
+        // The report holds only plain numbers and strings: serialising cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// A plain-text table, one row per policy.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "scenario: {}   boot time: {} s\n\n{:<16} {:>10} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7}\n",
+            self.scenario,
+            self.boot_time_s,
+            "policy",
+            "node-h",
+            "cost $",
+            "saving %",
+            "wait p50",
+            "p99 s",
+            "max s",
+            "cpu>90 m",
+            "actions"
+        );
+        for p in &self.policies {
+            out.push_str(&format!(
+                "{:<16} {:>10.2} {:>9.2} {:>9.1} {:>8.0} {:>8.0} {:>8.0} {:>9.1} {:>7}\n",
+                p.name,
+                p.node_hours,
+                p.cost,
+                p.savings_vs_static_pct,
+                p.pending_p50_s,
+                p.pending_p99_s,
+                p.pending_max_s,
+                p.cpu_over_90_minutes,
+                p.scale_actions
+            ));
+        }
+        if let Some(r) = self.get("smartscale").and_then(|p| p.oracle_ratio) {
+            out.push_str(&format!(
+                "\nsmartscale uses {r:.2}× the oracle's node-hours (the clairvoyant lower bound).\n"
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let w: Vec<i64> = (1..=100).collect();
+        assert_eq!(percentile(&w, 50.0), 50.0);
+        assert_eq!(percentile(&w, 99.0), 99.0);
+        assert_eq!(percentile(&[7], 99.0), 7.0);
+        assert_eq!(percentile(&[], 99.0), 0.0);
+    }
+}
