@@ -18,6 +18,5 @@ pub mod run;
 pub mod signals;
 pub mod simulator;
 pub mod state;
-pub mod telemetry;
 
 pub use error::{Error, Result};

@@ -1,1 +1,141 @@
-//! placeholder
+//! OpenMetrics exported on `GET /metrics` (names in docs/interfaces.md; the dashboards use them).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub action: String,
+    pub node_group: String,
+    pub dry_run: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    pub node_group: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalLabels {
+    pub signal: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    pub replica: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    pub node_group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeInfoLabels {
+    pub node: String,
+    pub instance_id: String,
+    pub instance_type: String,
+    pub capacity_type: String,
+    pub zone: String,
+    pub node_group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PriceLabels {
+    pub node_group: String,
+    pub instance_type: String,
+    pub capacity_type: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub nodes: Family<NodeLabels, Gauge>,
+    pub pending_pods: Gauge,
+    pub signal_value: Family<SignalLabels, FloatGauge>,
+    pub cycle_duration: Histogram,
+    pub errors: Family<KindLabels, Counter>,
+    pub lease_held: Family<ReplicaLabels, Gauge>,
+    pub fencing_token: Gauge,
+    pub hourly_cost: Family<GroupLabels, FloatGauge>,
+    pub node_info: Family<NodeInfoLabels, Gauge>,
+    pub node_price: Family<PriceLabels, FloatGauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::with_prefix("smartscale");
+        let m = Metrics {
+            decisions: Family::default(),
+            nodes: Family::default(),
+            pending_pods: Gauge::default(),
+            signal_value: Family::default(),
+            cycle_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            errors: Family::default(),
+            lease_held: Family::default(),
+            fencing_token: Gauge::default(),
+            hourly_cost: Family::default(),
+            node_info: Family::default(),
+            node_price: Family::default(),
+            registry: Registry::default(),
+        };
+        r.register("decisions", "Scaling decisions by action", m.decisions.clone());
+        r.register("nodes", "Nodes per group: current, desired, ready, in_flight", m.nodes.clone());
+        r.register("pending_pods", "Unschedulable pending pods", m.pending_pods.clone());
+        r.register("signal_value", "Last value of each signal", m.signal_value.clone());
+        r.register(
+            "cycle_duration_seconds",
+            "Duration of one control cycle",
+            m.cycle_duration.clone(),
+        );
+        r.register("errors", "Errors by kind", m.errors.clone());
+        r.register("lease_held", "1 when this replica holds the lease", m.lease_held.clone());
+        r.register("fencing_token", "Fencing token of the lease we hold", m.fencing_token.clone());
+        r.register(
+            "estimated_hourly_cost_dollars",
+            "Ready and booting nodes times the group's hourly price",
+            m.hourly_cost.clone(),
+        );
+        r.register("node_info", "One per worker node, with its attributes", m.node_info.clone());
+        r.register(
+            "node_hourly_price_dollars",
+            "Configured hourly price per node of a group",
+            m.node_price.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    pub fn error(&self, kind: &str) {
+        self.errors
+            .get_or_create(&KindLabels { kind: kind.to_string() })
+            .inc();
+    }
+
+    /// The OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}

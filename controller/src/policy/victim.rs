@@ -126,3 +126,21 @@ pub fn choose(obs: &Observation) -> Result<Candidate, String> {
     }
     Err(why.summary())
 }
+
+/// Takes `node` out of the observation as if it had been drained: its movable pods land on the
+/// other schedulable nodes (first fit), so a following `choose` sees the cluster after removal.
+pub fn remove(obs: &mut Observation, node: &str) {
+    let Some(i) = obs.nodes.iter().position(|n| n.name == node) else {
+        return;
+    };
+    let gone = obs.nodes.remove(i);
+    for pod in gone.pods.into_iter().filter(|p| p.moves_with_drain()) {
+        if let Some(n) = obs
+            .nodes
+            .iter_mut()
+            .find(|n| n.ready && !n.unschedulable && pod.requests.fits_in(n.free()))
+        {
+            n.pods.push(pod);
+        }
+    }
+}

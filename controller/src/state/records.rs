@@ -1,0 +1,203 @@
+//! The `state` and `history#…` records and their DynamoDB attributes.
+
+use super::{n, s};
+use crate::policy::Memory;
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::time::Duration;
+
+type Item = HashMap<String, AttributeValue>;
+
+pub(crate) fn num(item: &Item, key: &str) -> Option<u64> {
+    item.get(key)?.as_n().ok()?.parse::<f64>().ok().map(|v| v as u64)
+}
+pub(crate) fn float(item: &Item, key: &str) -> Option<f64> {
+    item.get(key)?.as_n().ok()?.parse().ok()
+}
+pub(crate) fn int(item: &Item, key: &str) -> Option<i64> {
+    float(item, key).map(|v| v as i64)
+}
+pub(crate) fn text(item: &Item, key: &str) -> Option<String> {
+    item.get(key)?.as_s().ok().cloned()
+}
+
+/// What survives a restart: the policy's trend counters and cooldown times, when each booting
+/// instance was first seen (for rollback), and the desired capacity we last set (for drift).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StoredState {
+    pub memory: Memory,
+    pub first_seen: HashMap<String, i64>,
+    pub last_desired: HashMap<String, u32>,
+}
+
+impl StoredState {
+    pub fn from_item(item: &Item) -> StoredState {
+        let map = |key: &str| -> HashMap<String, i64> {
+            item.get(key)
+                .and_then(|v| v.as_m().ok())
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_n().ok()?.parse().ok()?)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        StoredState {
+            memory: Memory {
+                high_cpu_checks: num(item, "high_cpu_checks").unwrap_or(0) as u32,
+                low_since: int(item, "low_since"),
+                last_scale_up: int(item, "last_scale_up"),
+                last_scale_down: int(item, "last_scale_down"),
+            },
+            first_seen: map("first_seen"),
+            last_desired: map("last_desired")
+                .into_iter()
+                .map(|(k, v)| (k, v.max(0) as u32))
+                .collect(),
+        }
+    }
+
+    pub fn to_item(&self, token: u64) -> Item {
+        let mut item = Item::from([
+            ("fencing_token".to_string(), n(token)),
+            ("high_cpu_checks".to_string(), n(self.memory.high_cpu_checks)),
+            ("updated_at".to_string(), s(jiff::Timestamp::now().to_string())),
+        ]);
+        for (key, v) in [
+            ("low_since", self.memory.low_since),
+            ("last_scale_up", self.memory.last_scale_up),
+            ("last_scale_down", self.memory.last_scale_down),
+        ] {
+            if let Some(v) = v {
+                item.insert(key.to_string(), n(v));
+            }
+        }
+        let map = |m: HashMap<String, AttributeValue>| AttributeValue::M(m);
+        item.insert(
+            "first_seen".into(),
+            map(self.first_seen.iter().map(|(k, v)| (k.clone(), n(v))).collect()),
+        );
+        item.insert(
+            "last_desired".into(),
+            map(self.last_desired.iter().map(|(k, v)| (k.clone(), n(v))).collect()),
+        );
+        item
+    }
+}
+
+/// One line of history: a decision and what came of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryRecord {
+    /// RFC 3339 with nanoseconds; also the sort key after `history#`.
+    pub time: String,
+    pub action: String,
+    pub node_group: String,
+    pub from: u32,
+    pub to: u32,
+    pub victim: Option<String>,
+    pub reasons: Vec<String>,
+    /// Signals the decision saw (JSON).
+    pub signals: serde_json::Value,
+    pub dry_run: bool,
+    pub fencing_token: u64,
+    /// Where it came from: `policy`, `api`, `rollback`, `drift`.
+    pub source: String,
+    /// `intent` (written before acting), `done`, `failed: …`, or `recorded` (no action).
+    pub status: String,
+}
+
+/// A fixed-width, sortable UTC time with nanoseconds.
+pub fn sortable_time(t: jiff::Timestamp) -> String {
+    format!(
+        "{}.{:09}Z",
+        t.strftime("%Y-%m-%dT%H:%M:%S"),
+        t.subsec_nanosecond()
+    )
+}
+
+impl HistoryRecord {
+    pub fn record_key(&self) -> String {
+        format!("history#{}", self.time)
+    }
+
+    pub fn to_item(&self, retention: Duration) -> Item {
+        let expires = jiff::Timestamp::now().as_second() + retention.as_secs() as i64;
+        let mut item = Item::from([
+            ("time".to_string(), s(&self.time)),
+            ("action".to_string(), s(&self.action)),
+            ("node_group".to_string(), s(&self.node_group)),
+            ("from".to_string(), n(self.from)),
+            ("to".to_string(), n(self.to)),
+            ("signals".to_string(), s(self.signals.to_string())),
+            ("dry_run".to_string(), AttributeValue::Bool(self.dry_run)),
+            ("fencing_token".to_string(), n(self.fencing_token)),
+            ("source".to_string(), s(&self.source)),
+            ("status".to_string(), s(&self.status)),
+            ("expires_at".to_string(), n(expires)),
+            (
+                "reasons".to_string(),
+                AttributeValue::L(self.reasons.iter().map(s).collect()),
+            ),
+        ]);
+        if let Some(v) = &self.victim {
+            item.insert("victim".into(), s(v));
+        }
+        item
+    }
+
+    pub fn from_item(item: &Item) -> Option<HistoryRecord> {
+        Some(HistoryRecord {
+            time: text(item, "time")?,
+            action: text(item, "action")?,
+            node_group: text(item, "node_group").unwrap_or_default(),
+            from: num(item, "from").unwrap_or(0) as u32,
+            to: num(item, "to").unwrap_or(0) as u32,
+            victim: text(item, "victim"),
+            reasons: item
+                .get("reasons")
+                .and_then(|v| v.as_l().ok())
+                .map(|l| l.iter().filter_map(|v| v.as_s().ok().cloned()).collect())
+                .unwrap_or_default(),
+            signals: text(item, "signals")
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or(serde_json::Value::Null),
+            dry_run: item
+                .get("dry_run")
+                .and_then(|v| v.as_bool().ok())
+                .copied()
+                .unwrap_or(false),
+            fencing_token: num(item, "fencing_token").unwrap_or(0),
+            source: text(item, "source").unwrap_or_default(),
+            status: text(item, "status").unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_through_attributes() {
+        let st = StoredState {
+            memory: Memory {
+                high_cpu_checks: 2,
+                low_since: Some(100),
+                last_scale_up: None,
+                last_scale_down: Some(50),
+            },
+            first_seen: HashMap::from([("i-1".to_string(), 42)]),
+            last_desired: HashMap::from([("w".to_string(), 3)]),
+        };
+        assert_eq!(StoredState::from_item(&st.to_item(7)), st);
+    }
+
+    #[test]
+    fn history_keys_sort_by_time() {
+        let a = sortable_time(jiff::Timestamp::from_second(1_000).unwrap());
+        let b = sortable_time(jiff::Timestamp::new(1_000, 5).unwrap());
+        assert!(a < b);
+        assert_eq!(a, "1970-01-01T00:16:40.000000000Z");
+    }
+}
