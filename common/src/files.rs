@@ -8,6 +8,16 @@ use std::path::Path;
 /// with mode 0600, so a secret is never readable by others, not even for a moment), flushed
 /// to disk, then renamed over the target. A crash leaves either the old file or the new one.
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    write_atomic(path, contents, 0o600)
+}
+
+/// Like [`write_private`], for files others may read (reports, charts): mode 0644.
+pub fn write_shared(path: &Path, contents: &[u8]) -> Result<()> {
+    write_atomic(path, contents, 0o644)
+}
+
+fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let err = |source| Error::Write {
         path: path.display().to_string(),
         source,
@@ -21,6 +31,11 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
         .prefix(".smartscale-")
         .tempfile_in(dir)
         .map_err(err)?;
+    if mode != 0o600 {
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(err)?;
+    }
     tmp.write_all(contents).map_err(err)?;
     tmp.as_file().sync_all().map_err(err)?;
     tmp.persist(path).map_err(|e| err(e.error))?;

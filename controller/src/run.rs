@@ -1,1 +1,133 @@
-//! placeholder
+//! The long-running controller: builds the context, serves the API, and runs a cycle every
+//! `interval` and at once when a pod becomes unschedulable (the fast path). Stops on SIGTERM.
+
+use crate::actuator::Actuator;
+use crate::config::{Config, TOKEN_ENV};
+use crate::cycle::{self, Context};
+use crate::signals::cluster::ClusterWatch;
+use crate::signals::prometheus::Prometheus;
+use crate::state::Store;
+use crate::{Error, Result};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long to wait for the first full view of the cluster.
+const CLUSTER_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// Fast-path cycles are at least this far apart, so a burst of new pods makes one decision.
+const FAST_PATH_DEBOUNCE: Duration = Duration::from_millis(300);
+
+fn replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into());
+    let salt: u16 = rand::random();
+    format!("{host}-{}-{salt:04x}", std::process::id())
+}
+
+/// The API token from `api.token_file` or `SMARTSCALE_API_TOKEN`. Never logged.
+pub fn api_token(cfg: &Config) -> Result<Option<String>> {
+    if let Ok(t) = std::env::var(TOKEN_ENV)
+        && !t.trim().is_empty()
+    {
+        return Ok(Some(t.trim().to_string()));
+    }
+    match &cfg.api.token_file {
+        Some(path) => {
+            let t = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let t = t.trim().to_string();
+            if t.is_empty() {
+                return Err(Error::Config(vec![format!(
+                    "api.token_file: {} is empty; put a long random token in it",
+                    path.display()
+                )]));
+            }
+            Ok(Some(t))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Connects to everything. Fails with a clear error when a dependency cannot even be configured.
+pub async fn build_context(cfg: Config, dry_run: bool) -> Result<Context> {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    if sdk.region().is_none() {
+        return Err(Error::Other(
+            "no AWS region: set AWS_REGION (or a profile with a region)".into(),
+        ));
+    }
+    let kube = kube::Client::try_default().await.map_err(|e| {
+        Error::Kubernetes(format!(
+            "cannot configure a client ({e}); set KUBECONFIG or run in-cluster"
+        ))
+    })?;
+    let cluster = ClusterWatch::start(kube);
+    cluster.ready(CLUSTER_SYNC_TIMEOUT).await?;
+    let prometheus = Prometheus::new(cfg.prometheus.clone(), cfg.custom_signals.clone())?;
+    let actuator = Actuator::new(&sdk, dry_run || cfg.dry_run);
+    let store = Store::new(
+        &sdk,
+        &cfg.state.table,
+        &cfg.cluster_id,
+        replica_id(),
+        cfg.state.lease_ttl,
+        cfg.state.history_retention,
+    );
+    Ok(Context::new(cfg, prometheus, cluster, actuator, store))
+}
+
+pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
+    let token = api_token(&cfg)?;
+    let listen = cfg.api.listen;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        Error::Server(format!(
+            "cannot listen on {listen}: {e}; is another controller running? change api.listen"
+        ))
+    })?;
+    let ctx = Arc::new(build_context(cfg, dry_run).await?);
+    tracing::info!(%listen, replica = %ctx.store.replica, dry_run = ctx.dry_run(), "controller started");
+    if let Err(e) = cycle::reconcile(&ctx).await {
+        tracing::warn!(error = %e, "start-up reconciliation failed; continuing");
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = {
+        let app = crate::api::router(ctx.clone(), token);
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await
+        })
+    };
+
+    let mut tick = tokio::time::interval(ctx.cfg.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let shutdown = smartscale_common::shutdown::signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => {}
+            _ = ctx.cluster.unschedulable.notified() => {
+                tokio::time::sleep(FAST_PATH_DEBOUNCE).await;
+                tracing::debug!("fast path: unschedulable pod");
+            }
+        }
+        let _ = cycle::run_once(&ctx, false).await;
+    }
+
+    let _ = stop_tx.send(true);
+    if let Some(lease) = ctx.held.lock().await.lease.take()
+        && let Err(e) = ctx.store.release(&lease).await
+    {
+        tracing::warn!(error = %e, "could not release the lease; it will expire on its own");
+    }
+    let _ = server.await;
+    tracing::info!("controller stopped");
+    Ok(())
+}

@@ -1,0 +1,447 @@
+// Stack configuration: every key SmartScale reads, its default, and its validation.
+//
+// All problems are collected and reported together, each naming the exact key and the
+// `pulumi config set` command that fixes it. Unknown keys in the `smartscale:` namespace
+// (typos such as `smartscale:adminCdir`) are errors too, with a "did you mean" hint,
+// because a silently ignored key is how a stack ends up with settings nobody chose.
+import * as fs from "fs";
+import * as path from "path";
+import * as pulumi from "@pulumi/pulumi";
+
+export const NAMESPACE = "smartscale";
+
+export interface KeyDoc {
+    /** Full key, e.g. `smartscale:adminCidr`. */
+    key: string;
+    required: boolean;
+    description: string;
+    /** Example value used in error messages and docs. */
+    example: string;
+    /** Default as users see it (docs); undefined when required. */
+    default?: string;
+}
+
+export interface StackConfig {
+    region: string;
+    stack: string;
+    clusterId: string;
+    adminCidr: string;
+    agentBinaryPath: string;
+    controllerBinaryPath: string;
+    azCount: number;
+    vpcCidr: string;
+    serverInstanceType: string;
+    serverRootVolumeGiB: number;
+    workerInstanceTypes: string[];
+    workerRootVolumeGiB: number;
+    workerMinSize: number;
+    workerMaxSize: number;
+    onDemandBaseCapacity: number;
+    onDemandPercentageAboveBase: number;
+    spotAllocationStrategy: string;
+    lifecycleHeartbeatTimeout: number;
+    drainTimeout: string;
+    spotDrainDeadline: string;
+    onDrainTimeout: "continue" | "keep_heartbeating";
+    evictionConcurrency: number;
+    rebalanceEnabled: boolean;
+    workerNodeLabels?: string;
+    workerNodeTaints?: string;
+    workerHourlyPrice: number;
+    workerAllocatableCpu: number;
+    workerAllocatableMemoryGib: number;
+    controllerInterval: string;
+    dryRun: boolean;
+    k3sVersion: string;
+    amiId?: string;
+    sshKeyName?: string;
+    grafanaNodePort: number;
+}
+
+const DEFAULT_WORKER_TYPES = ["t3.medium", "t3a.medium", "t2.medium"];
+
+/** Every key the program reads, in the order the docs list them. */
+export const CONFIG_KEYS: KeyDoc[] = [
+    { key: "aws:region", required: true, example: "us-east-1", description: "AWS region to deploy into" },
+    {
+        key: "smartscale:adminCidr", required: true, example: "203.0.113.7/32",
+        description: "CIDR allowed to reach the K3s API (6443), Grafana and, if sshKeyName is set, SSH",
+    },
+    {
+        key: "smartscale:agentBinaryPath", required: true, example: "../target/release/smartscale-agent",
+        description: "local path of the built smartscale-agent binary (x86_64 Linux ELF); uploaded with its SHA-256",
+    },
+    {
+        key: "smartscale:controllerBinaryPath", required: true, example: "../target/release/smartscale-controller",
+        description: "local path of the built smartscale-controller binary (x86_64 Linux ELF); uploaded with its SHA-256",
+    },
+    {
+        key: "smartscale:clusterId", required: false, example: "prod", default: "the stack name",
+        description: "cluster id: DynamoDB partition key and the name in /smartscale/<clusterId>/agent and resource names (lowercase letters, digits, '-', at most 20)",
+    },
+    { key: "smartscale:azCount", required: false, example: "3", default: "2", description: "number of availability zones (subnets) to spread over, at least 2" },
+    { key: "smartscale:vpcCidr", required: false, example: "10.20.0.0/16", default: "10.20.0.0/16", description: "VPC CIDR, a /16 (one /20 subnet per AZ); must not overlap K3s's 10.42.0.0/16 and 10.43.0.0/16" },
+    { key: "smartscale:serverInstanceType", required: false, example: "t3.large", default: "t3.medium", description: "instance type of the K3s server (also runs Prometheus, Grafana and the controller)" },
+    { key: "smartscale:serverRootVolumeGiB", required: false, example: "40", default: "30", description: "server root volume size (gp3, encrypted)" },
+    {
+        key: "smartscale:workerInstanceTypes", required: false, example: '["t3.medium","t3a.medium"]', default: JSON.stringify(DEFAULT_WORKER_TYPES),
+        description: "worker instance types for the MixedInstancesPolicy (JSON list or comma-separated), same vCPU/memory; the first is the controller's instance_type",
+    },
+    { key: "smartscale:workerRootVolumeGiB", required: false, example: "30", default: "20", description: "worker root volume size (gp3, encrypted)" },
+    { key: "smartscale:workerMinSize", required: false, example: "2", default: "1", description: "ASG minimum size (also the controller's min)" },
+    { key: "smartscale:workerMaxSize", required: false, example: "20", default: "10", description: "ASG maximum size (also the controller's max)" },
+    { key: "smartscale:onDemandBaseCapacity", required: false, example: "2", default: "1", description: "on-demand instances before any spot" },
+    { key: "smartscale:onDemandPercentageAboveBase", required: false, example: "0", default: "20", description: "percentage of on-demand above the base; the rest is spot" },
+    { key: "smartscale:spotAllocationStrategy", required: false, example: "capacity-optimized", default: "price-capacity-optimized", description: "spot allocation strategy" },
+    { key: "smartscale:lifecycleHeartbeatTimeout", required: false, example: "600", default: "300", description: "heartbeat timeout of both lifecycle hooks, seconds (30-7200); also the agent's join_timeout" },
+    { key: "smartscale:drainTimeout", required: false, example: "15m", default: "10m", description: "agent SSM parameter drain_timeout" },
+    { key: "smartscale:spotDrainDeadline", required: false, example: "100s", default: "90s", description: "agent SSM parameter spot_drain_deadline" },
+    { key: "smartscale:onDrainTimeout", required: false, example: "keep_heartbeating", default: "continue", description: "agent SSM parameter on_drain_timeout (continue | keep_heartbeating)" },
+    { key: "smartscale:evictionConcurrency", required: false, example: "5", default: "10", description: "agent SSM parameter eviction_concurrency" },
+    { key: "smartscale:rebalanceEnabled", required: false, example: "true", default: "false", description: "agent SSM parameter rebalance_enabled (drain on EC2 rebalance recommendations)" },
+    { key: "smartscale:workerNodeLabels", required: false, example: "team=web,tier=batch", default: "(none)", description: "agent SSM parameter node_labels (comma-separated k=v)" },
+    { key: "smartscale:workerNodeTaints", required: false, example: "dedicated=batch:NoSchedule", default: "(none)", description: "agent SSM parameter node_taints (comma-separated k=v:Effect)" },
+    { key: "smartscale:workerHourlyPrice", required: false, example: "0.0376", default: "0.0416", description: "on-demand $/hour of the first worker type, for the controller's cost metrics (t3.medium in us-east-1)" },
+    { key: "smartscale:workerAllocatableCpu", required: false, example: "2", default: "2", description: "allocatable vCPUs per worker, for bin-packing pending pods" },
+    { key: "smartscale:workerAllocatableMemoryGib", required: false, example: "3.8", default: "3.5", description: "allocatable memory per worker in GiB" },
+    { key: "smartscale:controllerInterval", required: false, example: "15s", default: "30s", description: "controller decision interval" },
+    { key: "smartscale:dryRun", required: false, example: "true", default: "false", description: "controller decides and records but never changes the ASG" },
+    { key: "smartscale:k3sVersion", required: false, example: "v1.33.4+k3s1", default: "v1.33.4+k3s1", description: "K3s release installed on the server and workers" },
+    { key: "smartscale:amiId", required: false, example: "ami-0123456789abcdef0", default: "latest Canonical Ubuntu 24.04 LTS amd64", description: "AMI for all instances (must have glibc >= what scripts/check-glibc.sh reports)" },
+    { key: "smartscale:sshKeyName", required: false, example: "my-keypair", default: "(none: no SSH)", description: "EC2 key pair for SSH to the server; opens 22/tcp to adminCidr" },
+    { key: "smartscale:grafanaNodePort", required: false, example: "30300", default: "30300", description: "NodePort on the server where Grafana listens (30000-32767), open to adminCidr" },
+];
+
+const KNOWN = new Map(CONFIG_KEYS.map((k) => [k.key, k]));
+
+class Problems {
+    readonly items: string[] = [];
+    add(msg: string): void {
+        this.items.push(msg);
+    }
+}
+
+/** Reads and validates one key at a time; records problems instead of stopping at the first. */
+class Reader {
+    readonly problems = new Problems();
+    private readonly raw: Record<string, string>;
+
+    constructor(raw: Record<string, string>) {
+        this.raw = raw;
+    }
+
+    private doc(key: string): KeyDoc {
+        const d = KNOWN.get(key);
+        if (!d) {
+            throw new Error(`internal: config key ${key} is read but not listed in CONFIG_KEYS`);
+        }
+        return d;
+    }
+
+    required<T>(key: string, parse: (raw: string) => T): T | undefined {
+        const d = this.doc(key);
+        const raw = this.raw[key];
+        if (raw === undefined || raw.trim() === "") {
+            this.problems.add(
+                `missing required key ${key}: ${d.description}\n` +
+                    `      set it with: pulumi config set ${key} ${shellWord(d.example)}`,
+            );
+            return undefined;
+        }
+        return this.parse(key, raw, parse);
+    }
+
+    optional<T>(key: string, parse: (raw: string) => T, fallback: T): T {
+        this.doc(key);
+        const raw = this.raw[key];
+        if (raw === undefined || raw.trim() === "") {
+            return fallback;
+        }
+        const v = this.parse(key, raw, parse);
+        return v === undefined ? fallback : v;
+    }
+
+    private parse<T>(key: string, raw: string, parse: (raw: string) => T): T | undefined {
+        try {
+            return parse(raw.trim());
+        } catch (e) {
+            const d = this.doc(key);
+            this.problems.add(
+                `invalid value for ${key}: ${(e as Error).message}\n` +
+                    `      expected: ${d.description}\n` +
+                    `      e.g.: pulumi config set ${key} ${shellWord(d.example)}`,
+            );
+            return undefined;
+        }
+    }
+
+    rejectUnknown(namespace: string): void {
+        for (const key of Object.keys(this.raw).sort()) {
+            if (!key.startsWith(`${namespace}:`) || KNOWN.has(key)) {
+                continue;
+            }
+            const hint = closest(key, [...KNOWN.keys()].filter((k) => k.startsWith(`${namespace}:`)));
+            this.problems.add(
+                `unknown key ${key}${hint ? ` (did you mean ${hint}?)` : ""}\n` +
+                    `      remove it with: pulumi config rm ${key}`,
+            );
+        }
+    }
+}
+
+function shellWord(s: string): string {
+    return /^[A-Za-z0-9._:/=+,@-]+$/.test(s) ? s : `'${s}'`;
+}
+
+function levenshtein(a: string, b: string): number {
+    const dp = Array.from({ length: b.length + 1 }, (_, j) => j);
+    for (let i = 1; i <= a.length; i++) {
+        let prev = dp[0];
+        dp[0] = i;
+        for (let j = 1; j <= b.length; j++) {
+            const tmp = dp[j];
+            dp[j] = Math.min(dp[j] + 1, dp[j - 1] + 1, prev + (a[i - 1].toLowerCase() === b[j - 1].toLowerCase() ? 0 : 1));
+            prev = tmp;
+        }
+    }
+    return dp[b.length];
+}
+
+function closest(key: string, candidates: string[]): string | undefined {
+    let best: string | undefined;
+    let bestDist = Infinity;
+    for (const c of candidates) {
+        const d = levenshtein(key, c);
+        if (d < bestDist) {
+            bestDist = d;
+            best = c;
+        }
+    }
+    return bestDist <= Math.max(3, Math.floor(key.length / 4)) ? best : undefined;
+}
+
+// ---------------------------------------------------------------- parsers
+
+const parseCidr = (raw: string): string => {
+    const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(raw);
+    if (!m || m.slice(1, 5).some((o) => Number(o) > 255) || Number(m[5]) > 32) {
+        throw new Error(`"${raw}" is not an IPv4 CIDR`);
+    }
+    return raw;
+};
+
+const parseVpcCidr = (raw: string): string => {
+    parseCidr(raw);
+    const m = /^(\d+)\.(\d+)\.0\.0\/16$/.exec(raw);
+    if (!m) {
+        throw new Error(`"${raw}" must be a /16 of the form a.b.0.0/16`);
+    }
+    if (raw === "10.42.0.0/16" || raw === "10.43.0.0/16") {
+        throw new Error(`"${raw}" overlaps the K3s pod or service network`);
+    }
+    return raw;
+};
+
+const int = (min: number, max: number) => (raw: string): number => {
+    if (!/^-?\d+$/.test(raw)) {
+        throw new Error(`"${raw}" is not an integer`);
+    }
+    const n = Number(raw);
+    if (n < min || n > max) {
+        throw new Error(`${n} is outside ${min}..${max}`);
+    }
+    return n;
+};
+
+const positiveNumber = (raw: string): number => {
+    const n = Number(raw);
+    if (!/^\d+(\.\d+)?$/.test(raw) || !(n > 0)) {
+        throw new Error(`"${raw}" is not a positive number`);
+    }
+    return n;
+};
+
+const bool = (raw: string): boolean => {
+    if (raw === "true") return true;
+    if (raw === "false") return false;
+    throw new Error(`"${raw}" is not true or false`);
+};
+
+const duration = (raw: string): string => {
+    if (!/^[1-9][0-9]*(s|m|h)$/.test(raw)) {
+        throw new Error(`"${raw}" is not a duration like 90s, 10m or 1h`);
+    }
+    return raw;
+};
+
+const oneOf = <T extends string>(...allowed: T[]) => (raw: string): T => {
+    if (!(allowed as string[]).includes(raw)) {
+        throw new Error(`"${raw}" is not one of ${allowed.join(", ")}`);
+    }
+    return raw as T;
+};
+
+const pattern = (re: RegExp, what: string) => (raw: string): string => {
+    if (!re.test(raw)) {
+        throw new Error(`"${raw}" is not ${what}`);
+    }
+    return raw;
+};
+
+const instanceType = pattern(/^[a-z][a-z0-9-]*\.[a-z0-9]+$/, "an EC2 instance type like t3.medium");
+
+const instanceTypes = (raw: string): string[] => {
+    let list: unknown;
+    if (raw.startsWith("[")) {
+        try {
+            list = JSON.parse(raw);
+        } catch {
+            throw new Error(`"${raw}" is not a JSON list`);
+        }
+    } else {
+        list = raw.split(",").map((s) => s.trim());
+    }
+    if (!Array.isArray(list) || list.length === 0 || !list.every((t) => typeof t === "string")) {
+        throw new Error(`"${raw}" is not a non-empty list of instance types`);
+    }
+    const types = (list as string[]).map(instanceType);
+    if (new Set(types).size !== types.length) {
+        throw new Error(`"${raw}" lists an instance type twice`);
+    }
+    return types;
+};
+
+const labelList = pattern(/^[A-Za-z0-9./_-]+=[A-Za-z0-9._-]*(,[A-Za-z0-9./_-]+=[A-Za-z0-9._-]*)*$/, "a comma-separated list of key=value");
+const taintList = pattern(
+    /^[A-Za-z0-9./_-]+=[A-Za-z0-9._-]*:(NoSchedule|PreferNoSchedule|NoExecute)(,[A-Za-z0-9./_-]+=[A-Za-z0-9._-]*:(NoSchedule|PreferNoSchedule|NoExecute))*$/,
+    "a comma-separated list of key=value:Effect",
+);
+
+const clusterIdPattern = /^[a-z][a-z0-9-]{0,19}$/;
+const clusterId = (raw: string): string => {
+    if (!clusterIdPattern.test(raw) || raw.endsWith("-")) {
+        throw new Error(`"${raw}" must be 1-20 lowercase letters, digits or '-', starting with a letter`);
+    }
+    return raw;
+};
+
+/** Derives a cluster id from the stack name: lowercase, '-' for anything else, at most 20 chars. */
+export function clusterIdFromStack(stack: string): string {
+    let id = stack.toLowerCase().replace(/[^a-z0-9-]+/g, "-").replace(/^[^a-z]+/, "").slice(0, 20).replace(/-+$/, "");
+    if (id === "") id = "smartscale";
+    return id;
+}
+
+/**
+ * A readable ELF file. Relative paths are resolved against the Pulumi project directory
+ * (the working directory of `pulumi up`).
+ */
+const elfPath = (raw: string): string => {
+    const p = path.resolve(raw);
+    let st: fs.Stats;
+    try {
+        st = fs.statSync(p);
+    } catch {
+        throw new Error(`no file at ${p} (build it first: cargo build --release)`);
+    }
+    if (!st.isFile()) {
+        throw new Error(`${p} is not a regular file`);
+    }
+    const fd = fs.openSync(p, "r");
+    const magic = Buffer.alloc(4);
+    try {
+        fs.readSync(fd, magic, 0, 4, 0);
+    } finally {
+        fs.closeSync(fd);
+    }
+    if (!magic.equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]))) {
+        throw new Error(`${p} is not an ELF executable`);
+    }
+    return p;
+};
+
+// ---------------------------------------------------------------- loading
+
+/** Thrown for configuration problems; Pulumi prints a RunError without a stack trace. */
+export class ConfigError extends pulumi.RunError {
+    constructor(readonly problems: string[], stack: string) {
+        super(
+            `SmartScale stack configuration is invalid (stack "${stack}"):\n` +
+                problems.map((p) => `  - ${p}`).join("\n") +
+                `\n  (all keys: docs/deploy.md)`,
+        );
+        this.name = "ConfigError";
+    }
+}
+
+/** Loads and validates the whole stack configuration, or throws a ConfigError listing every problem. */
+export function loadConfig(): StackConfig {
+    const stack = pulumi.getStack();
+    const r = new Reader(pulumi.runtime.allConfig());
+    const s = (k: string) => `${NAMESPACE}:${k}`;
+
+    const region = r.required("aws:region", pattern(/^[a-z]{2}(-[a-z]+)+-\d$/, "an AWS region like us-east-1"));
+    const adminCidr = r.required(s("adminCidr"), parseCidr);
+    const agentBinaryPath = r.required(s("agentBinaryPath"), elfPath);
+    const controllerBinaryPath = r.required(s("controllerBinaryPath"), elfPath);
+
+    const cfg = {
+        region,
+        stack,
+        clusterId: r.optional(s("clusterId"), clusterId, clusterIdFromStack(stack)),
+        adminCidr,
+        agentBinaryPath,
+        controllerBinaryPath,
+        azCount: r.optional(s("azCount"), int(2, 6), 2),
+        vpcCidr: r.optional(s("vpcCidr"), parseVpcCidr, "10.20.0.0/16"),
+        serverInstanceType: r.optional(s("serverInstanceType"), instanceType, "t3.medium"),
+        serverRootVolumeGiB: r.optional(s("serverRootVolumeGiB"), int(20, 1000), 30),
+        workerInstanceTypes: r.optional(s("workerInstanceTypes"), instanceTypes, DEFAULT_WORKER_TYPES),
+        workerRootVolumeGiB: r.optional(s("workerRootVolumeGiB"), int(10, 1000), 20),
+        workerMinSize: r.optional(s("workerMinSize"), int(0, 1000), 1),
+        workerMaxSize: r.optional(s("workerMaxSize"), int(1, 1000), 10),
+        onDemandBaseCapacity: r.optional(s("onDemandBaseCapacity"), int(0, 1000), 1),
+        onDemandPercentageAboveBase: r.optional(s("onDemandPercentageAboveBase"), int(0, 100), 20),
+        spotAllocationStrategy: r.optional(
+            s("spotAllocationStrategy"),
+            oneOf("price-capacity-optimized", "capacity-optimized", "capacity-optimized-prioritized", "lowest-price"),
+            "price-capacity-optimized",
+        ),
+        lifecycleHeartbeatTimeout: r.optional(s("lifecycleHeartbeatTimeout"), int(30, 7200), 300),
+        drainTimeout: r.optional(s("drainTimeout"), duration, "10m"),
+        spotDrainDeadline: r.optional(s("spotDrainDeadline"), duration, "90s"),
+        onDrainTimeout: r.optional(s("onDrainTimeout"), oneOf("continue", "keep_heartbeating"), "continue"),
+        evictionConcurrency: r.optional(s("evictionConcurrency"), int(1, 100), 10),
+        rebalanceEnabled: r.optional(s("rebalanceEnabled"), bool, false),
+        workerNodeLabels: r.optional<string | undefined>(s("workerNodeLabels"), labelList, undefined),
+        workerNodeTaints: r.optional<string | undefined>(s("workerNodeTaints"), taintList, undefined),
+        workerHourlyPrice: r.optional(s("workerHourlyPrice"), positiveNumber, 0.0416),
+        workerAllocatableCpu: r.optional(s("workerAllocatableCpu"), positiveNumber, 2),
+        workerAllocatableMemoryGib: r.optional(s("workerAllocatableMemoryGib"), positiveNumber, 3.5),
+        controllerInterval: r.optional(s("controllerInterval"), duration, "30s"),
+        dryRun: r.optional(s("dryRun"), bool, false),
+        k3sVersion: r.optional(s("k3sVersion"), pattern(/^v\d+\.\d+\.\d+\+k3s\d+$/, "a K3s release like v1.33.4+k3s1"), "v1.33.4+k3s1"),
+        amiId: r.optional<string | undefined>(s("amiId"), pattern(/^ami-[0-9a-f]{8,17}$/, "an AMI id like ami-0123456789abcdef0"), undefined),
+        sshKeyName: r.optional<string | undefined>(s("sshKeyName"), pattern(/^[A-Za-z0-9._ -]{1,255}$/, "an EC2 key pair name"), undefined),
+        grafanaNodePort: r.optional(s("grafanaNodePort"), int(30000, 32767), 30300),
+    };
+
+    if (cfg.workerMinSize > cfg.workerMaxSize) {
+        r.problems.add(`smartscale:workerMinSize (${cfg.workerMinSize}) is larger than smartscale:workerMaxSize (${cfg.workerMaxSize})`);
+    }
+    if (cfg.onDemandBaseCapacity > cfg.workerMaxSize) {
+        r.problems.add(`smartscale:onDemandBaseCapacity (${cfg.onDemandBaseCapacity}) is larger than smartscale:workerMaxSize (${cfg.workerMaxSize})`);
+    }
+    r.rejectUnknown(NAMESPACE);
+
+    if (r.problems.items.length > 0) {
+        throw new ConfigError(r.problems.items, stack);
+    }
+    return {
+        ...cfg,
+        region: region!,
+        adminCidr: adminCidr!,
+        agentBinaryPath: agentBinaryPath!,
+        controllerBinaryPath: controllerBinaryPath!,
+    };
+}

@@ -1,0 +1,107 @@
+// Stack configuration as a new user meets it: a missing or mistyped key must fail `pulumi preview`
+// with a message that names the key and says how to set it.
+import * as assert from "assert";
+import * as fs from "fs";
+import * as path from "path";
+import { CONFIG_KEYS, clusterIdFromStack } from "../src/config";
+import { readRepoFile } from "../src/files";
+import { baseConfig, fakeBinaries, prepare } from "./harness";
+
+async function configError(config: Record<string, string>, stack = "dev"): Promise<string> {
+    await prepare(config, stack);
+    const { createStack } = await import("../src/stack");
+    try {
+        createStack();
+    } catch (e) {
+        assert.strictEqual((e as Error).name, "ConfigError");
+        return (e as Error).message;
+    }
+    assert.fail("createStack() accepted the configuration");
+}
+
+describe("stack configuration", () => {
+    const bins = fakeBinaries();
+    after(() => fs.rmSync(bins.dir, { recursive: true, force: true }));
+
+    it("names a missing required key and how to set it", async () => {
+        const cfg = baseConfig(bins);
+        delete cfg["smartscale:adminCidr"];
+        const msg = await configError(cfg);
+        assert.match(msg, /missing required key smartscale:adminCidr/);
+        assert.match(msg, /pulumi config set smartscale:adminCidr 203\.0\.113\.7\/32/);
+        assert.match(msg, /stack "dev"/);
+    });
+
+    it("names a typo'd key, suggests the right one, and still reports the missing key", async () => {
+        const cfg = baseConfig(bins);
+        cfg["smartscale:adminCdir"] = cfg["smartscale:adminCidr"];
+        delete cfg["smartscale:adminCidr"];
+        const msg = await configError(cfg);
+        assert.match(msg, /unknown key smartscale:adminCdir \(did you mean smartscale:adminCidr\?\)/);
+        assert.match(msg, /pulumi config rm smartscale:adminCdir/);
+        assert.match(msg, /missing required key smartscale:adminCidr/);
+    });
+
+    it("rejects a typo in an optional key instead of silently using the default", async () => {
+        const msg = await configError({ ...baseConfig(bins), "smartscale:workerMaxSzie": "20" });
+        assert.match(msg, /unknown key smartscale:workerMaxSzie \(did you mean smartscale:workerMaxSize\?\)/);
+    });
+
+    it("names a missing aws:region", async () => {
+        const cfg = baseConfig(bins);
+        delete cfg["aws:region"];
+        assert.match(await configError(cfg), /missing required key aws:region[\s\S]*pulumi config set aws:region us-east-1/);
+    });
+
+    it("reports every invalid value with its key, all at once", async () => {
+        const msg = await configError({
+            ...baseConfig(bins),
+            "smartscale:lifecycleHeartbeatTimeout": "5",
+            "smartscale:azCount": "1",
+            "smartscale:adminCidr": "everyone",
+            "smartscale:drainTimeout": "ten minutes",
+            "smartscale:workerInstanceTypes": "[]",
+        });
+        for (const k of ["lifecycleHeartbeatTimeout", "azCount", "adminCidr", "drainTimeout", "workerInstanceTypes"]) {
+            assert.match(msg, new RegExp(`invalid value for smartscale:${k}`), k);
+        }
+    });
+
+    it("checks cross-key constraints", async () => {
+        const msg = await configError({ ...baseConfig(bins), "smartscale:workerMinSize": "5", "smartscale:workerMaxSize": "3" });
+        assert.match(msg, /smartscale:workerMinSize \(5\) is larger than smartscale:workerMaxSize \(3\)/);
+    });
+
+    it("requires the binary paths to be existing ELF files", async () => {
+        const notElf = path.join(bins.dir, "README");
+        fs.writeFileSync(notElf, "not a binary");
+        const msg = await configError({
+            ...baseConfig(bins),
+            "smartscale:agentBinaryPath": path.join(bins.dir, "missing"),
+            "smartscale:controllerBinaryPath": notElf,
+        });
+        assert.match(msg, /invalid value for smartscale:agentBinaryPath: no file at/);
+        assert.match(msg, /invalid value for smartscale:controllerBinaryPath: .* is not an ELF executable/);
+    });
+
+    it("accepts comma-separated or JSON instance type lists", async () => {
+        const { loadConfig } = await import("../src/config");
+        await prepare({ ...baseConfig(bins), "smartscale:workerInstanceTypes": "t3.large, m5.large" });
+        assert.deepStrictEqual(loadConfig().workerInstanceTypes, ["t3.large", "m5.large"]);
+        await prepare({ ...baseConfig(bins), "smartscale:workerInstanceTypes": '["c5.large","c6i.large"]' });
+        assert.deepStrictEqual(loadConfig().workerInstanceTypes, ["c5.large", "c6i.large"]);
+    });
+
+    it("derives a valid cluster id from the stack name", () => {
+        assert.strictEqual(clusterIdFromStack("Prod_EU"), "prod-eu");
+        assert.strictEqual(clusterIdFromStack("2024-staging-environment-x"), "staging-environment");
+        assert.strictEqual(clusterIdFromStack("___"), "smartscale");
+    });
+
+    it("documents every key in docs/deploy.md", () => {
+        const doc = readRepoFile("docs", "deploy.md");
+        for (const k of CONFIG_KEYS) {
+            assert.ok(doc.includes(k.key), `${k.key} is missing from docs/deploy.md`);
+        }
+    });
+});
