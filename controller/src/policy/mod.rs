@@ -241,7 +241,7 @@ impl Default for PolicyConfig {
             consolidate: true,
             sustained: Duration::from_secs(600),
             after_scale_up: Duration::from_secs(300),
-            after_scale_down: Duration::from_secs(60),
+            after_scale_down: Duration::from_secs(0),
             max_node_provision_time: Duration::from_secs(900),
         }
     }

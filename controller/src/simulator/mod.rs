@@ -63,7 +63,7 @@ impl Default for SimOptions {
             drain_time_s: 30,
             scrape_interval_s: 15,
             interval_s: 30,
-            fast_path_delay_s: 2,
+            fast_path_delay_s: 1,
             usage_ratio: 0.5,
             node_overhead_memory_gib: 0.3,
             hourly_price: 0.0416,
@@ -275,3 +275,6 @@ pub fn run_all(
     timelines.push(("oracle".to_string(), oracle.timeline));
     Report::new(trace, opts, results, timelines)
 }
+
+#[cfg(test)]
+mod tests;

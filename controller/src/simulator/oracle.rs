@@ -20,39 +20,54 @@ pub fn nodes_for(opts: &SimOptions, cpu: f64, memory: Option<f64>) -> u32 {
 }
 
 pub fn run(trace: &Trace, opts: &SimOptions, sample_every: i64) -> OracleRun {
-    // Evaluate on the trace's own change points plus the boot look-ahead.
-    let step = 15;
-    let need: Vec<u32> = (0..trace.end_s / step + 1)
-        .map(|i| {
-            let r = trace.at(i * step);
-            nodes_for(opts, r.cpu, r.memory)
-        })
+    let boot = opts.boot_time_s.max(0);
+    let need: Vec<u32> = trace
+        .rows
+        .iter()
+        .map(|r| nodes_for(opts, r.cpu, r.memory))
         .collect();
-    let ahead = (opts.boot_time_s / step).max(0) as usize;
+    // Nodes at t = the most any demand in [t, t + boot] needs: a node must start one boot
+    // time before it is needed and goes the moment nothing ahead needs it. Demand is piecewise
+    // constant, so this changes only at row times and row times minus the boot time.
+    let mut cuts: Vec<i64> = trace
+        .rows
+        .iter()
+        .flat_map(|r| [r.time_s, r.time_s - boot])
+        .chain([0, trace.end_s])
+        .filter(|t| (0..=trace.end_s).contains(t))
+        .collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    let nodes_at = |t: i64| -> u32 {
+        let first = trace.rows.partition_point(|r| r.time_s <= t).saturating_sub(1);
+        let last = trace.rows.partition_point(|r| r.time_s <= t + boot);
+        need[first..last.max(first + 1)].iter().copied().max().unwrap_or(opts.min)
+    };
     let mut node_seconds = 0.0;
     let mut actions = 0;
-    let mut timeline = Vec::new();
     let mut prev: Option<u32> = None;
-    for i in 0..need.len().saturating_sub(1) {
-        let running = need[i..=(i + ahead).min(need.len() - 1)]
-            .iter()
-            .copied()
-            .max()
-            .unwrap_or(0);
-        node_seconds += running as f64 * step as f64;
+    let mut segments = Vec::new();
+    for w in cuts.windows(2) {
+        let running = nodes_at(w[0]);
+        node_seconds += running as f64 * (w[1] - w[0]) as f64;
         if prev.is_some_and(|p| p != running) {
             actions += 1;
         }
         prev = Some(running);
-        let t = i as i64 * step;
-        if t % sample_every == 0 {
-            timeline.push(Timeline {
-                t,
-                desired: running,
-                ready: running,
-            });
-        }
+        segments.push((w[0], running));
     }
+    let timeline = (0..trace.end_s)
+        .step_by(sample_every.max(1) as usize)
+        .map(|t| {
+            let i = segments.partition_point(|s| s.0 <= t).saturating_sub(1);
+            let n = segments.get(i).map_or(opts.min, |s| s.1);
+            Timeline {
+                t,
+                desired: n,
+                ready: n,
+            }
+        })
+        .collect();
     OracleRun {
         node_seconds,
         scale_actions: actions,

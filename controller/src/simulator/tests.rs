@@ -1,0 +1,181 @@
+//! Small hand-checked traces: the scheduler, boot delays, and each policy.
+
+use super::*;
+use crate::simulator::trace::Row;
+
+fn opts() -> SimOptions {
+    SimOptions {
+        boot_jitter_s: 0,
+        max: 10,
+        ..SimOptions::default()
+    }
+}
+
+fn step_trace(before: f64, after: f64, at: i64, end: i64) -> Trace {
+    Trace {
+        name: "step".into(),
+        rows: vec![
+            Row { time_s: 0, cpu: before, memory: None },
+            Row { time_s: at, cpu: after, memory: None },
+        ],
+        end_s: end,
+    }
+}
+
+#[test]
+fn scheduler_binds_what_fits_and_leaves_the_rest_pending() {
+    let mut c = Cluster::new(opts(), 1, 1);
+    c.set_demand(1.5, None, 0);
+    c.schedule(0);
+    assert_eq!(c.pending().count(), 0);
+    c.set_demand(3.0, None, 10);
+    c.schedule(10);
+    // 2 CPU node, 0.5 CPU pods: 4 fit, 2 wait.
+    assert_eq!(c.pods.len(), 6);
+    assert_eq!(c.pending().count(), 2);
+}
+
+#[test]
+fn scheduler_spreads_pods_like_least_allocated() {
+    let mut c = Cluster::new(opts(), 2, 1);
+    c.set_demand(2.0, None, 0);
+    c.schedule(0);
+    let per_node: Vec<f64> = c.nodes.iter().map(|n| n.requested.cpu).collect();
+    assert_eq!(per_node, vec![1.0, 1.0]);
+}
+
+#[test]
+fn nodes_become_ready_after_the_boot_time() {
+    let mut c = Cluster::new(opts(), 1, 1);
+    c.set_desired(2, 100);
+    c.advance(174);
+    assert_eq!(c.ready_nodes(), 1);
+    c.advance(175);
+    assert_eq!(c.ready_nodes(), 2);
+}
+
+#[test]
+fn boot_jitter_stays_within_bounds() {
+    let o = SimOptions {
+        boot_jitter_s: 10,
+        ..opts()
+    };
+    let mut c = Cluster::new(o, 0, 7);
+    c.set_desired(10, 0);
+    for n in &c.nodes {
+        let cluster::NodeState::Booting { ready_at } = n.state else {
+            panic!("not booting")
+        };
+        assert!((65..=85).contains(&ready_at), "{ready_at}");
+    }
+}
+
+fn run_one(scaler: &mut dyn Autoscaler, trace: &Trace, initial: u32) -> Run {
+    simulate(trace, &opts(), 1, initial, scaler, &mut |_, _| {})
+}
+
+fn smartscale(o: &SimOptions) -> RealPolicy {
+    RealPolicy {
+        name: "smartscale",
+        config: PolicyConfig::default(),
+        group: policy::Group {
+            asg_name: "g".into(),
+            min: o.min,
+            max: o.max,
+            desired: 1,
+            node_allocatable: o.allocatable,
+            instances: vec![],
+        },
+        interval_s: 30,
+        fast_path: true,
+        cpu_reporting: 1.0,
+        memory: policy::Memory::default(),
+    }
+}
+
+#[test]
+fn smartscale_pods_wait_one_boot_plus_the_fast_path() {
+    // 1 node full at 2 cores; at t=100 demand doubles: 4 pods need 1 more node.
+    let trace = step_trace(2.0, 4.0, 100, 3600);
+    let run = run_one(&mut smartscale(&opts()), &trace, 1);
+    let max_wait = *run.waits.iter().max().unwrap();
+    // Fast path fires 2 s after the pods appear, the node boots in 75 s.
+    assert_eq!(max_wait, 77);
+    assert_eq!(run.waits.iter().filter(|w| **w > 0).count(), 4);
+}
+
+#[test]
+fn prototype_waits_for_its_next_tick_and_adds_one_node_at_a_time() {
+    let trace = step_trace(2.0, 6.0, 100, 3600);
+    let mut p = Prototype {
+        min: 1,
+        max: 10,
+        last_up: i64::MIN / 2,
+        last_down: i64::MIN / 2,
+    };
+    let run = run_one(&mut p, &trace, 1);
+    // Tick at 120 → +1 (ready 195, takes 4 pods); cooldown 60 s → tick 180 → +1 (ready 255).
+    assert_eq!(*run.waits.iter().max().unwrap(), 155);
+}
+
+#[test]
+fn requests_only_packs_pending_pods_on_its_10s_scan() {
+    let trace = step_trace(2.0, 6.0, 100, 3600);
+    let mut r = RequestsOnly {
+        min: 1,
+        max: 10,
+        last_up: i64::MIN / 2,
+        unneeded_since: Default::default(),
+    };
+    let run = run_one(&mut r, &trace, 1);
+    // Scan at t=100 sees 8 pending pods → 2 nodes at once, ready at 175.
+    assert_eq!(*run.waits.iter().max().unwrap(), 75);
+}
+
+#[test]
+fn static_peak_never_scales() {
+    let trace = step_trace(2.0, 6.0, 100, 3600);
+    let run = run_one(&mut StaticPeak, &trace, 3);
+    assert_eq!(run.scale_actions, 0);
+    assert!(run.waits.iter().all(|w| *w == 0));
+    assert!((run.node_seconds - 3.0 * 3600.0).abs() < 1e-6);
+}
+
+#[test]
+fn oracle_starts_nodes_one_boot_time_ahead() {
+    // 1 node until t=1000, then 3: the oracle runs 3 from t=925, one boot time ahead.
+    let trace = step_trace(2.0, 6.0, 1000, 2000);
+    let o = oracle::run(&trace, &opts(), 60);
+    assert_eq!(o.node_seconds, 1.0 * 925.0 + 3.0 * (2000.0 - 925.0));
+    assert_eq!(o.scale_actions, 1);
+    // And back down the moment demand drops.
+    let down = step_trace(6.0, 2.0, 1000, 2000);
+    assert_eq!(oracle::run(&down, &opts(), 60).node_seconds, 3.0 * 1000.0 + 1000.0);
+}
+
+#[test]
+fn smartscale_removes_an_idle_node_after_the_sustained_window() {
+    // 3 nodes of demand, then 1: the policy waits 10 minutes, then removes one node per minute.
+    let trace = step_trace(6.0, 2.0, 60, 3600);
+    let run = run_one(&mut smartscale(&opts()), &trace, 3);
+    assert_eq!(run.scale_actions, 2, "two removals");
+    // Both nodes gone well before the end: ~ (60 + 600 + 60 + 30) s for the second.
+    assert!(run.node_seconds < 3.0 * 900.0 + 3600.0, "{}", run.node_seconds);
+}
+
+#[test]
+fn seed_thresholds_sees_a_third_of_true_cpu() {
+    // The seed's query reads 1/3: 85% true CPU looks like 28%, so it never scales up on CPU.
+    let mut seed = smartscale(&opts());
+    seed.config = PolicyConfig::seed();
+    seed.cpu_reporting = 1.0 / 3.0;
+    let c = Cluster::new(opts(), 2, 1);
+    let sample = signals::Sample {
+        cpu_5m: 85.0,
+        memory: 10.0,
+    };
+    for t in [0, 120, 240, 360] {
+        let cmd = seed.decide(&c, &sample, t);
+        assert!(cmd.desired.is_none());
+    }
+}
