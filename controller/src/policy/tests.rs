@@ -315,7 +315,10 @@ fn consolidation_stops_before_usage_would_trigger_a_scale_up() {
 
 #[test]
 fn scale_down_cooldown_paces_removals() {
-    let cfg = PolicyConfig::default();
+    let cfg = PolicyConfig {
+        after_scale_down: std::time::Duration::from_secs(60),
+        ..PolicyConfig::default()
+    };
     let o = low_cluster();
     let m = Memory {
         low_since: Some(NOW - 3600),

@@ -99,8 +99,8 @@ fn smartscale_pods_wait_one_boot_plus_the_fast_path() {
     let trace = step_trace(2.0, 4.0, 100, 3600);
     let run = run_one(&mut smartscale(&opts()), &trace, 1);
     let max_wait = *run.waits.iter().max().unwrap();
-    // Fast path fires 2 s after the pods appear, the node boots in 75 s.
-    assert_eq!(max_wait, 77);
+    // Fast path fires 1 s after the pods appear, the node boots in 75 s.
+    assert_eq!(max_wait, 76);
     assert_eq!(run.waits.iter().filter(|w| **w > 0).count(), 4);
 }
 
@@ -155,7 +155,7 @@ fn oracle_starts_nodes_one_boot_time_ahead() {
 
 #[test]
 fn smartscale_removes_an_idle_node_after_the_sustained_window() {
-    // 3 nodes of demand, then 1: the policy waits 10 minutes, then removes one node per minute.
+    // 3 nodes of demand, then 1: the policy waits 10 minutes, then removes one node per cycle.
     let trace = step_trace(6.0, 2.0, 60, 3600);
     let run = run_one(&mut smartscale(&opts()), &trace, 3);
     assert_eq!(run.scale_actions, 2, "two removals");
