@@ -2,6 +2,7 @@
 //! desired capacity; scale-down terminates the instance the policy chose (so the ASG's terminate
 //! lifecycle hook holds it while the node's agent drains it). Dry-run never writes.
 
+use crate::metrics::AwsCalls;
 use crate::policy::{Group, Instance, Lifecycle, Resources};
 use crate::{Error, Result};
 use aws_sdk_autoscaling::error::DisplayErrorContext;
@@ -61,13 +62,15 @@ pub fn lifecycle(state: &str) -> Lifecycle {
 pub struct Actuator {
     client: aws_sdk_autoscaling::Client,
     dry_run: bool,
+    calls: AwsCalls,
 }
 
 impl Actuator {
-    pub fn new(sdk: &aws_config::SdkConfig, dry_run: bool) -> Actuator {
+    pub fn new(sdk: &aws_config::SdkConfig, dry_run: bool, calls: AwsCalls) -> Actuator {
         Actuator {
             client: aws_sdk_autoscaling::Client::new(sdk),
             dry_run,
+            calls,
         }
     }
 
@@ -78,6 +81,7 @@ impl Actuator {
     /// Describes every configured group in one call.
     #[tracing::instrument(skip(self))]
     pub async fn describe(&self, names: &[String]) -> Result<Vec<AsgState>> {
+        self.calls.count("autoscaling", "DescribeAutoScalingGroups");
         let out = self
             .client
             .describe_auto_scaling_groups()
@@ -130,6 +134,7 @@ impl Actuator {
             tracing::info!(asg, desired, "dry-run: not calling SetDesiredCapacity");
             return Ok(());
         }
+        self.calls.count("autoscaling", "SetDesiredCapacity");
         self.client
             .set_desired_capacity()
             .auto_scaling_group_name(asg)
@@ -149,6 +154,7 @@ impl Actuator {
             tracing::info!(instance_id, "dry-run: not calling TerminateInstanceInAutoScalingGroup");
             return Ok(());
         }
+        self.calls.count("autoscaling", "TerminateInstanceInAutoScalingGroup");
         self.client
             .terminate_instance_in_auto_scaling_group()
             .instance_id(instance_id)

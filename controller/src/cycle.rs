@@ -96,6 +96,7 @@ impl Context {
         cluster: ClusterWatch,
         actuator: Actuator,
         store: Store,
+        metrics: Metrics,
     ) -> Context {
         let notifier = Notifier::new(cfg.notifications.webhook_url.clone());
         Context {
@@ -104,7 +105,7 @@ impl Context {
             cluster,
             actuator,
             store,
-            metrics: Metrics::new(),
+            metrics,
             notifier,
             status: RwLock::new(Status::default()),
             held: Mutex::new(Held::default()),

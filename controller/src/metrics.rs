@@ -54,6 +54,28 @@ pub struct NodeInfoLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub service: String,
+    pub operation: String,
+}
+
+/// Counts AWS API calls by operation (cost and rate-limit visibility; the steady-state budget
+/// is ≤ 2 per cycle).
+#[derive(Clone, Default)]
+pub struct AwsCalls(pub Family<CallLabels, Counter>);
+
+impl AwsCalls {
+    pub fn count(&self, service: &str, operation: &str) {
+        self.0
+            .get_or_create(&CallLabels {
+                service: service.to_string(),
+                operation: operation.to_string(),
+            })
+            .inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PriceLabels {
     pub node_group: String,
     pub instance_type: String,
@@ -73,6 +95,7 @@ pub struct Metrics {
     pub hourly_cost: Family<GroupLabels, FloatGauge>,
     pub node_info: Family<NodeInfoLabels, Gauge>,
     pub node_price: Family<PriceLabels, FloatGauge>,
+    pub aws_calls: AwsCalls,
 }
 
 impl Default for Metrics {
@@ -96,6 +119,7 @@ impl Metrics {
             hourly_cost: Family::default(),
             node_info: Family::default(),
             node_price: Family::default(),
+            aws_calls: AwsCalls::default(),
             registry: Registry::default(),
         };
         r.register("decisions", "Scaling decisions by action", m.decisions.clone());
@@ -121,6 +145,7 @@ impl Metrics {
             "Configured hourly price per node of a group",
             m.node_price.clone(),
         );
+        r.register("aws_calls", "AWS API calls by operation", m.aws_calls.0.clone());
         Metrics { registry: r, ..m }
     }
 

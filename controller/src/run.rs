@@ -4,6 +4,7 @@
 use crate::actuator::Actuator;
 use crate::config::{Config, TOKEN_ENV};
 use crate::cycle::{self, Context};
+use crate::metrics::Metrics;
 use crate::signals::cluster::ClusterWatch;
 use crate::signals::prometheus::Prometheus;
 use crate::state::Store;
@@ -66,7 +67,8 @@ pub async fn build_context(cfg: Config, dry_run: bool) -> Result<Context> {
     let cluster = ClusterWatch::start(kube);
     cluster.ready(CLUSTER_SYNC_TIMEOUT).await?;
     let prometheus = Prometheus::new(cfg.prometheus.clone(), cfg.custom_signals.clone())?;
-    let actuator = Actuator::new(&sdk, dry_run || cfg.dry_run);
+    let metrics = Metrics::new();
+    let actuator = Actuator::new(&sdk, dry_run || cfg.dry_run, metrics.aws_calls.clone());
     let store = Store::new(
         &sdk,
         &cfg.state.table,
@@ -74,8 +76,9 @@ pub async fn build_context(cfg: Config, dry_run: bool) -> Result<Context> {
         replica_id(),
         cfg.state.lease_ttl,
         cfg.state.history_retention,
+        metrics.aws_calls.clone(),
     );
-    Ok(Context::new(cfg, prometheus, cluster, actuator, store))
+    Ok(Context::new(cfg, prometheus, cluster, actuator, store, metrics))
 }
 
 pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {

@@ -41,6 +41,7 @@ impl Store {
     pub async fn acquire(&self, current: Option<&Lease>, now: f64) -> Result<LeaseStatus> {
         let expires = now + self.lease_ttl.as_secs_f64();
         if let Some(lease) = current {
+            self.calls.count("dynamodb", "UpdateItem");
             let renewed = self
                 .client
                 .update_item()
@@ -69,6 +70,7 @@ impl Store {
                 }
             }
         }
+        self.calls.count("dynamodb", "GetItem");
         let item = self
             .client
             .get_item()
@@ -112,6 +114,7 @@ impl Store {
             req.condition_expression("attribute_not_exists(#r)")
                 .expression_attribute_names("#r", "record")
         };
+        self.calls.count("dynamodb", "UpdateItem");
         match req.send().await {
             Ok(_) => {
                 tracing::info!(token, "lease acquired");
@@ -131,6 +134,7 @@ impl Store {
 
     /// Gives the lease up (on shutdown) so another replica takes over at once.
     pub async fn release(&self, lease: &Lease) -> Result<()> {
+        self.calls.count("dynamodb", "UpdateItem");
         self.client
             .update_item()
             .table_name(&self.table)

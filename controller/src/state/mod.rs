@@ -11,6 +11,7 @@ mod records;
 pub use lease::{Lease, LeaseStatus};
 pub use records::{HistoryRecord, StoredState, sortable_time};
 
+use crate::metrics::AwsCalls;
 use crate::{Error, Result};
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem};
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 pub struct Store {
     client: aws_sdk_dynamodb::Client,
+    calls: AwsCalls,
     table: String,
     cluster: String,
     /// This replica's identity in the lease (host + pid + random suffix).
@@ -42,9 +44,11 @@ impl Store {
         replica: String,
         lease_ttl: Duration,
         history_retention: Duration,
+        calls: AwsCalls,
     ) -> Store {
         Store {
             client: aws_sdk_dynamodb::Client::new(sdk),
+            calls,
             table: table.to_string(),
             cluster: cluster.to_string(),
             replica,
@@ -75,6 +79,7 @@ impl Store {
 
     /// Loads the policy's memory (strongly consistent: a new holder must see the last write).
     pub async fn load(&self) -> Result<StoredState> {
+        self.calls.count("dynamodb", "GetItem");
         let out = self
             .client
             .get_item()
@@ -129,6 +134,7 @@ impl Store {
     }
 
     async fn transact(&self, lease: &Lease, items: Vec<TransactWriteItem>) -> Result<()> {
+        self.calls.count("dynamodb", "TransactWriteItems");
         match self
             .client
             .transact_write_items()
@@ -152,6 +158,7 @@ impl Store {
     }
 
     async fn current_token(&self) -> Option<u64> {
+        self.calls.count("dynamodb", "GetItem");
         let out = self
             .client
             .get_item()
@@ -166,6 +173,7 @@ impl Store {
 
     /// Newest history records first.
     pub async fn history(&self, limit: u32) -> Result<Vec<HistoryRecord>> {
+        self.calls.count("dynamodb", "Query");
         let out = self
             .client
             .query()
