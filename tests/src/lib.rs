@@ -4,6 +4,7 @@
 //! - [`imds`]: a fake IMDSv2 per emulated instance.
 //! - [`apiserver`]: a fake Kubernetes API server with a simulated scheduler and kubelet.
 //! - [`prometheus`]: real Prometheus fixtures (backfilled history or a live synthetic exporter).
+//! - [`world`]: all of them wired into one small cluster for end-to-end tests.
 
 pub mod apiserver;
 pub mod aws;
@@ -11,5 +12,6 @@ pub mod error;
 pub mod imds;
 pub mod process;
 pub mod prometheus;
+pub mod world;
 
 pub use error::{Error, Result};
