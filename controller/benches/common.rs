@@ -6,12 +6,14 @@ use std::time::{Duration, Instant};
 /// CPU time (user + system) this process has used, from `/proc/self/stat` (clock ticks).
 /// Coarse (10 ms ticks here), so `measure` reports CPU as a total over many runs.
 pub fn cpu_time() -> Duration {
-    let ticks = std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| {
-        // Fields after the `(comm)`: utime and stime are the 12th and 13th.
-        let rest = s.rsplit_once(')')?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-    });
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the `(comm)`: utime and stime are the 12th and 13th.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        });
     Duration::from_millis(ticks.unwrap_or(0) * 10)
 }
 

@@ -151,17 +151,26 @@ impl Actuator {
     #[tracing::instrument(skip(self))]
     pub async fn terminate(&self, instance_id: &str, decrement: bool) -> Result<()> {
         if self.dry_run {
-            tracing::info!(instance_id, "dry-run: not calling TerminateInstanceInAutoScalingGroup");
+            tracing::info!(
+                instance_id,
+                "dry-run: not calling TerminateInstanceInAutoScalingGroup"
+            );
             return Ok(());
         }
-        self.calls.count("autoscaling", "TerminateInstanceInAutoScalingGroup");
+        self.calls
+            .count("autoscaling", "TerminateInstanceInAutoScalingGroup");
         self.client
             .terminate_instance_in_auto_scaling_group()
             .instance_id(instance_id)
             .should_decrement_desired_capacity(decrement)
             .send()
             .await
-            .map_err(|e| Error::aws("TerminateInstanceInAutoScalingGroup", DisplayErrorContext(e)))?;
+            .map_err(|e| {
+                Error::aws(
+                    "TerminateInstanceInAutoScalingGroup",
+                    DisplayErrorContext(e),
+                )
+            })?;
         Ok(())
     }
 }

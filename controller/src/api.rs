@@ -100,7 +100,12 @@ async fn history(State(api): State<Api>, Query(q): Query<HistoryQuery>) -> Respo
     let limit = match q.limit.as_deref().map(str::parse::<u32>) {
         None => 20,
         Some(Ok(n)) if (1..=1000).contains(&n) => n,
-        Some(_) => return error(StatusCode::BAD_REQUEST, "limit must be a whole number from 1 to 1000"),
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "limit must be a whole number from 1 to 1000",
+            );
+        }
     };
     match api.ctx.store.history(limit).await {
         Ok(records) => axum::Json(json!({ "history": records })).into_response(),
@@ -153,7 +158,9 @@ async fn scale(State(api): State<Api>, headers: HeaderMap, body: axum::body::Byt
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("bad JSON body ({e}); expected {{\"action\": \"scale_up\"|\"scale_down\", \"count\": N, \"reason\": \"...\"}}"),
+                format!(
+                    "bad JSON body ({e}); expected {{\"action\": \"scale_up\"|\"scale_down\", \"count\": N, \"reason\": \"...\"}}"
+                ),
             );
         }
     };
@@ -176,12 +183,19 @@ async fn scale(State(api): State<Api>, headers: HeaderMap, body: axum::body::Byt
         .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
         .is_err()
     {
-        return error(StatusCode::CONFLICT, "another scaling action is in flight; retry when it is recorded");
+        return error(
+            StatusCode::CONFLICT,
+            "another scaling action is in flight; retry when it is recorded",
+        );
     }
     let manual = ManualRequest {
         action,
         count: req.count,
-        reason: if req.reason.is_empty() { "no reason given".into() } else { req.reason },
+        reason: if req.reason.is_empty() {
+            "no reason given".into()
+        } else {
+            req.reason
+        },
         node_group: req.node_group,
     };
     let (gi, from, to, clamp) = match cycle::plan_manual(&api.ctx, &manual).await {

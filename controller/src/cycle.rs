@@ -3,7 +3,10 @@
 
 use crate::actuator::{Actuator, AsgState};
 use crate::config::Config;
-use crate::metrics::{DecisionLabels, GroupLabels, Metrics, NodeInfoLabels, NodeLabels, PriceLabels, ReplicaLabels, SignalLabels};
+use crate::metrics::{
+    DecisionLabels, GroupLabels, Metrics, NodeInfoLabels, NodeLabels, PriceLabels, ReplicaLabels,
+    SignalLabels,
+};
 use crate::notify::Notifier;
 use crate::policy::{self, Action, Decision, Lifecycle, Observation, Resources};
 use crate::signals::cluster::{ClusterSnapshot, ClusterWatch};
@@ -190,7 +193,12 @@ async fn lease(ctx: &Context, held: &mut Held, now: f64) -> Result<Option<Lease>
 /// Reads every source. Prometheus failures become missing readings; AWS and Kubernetes
 /// failures are errors (without them no decision is safe).
 async fn observe(ctx: &Context) -> Result<(PromSignals, Vec<AsgState>, ClusterSnapshot)> {
-    let names: Vec<String> = ctx.cfg.node_groups.iter().map(|g| g.asg_name.clone()).collect();
+    let names: Vec<String> = ctx
+        .cfg
+        .node_groups
+        .iter()
+        .map(|g| g.asg_name.clone())
+        .collect();
     let (prom, asgs) = tokio::join!(ctx.prometheus.read(), ctx.actuator.describe(&names));
     let prom_ok = prom.healthy();
     ctx.health(
@@ -217,8 +225,11 @@ async fn observe(ctx: &Context) -> Result<(PromSignals, Vec<AsgState>, ClusterSn
         }
     };
     if !ctx.cluster.healthy() {
-        ctx.health("kubernetes", false, "watch failing; see logs").await;
-        return Err(Error::Kubernetes("the Kubernetes watch is failing; no decision without the cluster's state".into()));
+        ctx.health("kubernetes", false, "watch failing; see logs")
+            .await;
+        return Err(Error::Kubernetes(
+            "the Kubernetes watch is failing; no decision without the cluster's state".into(),
+        ));
     }
     ctx.health("kubernetes", true, "ok").await;
     Ok((prom, asgs, ctx.cluster.snapshot()))
@@ -231,7 +242,12 @@ fn allocatable(ctx: &Context, gi: usize, asg: &AsgState, snap: &ClusterSnapshot)
     }
     snap.nodes
         .iter()
-        .filter(|n| n.ready && n.instance_id.as_ref().is_some_and(|id| asg.instances.iter().any(|i| &i.0 == id)))
+        .filter(|n| {
+            n.ready
+                && n.instance_id
+                    .as_ref()
+                    .is_some_and(|id| asg.instances.iter().any(|i| &i.0 == id))
+        })
         .map(|n| n.allocatable)
         .reduce(Resources::max)
         .unwrap_or(FALLBACK_ALLOCATABLE)
@@ -255,10 +271,14 @@ fn build_observation(
     let booting: Vec<&str> = asgs
         .iter()
         .flat_map(|g| g.instances.iter())
-        .filter(|(id, l, _)| matches!(l, Lifecycle::Launching | Lifecycle::InService) && !ready.contains(id.as_str()))
+        .filter(|(id, l, _)| {
+            matches!(l, Lifecycle::Launching | Lifecycle::InService) && !ready.contains(id.as_str())
+        })
         .map(|(id, _, _)| id.as_str())
         .collect();
-    state.first_seen.retain(|id, _| booting.contains(&id.as_str()));
+    state
+        .first_seen
+        .retain(|id, _| booting.contains(&id.as_str()));
     for id in &booting {
         state.first_seen.entry(id.to_string()).or_insert(now);
     }
@@ -269,7 +289,13 @@ fn build_observation(
         .enumerate()
         .filter_map(|(gi, g)| {
             let asg = asgs.iter().find(|a| a.name == g.asg_name)?;
-            Some(asg.to_group(g.min, g.max, allocatable(ctx, gi, asg, snap), &state.first_seen, now))
+            Some(asg.to_group(
+                g.min,
+                g.max,
+                allocatable(ctx, gi, asg, snap),
+                &state.first_seen,
+                now,
+            ))
         })
         .collect();
     Observation {
@@ -280,7 +306,13 @@ fn build_observation(
     }
 }
 
-fn export(ctx: &Context, prom: &PromSignals, obs: &Observation, snap: &ClusterSnapshot, d: &Decision) {
+fn export(
+    ctx: &Context,
+    prom: &PromSignals,
+    obs: &Observation,
+    snap: &ClusterSnapshot,
+    d: &Decision,
+) {
     let m = &ctx.metrics;
     let mut signals = vec![
         ("cpu", &prom.usage.cpu),
@@ -288,17 +320,25 @@ fn export(ctx: &Context, prom: &PromSignals, obs: &Observation, snap: &ClusterSn
         ("pending_pods", &prom.pending_pods),
         ("nodes", &prom.nodes),
     ];
-    signals.extend(prom.usage.custom.iter().map(|c| (c.name.as_str(), &c.value)));
+    signals.extend(
+        prom.usage
+            .custom
+            .iter()
+            .map(|c| (c.name.as_str(), &c.value)),
+    );
     for (name, r) in signals {
         m.signal_value
-            .get_or_create(&SignalLabels { signal: name.to_string() })
+            .get_or_create(&SignalLabels {
+                signal: name.to_string(),
+            })
             .set(r.value().unwrap_or(f64::NAN));
     }
     m.pending_pods.set(obs.pending.len() as i64);
     m.node_info.clear();
     m.node_price.clear();
     for (gi, g) in obs.groups.iter().enumerate() {
-        let ids: std::collections::HashSet<&str> = g.instances.iter().map(|i| i.id.as_str()).collect();
+        let ids: std::collections::HashSet<&str> =
+            g.instances.iter().map(|i| i.id.as_str()).collect();
         let ready = obs
             .nodes
             .iter()
@@ -320,11 +360,16 @@ fn export(ctx: &Context, prom: &PromSignals, obs: &Observation, snap: &ClusterSn
         set("current", live);
         set("desired", g.desired as i64);
         set("ready", ready);
-        set("in_flight", (live - ready).max(0) + (g.desired as i64 - live).max(0));
+        set(
+            "in_flight",
+            (live - ready).max(0) + (g.desired as i64 - live).max(0),
+        );
         let cfg = &ctx.cfg.node_groups[gi.min(ctx.cfg.node_groups.len() - 1)];
         let price = cfg.hourly_price.unwrap_or(0.0);
         m.hourly_cost
-            .get_or_create(&GroupLabels { node_group: g.asg_name.clone() })
+            .get_or_create(&GroupLabels {
+                node_group: g.asg_name.clone(),
+            })
             .set(price * live as f64);
         for (n, meta) in snap.nodes.iter().zip(&snap.meta) {
             let Some(id) = n.instance_id.as_deref().filter(|id| ids.contains(id)) else {
@@ -352,14 +397,25 @@ fn export(ctx: &Context, prom: &PromSignals, obs: &Observation, snap: &ClusterSn
     m.decisions
         .get_or_create(&DecisionLabels {
             action: d.action.as_str().to_string(),
-            node_group: obs.groups.get(d.group).map(|g| g.asg_name.clone()).unwrap_or_default(),
+            node_group: obs
+                .groups
+                .get(d.group)
+                .map(|g| g.asg_name.clone())
+                .unwrap_or_default(),
             dry_run: ctx.dry_run().to_string(),
         })
         .inc();
 }
 
 /// A history record with the common fields; callers fill in the rest.
-fn history(ctx: &Context, action: &str, group: &str, from: u32, to: u32, token: u64) -> HistoryRecord {
+fn history(
+    ctx: &Context,
+    action: &str,
+    group: &str,
+    from: u32,
+    to: u32,
+    token: u64,
+) -> HistoryRecord {
     HistoryRecord {
         time: crate::state::sortable_time(jiff::Timestamp::now()),
         action: action.to_string(),
@@ -381,7 +437,9 @@ fn history(ctx: &Context, action: &str, group: &str, from: u32, to: u32, token: 
 pub async fn run_once(ctx: &Context, record_none: bool) -> Result<Outcome> {
     let started = Instant::now();
     let result = cycle(ctx, record_none).await;
-    ctx.metrics.cycle_duration.observe(started.elapsed().as_secs_f64());
+    ctx.metrics
+        .cycle_duration
+        .observe(started.elapsed().as_secs_f64());
     match &result {
         Ok(o) => {
             ctx.consecutive_errors.store(0, Ordering::Relaxed);
@@ -407,14 +465,22 @@ async fn cycle(ctx: &Context, record_none: bool) -> Result<Outcome> {
     let (_, now, now_f) = now_parts();
     let mut held = ctx.held.lock().await;
     let Some(lease) = lease(ctx, &mut held, now_f).await? else {
-        let holder = ctx.status.read().await.lease_holder.clone().unwrap_or_default();
+        let holder = ctx
+            .status
+            .read()
+            .await
+            .lease_holder
+            .clone()
+            .unwrap_or_default();
         return Ok(Outcome {
             action: Action::None.as_str(),
             node_group: None,
             from: 0,
             to: 0,
             victim: None,
-            reasons: vec![format!("not the lease holder ({holder} holds it); standing by")],
+            reasons: vec![format!(
+                "not the lease holder ({holder} holds it); standing by"
+            )],
             dry_run: ctx.dry_run(),
             rollback: vec![],
             in_flight: 0,
@@ -457,7 +523,14 @@ async fn cycle(ctx: &Context, record_none: bool) -> Result<Outcome> {
             let rec = record_none.then(|| HistoryRecord {
                 reasons: decision.reasons.clone(),
                 signals: signals.clone(),
-                ..history(ctx, "none", group_name.as_deref().unwrap_or(""), decision.from, decision.to, lease.token)
+                ..history(
+                    ctx,
+                    "none",
+                    group_name.as_deref().unwrap_or(""),
+                    decision.from,
+                    decision.to,
+                    lease.token,
+                )
             });
             ctx.store.commit(&lease, &state, rec.as_ref()).await?;
         }
@@ -466,7 +539,10 @@ async fn cycle(ctx: &Context, record_none: bool) -> Result<Outcome> {
     }
 
     if !lease.fresh(ctx.cfg.state.lease_ttl) {
-        return Err(Error::Fenced { ours: lease.token, current: 0 });
+        return Err(Error::Fenced {
+            ours: lease.token,
+            current: 0,
+        });
     }
     ctx.action_in_flight.store(true, Ordering::SeqCst);
     let result = act(ctx, &lease, &mut state, &decision, group, signals).await;
@@ -490,7 +566,12 @@ async fn act(
         victim: d.victim.as_ref().map(|v| v.instance_id.clone()),
         reasons: d.reasons.clone(),
         signals,
-        source: if d.action == Action::None { "rollback" } else { "policy" }.to_string(),
+        source: if d.action == Action::None {
+            "rollback"
+        } else {
+            "policy"
+        }
+        .to_string(),
         status: "intent".to_string(),
         ..history(ctx, d.action.as_str(), &name, d.from, d.to, lease.token)
     };
@@ -527,7 +608,10 @@ async fn act(
             name,
             d.from,
             d.to,
-            d.victim.as_ref().map(|v| format!(" (removing {})", v.node)).unwrap_or_default(),
+            d.victim
+                .as_ref()
+                .map(|v| format!(" (removing {})", v.node))
+                .unwrap_or_default(),
             d.reasons.join("; ")
         ));
     }
@@ -535,7 +619,10 @@ async fn act(
 }
 
 /// Checks a manual request against the group's bounds. Returns (group index, from, to, clamp note).
-pub async fn plan_manual(ctx: &Context, req: &ManualRequest) -> Result<(usize, u32, u32, Option<String>)> {
+pub async fn plan_manual(
+    ctx: &Context,
+    req: &ManualRequest,
+) -> Result<(usize, u32, u32, Option<String>)> {
     let gi = match &req.node_group {
         Some(n) => ctx
             .cfg
@@ -546,7 +633,10 @@ pub async fn plan_manual(ctx: &Context, req: &ManualRequest) -> Result<(usize, u
         None => 0,
     };
     let g = &ctx.cfg.node_groups[gi];
-    let asg = ctx.actuator.describe(std::slice::from_ref(&g.asg_name)).await?;
+    let asg = ctx
+        .actuator
+        .describe(std::slice::from_ref(&g.asg_name))
+        .await?;
     let asg = &asg[0];
     let (min, max) = (g.min.max(asg.min), g.max.min(asg.max));
     let wanted = match req.action {
@@ -554,9 +644,8 @@ pub async fn plan_manual(ctx: &Context, req: &ManualRequest) -> Result<(usize, u
         _ => asg.desired as i64 - req.count as i64,
     };
     let to = wanted.clamp(min as i64, max as i64) as u32;
-    let note = (to as i64 != wanted).then(|| {
-        format!("requested {wanted} clamped to {to} (group bounds [{min}, {max}])")
-    });
+    let note = (to as i64 != wanted)
+        .then(|| format!("requested {wanted} clamped to {to} (group bounds [{min}, {max}])"));
     Ok((gi, asg.desired, to, note))
 }
 
@@ -566,7 +655,10 @@ pub async fn run_manual(ctx: &Context, req: ManualRequest, gi: usize) -> Result<
     let mut held = ctx.held.lock().await;
     let result = async {
         let Some(lease) = lease(ctx, &mut held, now_f).await? else {
-            return Err(Error::Other("not the lease holder; send manual requests to the replica that holds the lease".into()));
+            return Err(Error::Other(
+                "not the lease holder; send manual requests to the replica that holds the lease"
+                    .into(),
+            ));
         };
         let mut state = match held.state.take() {
             Some(s) => s,
@@ -595,7 +687,10 @@ pub async fn run_manual(ctx: &Context, req: ManualRequest, gi: usize) -> Result<
         };
         if to == g.desired {
             held.state = Some(state);
-            return Err(Error::Other(format!("nothing to do: {} stays at {to} (bounds or no removable node)", g.asg_name)));
+            return Err(Error::Other(format!(
+                "nothing to do: {} stays at {to} (bounds or no removable node)",
+                g.asg_name
+            )));
         }
         let decision = Decision {
             action: req.action,
@@ -622,14 +717,30 @@ pub async fn run_manual(ctx: &Context, req: ManualRequest, gi: usize) -> Result<
                     victim: Some(v.clone()),
                     ..decision.clone()
                 };
-                r = act(ctx, &lease, &mut state, &d, Some(&g), serde_json::Value::Null).await;
+                r = act(
+                    ctx,
+                    &lease,
+                    &mut state,
+                    &d,
+                    Some(&g),
+                    serde_json::Value::Null,
+                )
+                .await;
                 if r.is_err() {
                     break;
                 }
             }
             r
         } else {
-            act(ctx, &lease, &mut state, &decision, Some(&g), serde_json::Value::Null).await
+            act(
+                ctx,
+                &lease,
+                &mut state,
+                &decision,
+                Some(&g),
+                serde_json::Value::Null,
+            )
+            .await
         };
         held.state = Some(state);
         r
@@ -651,7 +762,12 @@ pub async fn reconcile(ctx: &Context) -> Result<()> {
         return Ok(());
     };
     let state = ctx.store.load().await?;
-    let names: Vec<String> = ctx.cfg.node_groups.iter().map(|g| g.asg_name.clone()).collect();
+    let names: Vec<String> = ctx
+        .cfg
+        .node_groups
+        .iter()
+        .map(|g| g.asg_name.clone())
+        .collect();
     let asgs = ctx.actuator.describe(&names).await?;
     for asg in &asgs {
         if let Some(&recorded) = state.last_desired.get(&asg.name)

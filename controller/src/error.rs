@@ -26,7 +26,9 @@ pub enum Error {
     Aws { operation: String, message: String },
     #[error("state table: {0}")]
     State(String),
-    #[error("lease lost: another replica holds it or fenced us (our token {ours}, current {current})")]
+    #[error(
+        "lease lost: another replica holds it or fenced us (our token {ours}, current {current})"
+    )]
     Fenced { ours: u64, current: u64 },
     #[error("{0}")]
     Trace(String),

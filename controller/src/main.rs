@@ -4,12 +4,16 @@ use clap::{Parser, Subcommand};
 use smartscale_common::logging::{self, LogFormat};
 use smartscale_controller::config::{self, Purpose};
 use smartscale_controller::simulator::{self, trace};
-use smartscale_controller::{Error, cycle, run};
+use smartscale_controller::{Error, run};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "smartscale-controller", version, about = "Autoscaler for K3s worker groups on AWS")]
+#[command(
+    name = "smartscale-controller",
+    version,
+    about = "Autoscaler for K3s worker groups on AWS"
+)]
 struct Cli {
     /// Config file (YAML). Required for run, once and check; optional for simulate.
     #[arg(long, global = true)]
@@ -110,14 +114,24 @@ fn check(config: Option<PathBuf>) -> ExitCode {
     }
 }
 
-fn with_runtime(config: Option<PathBuf>, log_format: Option<LogFormat>, once: bool, dry_run: bool) -> ExitCode {
+fn with_runtime(
+    config: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    once: bool,
+    dry_run: bool,
+) -> ExitCode {
     let path = match require(config) {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
     let cfg = match config::load(&path, Purpose::Controller) {
         Ok(c) => c,
-        Err(e) => return fail(format!("{e}\nrun `smartscale-controller --config {} check` for details", path.display())),
+        Err(e) => {
+            return fail(format!(
+                "{e}\nrun `smartscale-controller --config {} check` for details",
+                path.display()
+            ));
+        }
     };
     if let Err(e) = logging::init(log_format.unwrap_or(cfg.log_format)) {
         return fail(e);
@@ -133,11 +147,7 @@ fn with_runtime(config: Option<PathBuf>, log_format: Option<LogFormat>, once: bo
                 Err(e) => fail(e),
             };
         }
-        let ctx = match run::build_context(cfg, dry_run).await {
-            Ok(c) => c,
-            Err(e) => return fail(e),
-        };
-        match cycle::run_once(&ctx, true).await {
+        match run::once(cfg, dry_run).await {
             Ok(outcome) => match serde_json::to_string(&outcome) {
                 Ok(json) => {
                     println!("{json}");
@@ -207,7 +217,10 @@ fn simulate(
     }
     if let Some(dir) = out {
         let path = dir.join("chart.svg");
-        match smartscale_common::files::write_shared(&path, simulator::chart::svg(&report).as_bytes()) {
+        match smartscale_common::files::write_shared(
+            &path,
+            simulator::chart::svg(&report).as_bytes(),
+        ) {
             Ok(()) => eprintln!("chart written to {}", path.display()),
             Err(e) => return fail(e),
         }

@@ -122,36 +122,70 @@ impl Metrics {
             aws_calls: AwsCalls::default(),
             registry: Registry::default(),
         };
-        r.register("decisions", "Scaling decisions by action", m.decisions.clone());
-        r.register("nodes", "Nodes per group: current, desired, ready, in_flight", m.nodes.clone());
-        r.register("pending_pods", "Unschedulable pending pods", m.pending_pods.clone());
-        r.register("signal_value", "Last value of each signal", m.signal_value.clone());
+        r.register(
+            "decisions",
+            "Scaling decisions by action",
+            m.decisions.clone(),
+        );
+        r.register(
+            "nodes",
+            "Nodes per group: current, desired, ready, in_flight",
+            m.nodes.clone(),
+        );
+        r.register(
+            "pending_pods",
+            "Unschedulable pending pods",
+            m.pending_pods.clone(),
+        );
+        r.register(
+            "signal_value",
+            "Last value of each signal",
+            m.signal_value.clone(),
+        );
         r.register(
             "cycle_duration_seconds",
             "Duration of one control cycle",
             m.cycle_duration.clone(),
         );
         r.register("errors", "Errors by kind", m.errors.clone());
-        r.register("lease_held", "1 when this replica holds the lease", m.lease_held.clone());
-        r.register("fencing_token", "Fencing token of the lease we hold", m.fencing_token.clone());
+        r.register(
+            "lease_held",
+            "1 when this replica holds the lease",
+            m.lease_held.clone(),
+        );
+        r.register(
+            "fencing_token",
+            "Fencing token of the lease we hold",
+            m.fencing_token.clone(),
+        );
         r.register(
             "estimated_hourly_cost_dollars",
             "Ready and booting nodes times the group's hourly price",
             m.hourly_cost.clone(),
         );
-        r.register("node_info", "One per worker node, with its attributes", m.node_info.clone());
+        r.register(
+            "node_info",
+            "One per worker node, with its attributes",
+            m.node_info.clone(),
+        );
         r.register(
             "node_hourly_price_dollars",
             "Configured hourly price per node of a group",
             m.node_price.clone(),
         );
-        r.register("aws_calls", "AWS API calls by operation", m.aws_calls.0.clone());
+        r.register(
+            "aws_calls",
+            "AWS API calls by operation",
+            m.aws_calls.0.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
     pub fn error(&self, kind: &str) {
         self.errors
-            .get_or_create(&KindLabels { kind: kind.to_string() })
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
             .inc();
     }
 

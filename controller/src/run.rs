@@ -53,7 +53,9 @@ pub fn api_token(cfg: &Config) -> Result<Option<String>> {
 
 /// Connects to everything. Fails with a clear error when a dependency cannot even be configured.
 pub async fn build_context(cfg: Config, dry_run: bool) -> Result<Context> {
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
     if sdk.region().is_none() {
         return Err(Error::Other(
             "no AWS region: set AWS_REGION (or a profile with a region)".into(),
@@ -78,7 +80,26 @@ pub async fn build_context(cfg: Config, dry_run: bool) -> Result<Context> {
         cfg.state.history_retention,
         metrics.aws_calls.clone(),
     );
-    Ok(Context::new(cfg, prometheus, cluster, actuator, store, metrics))
+    Ok(Context::new(
+        cfg, prometheus, cluster, actuator, store, metrics,
+    ))
+}
+
+/// `once`: one full cycle, then the lease is handed back so the next run (or replica) need
+/// not wait for it to expire.
+pub async fn once(cfg: Config, dry_run: bool) -> Result<cycle::Outcome> {
+    let ctx = build_context(cfg, dry_run).await?;
+    let outcome = cycle::run_once(&ctx, true).await;
+    release(&ctx).await;
+    outcome
+}
+
+async fn release(ctx: &Context) {
+    if let Some(lease) = ctx.held.lock().await.lease.take()
+        && let Err(e) = ctx.store.release(&lease).await
+    {
+        tracing::warn!(error = %e, "could not release the lease; it will expire on its own");
+    }
 }
 
 pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
@@ -125,11 +146,7 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     }
 
     let _ = stop_tx.send(true);
-    if let Some(lease) = ctx.held.lock().await.lease.take()
-        && let Err(e) = ctx.store.release(&lease).await
-    {
-        tracing::warn!(error = %e, "could not release the lease; it will expire on its own");
-    }
+    release(&ctx).await;
     let _ = server.await;
     tracing::info!("controller stopped");
     Ok(())

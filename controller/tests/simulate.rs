@@ -19,7 +19,11 @@ fn smartscale_meets_its_targets_on_every_scenario() {
             let r = simulator::run_all(&t, &PolicyConfig::default(), &opts, seed, &mut |_, _| {});
             let ours = r.get("smartscale").unwrap();
             let ratio = ours.oracle_ratio.unwrap();
-            assert!(ratio <= 1.5, "{name}/{seed}: {ratio}× the oracle's node-hours\n{}", r.table());
+            assert!(
+                ratio <= 1.5,
+                "{name}/{seed}: {ratio}× the oracle's node-hours\n{}",
+                r.table()
+            );
             if name == "flash-sale" || name == "diurnal" {
                 assert!(
                     ours.savings_vs_static_pct >= 50.0,
@@ -59,7 +63,11 @@ fn the_same_seed_gives_byte_identical_json() {
             .args(["simulate", "--scenario", "noisy", "--json", "--seed", seed])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out.stdout
     };
     let a = run("7");
@@ -74,7 +82,14 @@ fn the_same_seed_gives_byte_identical_json() {
         .collect();
     assert_eq!(
         names,
-        ["smartscale", "static-peak", "seed-thresholds", "prototype", "requests-only", "oracle"]
+        [
+            "smartscale",
+            "static-peak",
+            "seed-thresholds",
+            "prototype",
+            "requests-only",
+            "oracle"
+        ]
     );
     for key in [
         "node_hours",
@@ -107,7 +122,11 @@ fn no_arguments_runs_flash_sale_and_writes_a_chart() {
     assert!(table.contains("smartscale") && table.contains("oracle"));
     let svg = std::fs::read_to_string(dir.path().join("chart.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("smartscale: ready"));
-    assert_eq!(svg.matches("<polyline").count(), 1 + 2 * 6, "demand + 2 lines per policy");
+    assert_eq!(
+        svg.matches("<polyline").count(),
+        1 + 2 * 6,
+        "demand + 2 lines per policy"
+    );
 }
 
 #[test]
@@ -115,12 +134,22 @@ fn malformed_traces_name_the_line_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     for (text, expect) in [
         ("time,cpu\n0,1\n", ":1: bad header"),
-        ("time_s,cpu_cores\n0,1\n60,lots\n", ":3: cpu_cores `lots` is not a number"),
-        ("time_s,cpu_cores\n0,1\n60,2\n30,3\n", ":4: time goes backwards"),
+        (
+            "time_s,cpu_cores\n0,1\n60,lots\n",
+            ":3: cpu_cores `lots` is not a number",
+        ),
+        (
+            "time_s,cpu_cores\n0,1\n60,2\n30,3\n",
+            ":4: time goes backwards",
+        ),
     ] {
         let path = dir.path().join("t.csv");
         std::fs::write(&path, text).unwrap();
-        let out = bin().args(["simulate", "--trace"]).arg(&path).output().unwrap();
+        let out = bin()
+            .args(["simulate", "--trace"])
+            .arg(&path)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(expect), "{err}");
@@ -142,8 +171,14 @@ fn a_trace_file_runs_through_the_same_policies() {
         .arg(&path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ours = &v["policies"][0];
-    assert!(ours["node_hours"].as_f64().unwrap() < v["policies"][1]["node_hours"].as_f64().unwrap());
+    assert!(
+        ours["node_hours"].as_f64().unwrap() < v["policies"][1]["node_hours"].as_f64().unwrap()
+    );
 }

@@ -134,7 +134,11 @@ impl World {
             )));
             let want = opts.workers as usize;
             world
-                .wait_nodes("the initial workers to be Ready", Duration::from_secs(20), |n| n == want)
+                .wait_nodes(
+                    "the initial workers to be Ready",
+                    Duration::from_secs(20),
+                    |n| n == want,
+                )
                 .await?;
         }
         Ok(world)
@@ -147,7 +151,12 @@ impl World {
                 .attribute_type(ScalarAttributeType::S)
                 .build()
         };
-        let key = |name: &str, t: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(t).build();
+        let key = |name: &str, t: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(t)
+                .build()
+        };
         self.dynamodb
             .create_table()
             .table_name(&self.table)
@@ -158,7 +167,12 @@ impl World {
             .billing_mode(BillingMode::PayPerRequest)
             .send()
             .await
-            .map_err(|e| sdk_err("CreateTable", aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
+            .map_err(|e| {
+                sdk_err(
+                    "CreateTable",
+                    aws_sdk_dynamodb::error::DisplayErrorContext(e),
+                )
+            })?;
         Ok(())
     }
 
@@ -212,21 +226,36 @@ impl World {
             .autoscaling
             .create_auto_scaling_group()
             .auto_scaling_group_name(&self.asg_name)
-            .launch_template(LaunchTemplateSpecification::builder().launch_template_id(lt).build())
+            .launch_template(
+                LaunchTemplateSpecification::builder()
+                    .launch_template_id(lt)
+                    .build(),
+            )
             .min_size(o.min as i32)
             .max_size(o.max as i32)
             .desired_capacity(o.workers as i32)
             .availability_zones(format!("{}a", self.region))
             .availability_zones(format!("{}b", self.region));
         if o.launch_hook {
-            req = req.lifecycle_hook_specification_list(hook(LAUNCH_HOOK, "autoscaling:EC2_INSTANCE_LAUNCHING", "ABANDON"));
+            req = req.lifecycle_hook_specification_list(hook(
+                LAUNCH_HOOK,
+                "autoscaling:EC2_INSTANCE_LAUNCHING",
+                "ABANDON",
+            ));
         }
         if o.terminate_hook {
-            req = req.lifecycle_hook_specification_list(hook(TERMINATE_HOOK, "autoscaling:EC2_INSTANCE_TERMINATING", "CONTINUE"));
+            req = req.lifecycle_hook_specification_list(hook(
+                TERMINATE_HOOK,
+                "autoscaling:EC2_INSTANCE_TERMINATING",
+                "CONTINUE",
+            ));
         }
-        req.send()
-            .await
-            .map_err(|e| sdk_err("CreateAutoScalingGroup", aws_sdk_autoscaling::error::DisplayErrorContext(e)))?;
+        req.send().await.map_err(|e| {
+            sdk_err(
+                "CreateAutoScalingGroup",
+                aws_sdk_autoscaling::error::DisplayErrorContext(e),
+            )
+        })?;
         Ok(())
     }
 
@@ -240,7 +269,10 @@ impl World {
             ("AWS_ENDPOINT_URL".into(), self.aws.endpoint().to_string()),
             ("AWS_REGION".into(), self.region.clone()),
             ("AWS_ACCESS_KEY_ID".into(), crate::aws::ACCESS_KEY_ID.into()),
-            ("AWS_SECRET_ACCESS_KEY".into(), crate::aws::SECRET_ACCESS_KEY.into()),
+            (
+                "AWS_SECRET_ACCESS_KEY".into(),
+                crate::aws::SECRET_ACCESS_KEY.into(),
+            ),
             ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
             ("KUBECONFIG".into(), self.kubeconfig().display().to_string()),
         ]
@@ -248,7 +280,10 @@ impl World {
 
     /// Writes a controller config for this world; `extra` is YAML appended at the top level.
     pub fn controller_config(&self, prometheus_url: &str, extra: &str) -> Result<PathBuf> {
-        let path = self.dir.path().join(format!("controller-{}.yaml", rand::random::<u32>()));
+        let path = self
+            .dir
+            .path()
+            .join(format!("controller-{}.yaml", rand::random::<u32>()));
         let text = format!(
             "cluster_id: e2e\ninterval: 1s\nprometheus:\n  url: {prometheus_url}\n  timeout: 500ms\nstate:\n  table: {}\n  lease_ttl: 3s\nnode_groups:\n  - asg_name: {}\n    min: 1\n    max: 10\n    hourly_price: 0.0416\n{extra}\n",
             self.table, self.asg_name
@@ -277,7 +312,12 @@ impl World {
             .collect())
     }
 
-    pub async fn wait_nodes(&self, what: &str, timeout: Duration, ok: impl Fn(usize) -> bool) -> Result<usize> {
+    pub async fn wait_nodes(
+        &self,
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(usize) -> bool,
+    ) -> Result<usize> {
         poll_until(what, timeout, || async {
             let n = self.ready_workers().await?.len();
             Ok(ok(n).then_some(n))
@@ -293,7 +333,12 @@ impl World {
             .auto_scaling_group_names(&self.asg_name)
             .send()
             .await
-            .map_err(|e| sdk_err("DescribeAutoScalingGroups", aws_sdk_autoscaling::error::DisplayErrorContext(e)))?;
+            .map_err(|e| {
+                sdk_err(
+                    "DescribeAutoScalingGroups",
+                    aws_sdk_autoscaling::error::DisplayErrorContext(e),
+                )
+            })?;
         let g = out
             .auto_scaling_groups()
             .first()
@@ -305,7 +350,9 @@ impl World {
                 .map(|i| {
                     (
                         i.instance_id().unwrap_or_default().to_string(),
-                        i.lifecycle_state().map(|s| s.as_str().to_string()).unwrap_or_default(),
+                        i.lifecycle_state()
+                            .map(|s| s.as_str().to_string())
+                            .unwrap_or_default(),
                     )
                 })
                 .collect(),
@@ -320,7 +367,12 @@ impl World {
             .auto_scaling_group_name(&self.asg_name)
             .send()
             .await
-            .map_err(|e| sdk_err("DescribeScalingActivities", aws_sdk_autoscaling::error::DisplayErrorContext(e)))?;
+            .map_err(|e| {
+                sdk_err(
+                    "DescribeScalingActivities",
+                    aws_sdk_autoscaling::error::DisplayErrorContext(e),
+                )
+            })?;
         Ok(out
             .activities()
             .iter()
@@ -329,7 +381,14 @@ impl World {
     }
 
     /// Creates a pod in `default` requesting `cpu` and `memory`, optionally pinned to a node.
-    pub async fn create_pod(&self, name: &str, cpu: &str, memory: &str, node: Option<&str>, annotations: serde_json::Value) -> Result<()> {
+    pub async fn create_pod(
+        &self,
+        name: &str,
+        cpu: &str,
+        memory: &str,
+        node: Option<&str>,
+        annotations: serde_json::Value,
+    ) -> Result<()> {
         let mut spec = json!({
             "containers": [{"name": "app", "image": "nginx", "resources": {"requests": {"cpu": cpu, "memory": memory}}}],
             "terminationGracePeriodSeconds": 0
@@ -375,7 +434,10 @@ async fn node_sync(
     let nodes: Api<Node> = Api::all(kube);
     loop {
         if let Ok(instances) = model.instances().await {
-            for i in instances.iter().filter(|i| i.asg_name.as_deref() == Some(asg.as_str())) {
+            for i in instances
+                .iter()
+                .filter(|i| i.asg_name.as_deref() == Some(asg.as_str()))
+            {
                 let name = format!("worker-{}", i.instance_id);
                 let exists = nodes.get_opt(&name).await.ok().flatten().is_some();
                 let alive = matches!(i.lifecycle_state.as_str(), "Pending:Wait" | "InService");
@@ -416,4 +478,39 @@ async fn node_sync(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Path of a workspace binary (`smartscale-controller`, `smartscale-agent`) next to the test's
+/// own target directory. The README's test command builds them first (`cargo build --bins`).
+pub fn product_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("locating the test binary", e))?;
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| Error::Invalid("unexpected test binary location".into()))?;
+    let path = dir.join(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(Error::MissingDependency(
+            "product binary",
+            format!(
+                "{} not found; build it first with `cargo build --workspace --bins`",
+                path.display()
+            ),
+        ))
+    }
+}
+
+/// A command for a product binary with only this world's environment (plus PATH and HOME).
+pub fn product_command(world: &World, name: &str) -> Result<tokio::process::Command> {
+    let mut cmd = tokio::process::Command::new(product_binary(name)?);
+    cmd.env_clear()
+        .envs(world.env())
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", world.dir.path())
+        .env("RUST_LOG", "info")
+        .kill_on_drop(true);
+    Ok(cmd)
 }

@@ -428,7 +428,10 @@ fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Config {
             id
         }
         None if controller => {
-            p.push("cluster_id: required; set it to a name for this cluster (e.g. `cluster_id: prod`)".into());
+            p.push(
+                "cluster_id: required; set it to a name for this cluster (e.g. `cluster_id: prod`)"
+                    .into(),
+            );
             String::new()
         }
         None => fallback.cluster_id.clone(),
@@ -446,16 +449,22 @@ fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Config {
         Some(u) => match url::Url::parse(u) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Some(url),
             Ok(_) => {
-                p.push(format!("prometheus.url: `{u}` must be an http:// or https:// URL with a host"));
+                p.push(format!(
+                    "prometheus.url: `{u}` must be an http:// or https:// URL with a host"
+                ));
                 None
             }
             Err(e) => {
-                p.push(format!("prometheus.url: `{u}` is not a URL ({e}); e.g. http://127.0.0.1:9090"));
+                p.push(format!(
+                    "prometheus.url: `{u}` is not a URL ({e}); e.g. http://127.0.0.1:9090"
+                ));
                 None
             }
         },
         None if controller => {
-            p.push("prometheus.url: required; e.g. `prometheus: {url: http://127.0.0.1:9090}`".into());
+            p.push(
+                "prometheus.url: required; e.g. `prometheus: {url: http://127.0.0.1:9090}`".into(),
+            );
             None
         }
         None => None,
@@ -475,7 +484,9 @@ fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Config {
         ("nodes", &raw.prometheus.queries.nodes),
     ] {
         if q.trim().is_empty() {
-            p.push(format!("prometheus.queries.{name}: empty query; remove the key to use the default"));
+            p.push(format!(
+                "prometheus.queries.{name}: empty query; remove the key to use the default"
+            ));
         }
     }
 
@@ -488,11 +499,15 @@ fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Config {
         } else if custom_signals.iter().any(|s: &CustomSignal| s.name == name)
             || ["cpu", "memory", "pending_pods", "nodes"].contains(&name.as_str())
         {
-            p.push(format!("{at}.name: `{name}` is used twice (or is a built-in signal); names must be unique"));
+            p.push(format!(
+                "{at}.name: `{name}` is used twice (or is a built-in signal); names must be unique"
+            ));
         }
         let query = c.query.unwrap_or_default();
         if query.trim().is_empty() {
-            p.push(format!("{at}.query: required; the PromQL that returns one number"));
+            p.push(format!(
+                "{at}.query: required; the PromQL that returns one number"
+            ));
         }
         match (c.scale_up_above, c.scale_down_below) {
             (None, None) => p.push(format!(
@@ -543,9 +558,13 @@ fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Config {
         let at = format!("node_groups[{i}]");
         let asg_name = g.asg_name.unwrap_or_default();
         if asg_name.trim().is_empty() || asg_name.len() > 255 {
-            p.push(format!("{at}.asg_name: required; the worker Auto Scaling group's name (1–255 characters)"));
+            p.push(format!(
+                "{at}.asg_name: required; the worker Auto Scaling group's name (1–255 characters)"
+            ));
         } else if node_groups.iter().any(|n| n.asg_name == asg_name) {
-            p.push(format!("{at}.asg_name: `{asg_name}` is listed twice; each group once"));
+            p.push(format!(
+                "{at}.asg_name: `{asg_name}` is listed twice; each group once"
+            ));
         }
         let size = |v: Option<i64>, key: &str, p: &mut Vec<String>| -> u32 {
             match v {
@@ -554,7 +573,9 @@ fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Config {
                     0
                 }
                 Some(n) if !(0..=10_000).contains(&n) => {
-                    p.push(format!("{at}.{key}: {n} is out of range; use 0–10000 nodes"));
+                    p.push(format!(
+                        "{at}.{key}: {n} is out of range; use 0–10000 nodes"
+                    ));
                     0
                 }
                 Some(n) => n as u32,
@@ -562,10 +583,14 @@ fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Config {
         };
         let (min, max) = (size(g.min, "min", p), size(g.max, "max", p));
         if min > max {
-            p.push(format!("{at}: min ({min}) is greater than max ({max}); set min ≤ max"));
+            p.push(format!(
+                "{at}: min ({min}) is greater than max ({max}); set min ≤ max"
+            ));
         }
         if g.max == Some(0) {
-            p.push(format!("{at}.max: 0 leaves nothing to scale; use at least 1"));
+            p.push(format!(
+                "{at}.max: 0 leaves nothing to scale; use at least 1"
+            ));
         }
         let allocatable = g.allocatable.map(|a| {
             let cpu = a.cpu.unwrap_or(0.0);
@@ -578,7 +603,9 @@ fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Config {
         if let Some(price) = g.hourly_price
             && !(price >= 0.0 && price.is_finite())
         {
-            p.push(format!("{at}.hourly_price: {price} must be a price in dollars per hour ≥ 0"));
+            p.push(format!(
+                "{at}.hourly_price: {price} must be a price in dollars per hour ≥ 0"
+            ));
         }
         node_groups.push(NodeGroup {
             asg_name,
@@ -648,32 +675,53 @@ fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Config {
             fallback.api.listen
         }
     };
-    let webhook_url = raw.notifications.webhook_url.as_deref().and_then(|u| {
-        match url::Url::parse(u) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
-            _ => {
-                p.push(format!("notifications.webhook_url: `{u}` is not an http(s) URL"));
-                None
-            }
-        }
-    });
+    let webhook_url =
+        raw.notifications
+            .webhook_url
+            .as_deref()
+            .and_then(|u| match url::Url::parse(u) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
+                _ => {
+                    p.push(format!(
+                        "notifications.webhook_url: `{u}` is not an http(s) URL"
+                    ));
+                    None
+                }
+            });
     if raw.notifications.error_threshold < 1 {
         p.push("notifications.error_threshold: must be at least 1".into());
     }
 
     let sim = &raw.simulate;
     for (key, ok) in [
-        ("simulate.allocatable", sim.allocatable.cpu > 0.0 && sim.allocatable.memory > 0.0),
-        ("simulate.pod", sim.pod.cpu > 0.0 && sim.pod.memory > 0.0 && sim.pod.fits_in(sim.allocatable)),
-        ("simulate.boot_time_s", sim.boot_time_s > 0 && sim.boot_jitter_s >= 0 && sim.boot_jitter_s < sim.boot_time_s),
+        (
+            "simulate.allocatable",
+            sim.allocatable.cpu > 0.0 && sim.allocatable.memory > 0.0,
+        ),
+        (
+            "simulate.pod",
+            sim.pod.cpu > 0.0 && sim.pod.memory > 0.0 && sim.pod.fits_in(sim.allocatable),
+        ),
+        (
+            "simulate.boot_time_s",
+            sim.boot_time_s > 0 && sim.boot_jitter_s >= 0 && sim.boot_jitter_s < sim.boot_time_s,
+        ),
         ("simulate.drain_time_s", sim.drain_time_s >= 0),
-        ("simulate.scrape_interval_s", sim.scrape_interval_s > 0 && sim.interval_s > 0),
-        ("simulate.usage_ratio", sim.usage_ratio > 0.0 && sim.usage_ratio <= 1.0),
+        (
+            "simulate.scrape_interval_s",
+            sim.scrape_interval_s > 0 && sim.interval_s > 0,
+        ),
+        (
+            "simulate.usage_ratio",
+            sim.usage_ratio > 0.0 && sim.usage_ratio <= 1.0,
+        ),
         ("simulate.spot_share", (0.0..=1.0).contains(&sim.spot_share)),
         ("simulate.min", sim.min <= sim.max && sim.max > 0),
     ] {
         if !ok {
-            p.push(format!("{key}: out of range (see README \"Digital twin\" for valid values)"));
+            p.push(format!(
+                "{key}: out of range (see README \"Digital twin\" for valid values)"
+            ));
         }
     }
 
@@ -711,7 +759,8 @@ fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Config {
 fn valid_name(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 fn valid_table(s: &str) -> bool {

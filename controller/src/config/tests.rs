@@ -44,11 +44,17 @@ fn a_minimal_config_gets_the_documented_defaults() {
 #[test]
 fn env_overrides_win_over_the_file() {
     let env = vec![
-        ("SMARTSCALE_PROMETHEUS_URL".to_string(), "http://prom:9090".to_string()),
+        (
+            "SMARTSCALE_PROMETHEUS_URL".to_string(),
+            "http://prom:9090".to_string(),
+        ),
         ("SMARTSCALE_NODE_GROUPS_0_MAX".to_string(), "20".to_string()),
         ("SMARTSCALE_DRY_RUN".to_string(), "true".to_string()),
         ("SMARTSCALE_API_TOKEN".to_string(), "not-config".to_string()),
-        ("SMARTSCALE_AGENT_SSM_PATH".to_string(), "/agent".to_string()),
+        (
+            "SMARTSCALE_AGENT_SSM_PATH".to_string(),
+            "/agent".to_string(),
+        ),
     ];
     let c = parse("c.yaml", GOOD, &env, Purpose::Controller).unwrap();
     assert_eq!(c.prometheus.url.as_str(), "http://prom:9090/");
@@ -58,28 +64,104 @@ fn env_overrides_win_over_the_file() {
 
 /// (what is wrong, YAML, what the message must say)
 pub(crate) const BAD: &[(&str, &str, &str)] = &[
-    ("min greater than max", "node_groups: [{asg_name: w, min: 5, max: 3}]", "min (5) is greater than max (3)"),
-    ("negative size", "node_groups: [{asg_name: w, min: -1, max: 3}]", "node_groups[0].min: -1 is out of range"),
-    ("unknown key", "prometheus: {url: http://p:9090, urll: x}", "prometheus.urll: unknown key; did you mean `url`?"),
-    ("bad URL", "prometheus: {url: 'not a url'}", "prometheus.url: `not a url` is not a URL"),
-    ("wrong URL scheme", "prometheus: {url: 'ftp://p'}", "must be an http:// or https:// URL"),
-    ("threshold above 100", "policy: {scale_up: {cpu_above: 170}}", "policy.scale_up.cpu_above: 170 is a percentage"),
-    ("negative threshold", "policy: {scale_down: {memory_below: -5}}", "policy.scale_down.memory_below: -5 is a percentage"),
+    (
+        "min greater than max",
+        "node_groups: [{asg_name: w, min: 5, max: 3}]",
+        "min (5) is greater than max (3)",
+    ),
+    (
+        "negative size",
+        "node_groups: [{asg_name: w, min: -1, max: 3}]",
+        "node_groups[0].min: -1 is out of range",
+    ),
+    (
+        "unknown key",
+        "prometheus: {url: http://p:9090, urll: x}",
+        "prometheus.urll: unknown key; did you mean `url`?",
+    ),
+    (
+        "bad URL",
+        "prometheus: {url: 'not a url'}",
+        "prometheus.url: `not a url` is not a URL",
+    ),
+    (
+        "wrong URL scheme",
+        "prometheus: {url: 'ftp://p'}",
+        "must be an http:// or https:// URL",
+    ),
+    (
+        "threshold above 100",
+        "policy: {scale_up: {cpu_above: 170}}",
+        "policy.scale_up.cpu_above: 170 is a percentage",
+    ),
+    (
+        "negative threshold",
+        "policy: {scale_down: {memory_below: -5}}",
+        "policy.scale_down.memory_below: -5 is a percentage",
+    ),
     ("missing table", "state: {}", "state.table: required"),
-    ("duplicate node group", "node_groups: [{asg_name: w, min: 1, max: 3}, {asg_name: w, min: 1, max: 3}]", "`w` is listed twice"),
-    ("missing cluster id", "interval: 30s", "cluster_id: required"),
+    (
+        "duplicate node group",
+        "node_groups: [{asg_name: w, min: 1, max: 3}, {asg_name: w, min: 1, max: 3}]",
+        "`w` is listed twice",
+    ),
+    (
+        "missing cluster id",
+        "interval: 30s",
+        "cluster_id: required",
+    ),
     ("no node groups", "node_groups: []", "node_groups: required"),
-    ("bad duration", "interval: soon", "interval: `soon` is not a duration"),
-    ("timeout not below interval", "interval: 5s\nprometheus: {url: http://p:9090, timeout: 10s}", "prometheus.timeout: 10s must be above 0 and below interval"),
-    ("lease too short", "state: {table: tbl, lease_ttl: 20s}", "state.lease_ttl: 20s must be at least twice interval"),
-    ("down threshold above up", "policy: {scale_up: {cpu_above: 50}, scale_down: {cpu_below: 60}}", "must be lower than scale_up.cpu_above"),
+    (
+        "bad duration",
+        "interval: soon",
+        "interval: `soon` is not a duration",
+    ),
+    (
+        "timeout not below interval",
+        "interval: 5s\nprometheus: {url: http://p:9090, timeout: 10s}",
+        "prometheus.timeout: 10s must be above 0 and below interval",
+    ),
+    (
+        "lease too short",
+        "state: {table: tbl, lease_ttl: 20s}",
+        "state.lease_ttl: 20s must be at least twice interval",
+    ),
+    (
+        "down threshold above up",
+        "policy: {scale_up: {cpu_above: 50}, scale_down: {cpu_below: 60}}",
+        "must be lower than scale_up.cpu_above",
+    ),
     ("wrong type", "dry_run: maybe", "dry_run: invalid type"),
-    ("bad listen address", "api: {listen: 'localhost'}", "api.listen: `localhost` is not an address:port"),
-    ("custom signal without thresholds", "custom_signals: [{name: queue, query: 'sum(q)'}]", "custom_signals[0]: set scale_up_above"),
-    ("bad webhook", "notifications: {webhook_url: 'slack'}", "notifications.webhook_url: `slack` is not an http(s) URL"),
-    ("bad log format", "log_format: xml", "log_format: unknown variant `xml`"),
-    ("missing asg name", "node_groups: [{min: 1, max: 3}]", "node_groups[0].asg_name: required"),
-    ("zero allocatable", "node_groups: [{asg_name: w, min: 1, max: 3, allocatable: {cpu: 0, memory_gib: 4}}]", "allocatable: cpu (cores) and memory_gib must both be positive"),
+    (
+        "bad listen address",
+        "api: {listen: 'localhost'}",
+        "api.listen: `localhost` is not an address:port",
+    ),
+    (
+        "custom signal without thresholds",
+        "custom_signals: [{name: queue, query: 'sum(q)'}]",
+        "custom_signals[0]: set scale_up_above",
+    ),
+    (
+        "bad webhook",
+        "notifications: {webhook_url: 'slack'}",
+        "notifications.webhook_url: `slack` is not an http(s) URL",
+    ),
+    (
+        "bad log format",
+        "log_format: xml",
+        "log_format: unknown variant `xml`",
+    ),
+    (
+        "missing asg name",
+        "node_groups: [{min: 1, max: 3}]",
+        "node_groups[0].asg_name: required",
+    ),
+    (
+        "zero allocatable",
+        "node_groups: [{asg_name: w, min: 1, max: 3, allocatable: {cpu: 0, memory_gib: 4}}]",
+        "allocatable: cpu (cores) and memory_gib must both be positive",
+    ),
     ("not YAML", "cluster_id: [unclosed", "not valid YAML"),
 ];
 
@@ -88,7 +170,10 @@ fn every_kind_of_bad_config_is_named() {
     assert!(BAD.len() >= 15);
     for (what, yaml, expect) in BAD {
         let all = problems(yaml).join("\n");
-        assert!(all.contains(expect), "{what}: expected `{expect}` in:\n{all}");
+        assert!(
+            all.contains(expect),
+            "{what}: expected `{expect}` in:\n{all}"
+        );
     }
 }
 
@@ -112,7 +197,13 @@ fn all_problems_are_reported_together() {
 
 #[test]
 fn simulation_needs_no_cluster_settings() {
-    let c = parse("c.yaml", "policy: {scale_up: {cpu_above: 80}}", &[], Purpose::Simulation).unwrap();
+    let c = parse(
+        "c.yaml",
+        "policy: {scale_up: {cpu_above: 80}}",
+        &[],
+        Purpose::Simulation,
+    )
+    .unwrap();
     assert_eq!(c.policy.cpu_above, 80.0);
     assert_eq!(simulation_default().policy, PolicyConfig::default());
 }

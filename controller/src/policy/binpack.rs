@@ -34,15 +34,20 @@ pub fn fits_into(pods: &[Resources], free: &mut [Resources]) -> bool {
     let scale = free
         .iter()
         .fold(Resources::ZERO, |acc, f| acc.max(*f))
-        .max(Resources { cpu: 1.0, memory: 1.0 });
+        .max(Resources {
+            cpu: 1.0,
+            memory: 1.0,
+        });
     sort_decreasing(&mut sorted, scale);
-    sorted.iter().all(|pod| match free.iter_mut().find(|f| pod.fits_in(**f)) {
-        Some(slot) => {
-            *slot = slot.minus(*pod);
-            true
-        }
-        None => false,
-    })
+    sorted
+        .iter()
+        .all(|pod| match free.iter_mut().find(|f| pod.fits_in(**f)) {
+            Some(slot) => {
+                *slot = slot.minus(*pod);
+                true
+            }
+            None => false,
+        })
 }
 
 /// Sorts by the larger of a pod's CPU and memory shares of `scale`, biggest first; ties keep order.

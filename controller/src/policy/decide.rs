@@ -59,12 +59,7 @@ fn cooling(last: Option<i64>, window: std::time::Duration, now: i64) -> Option<i
 }
 
 /// Decides one step. Returns the decision and the memory to persist for the next one.
-pub fn decide(
-    obs: &Observation,
-    mem: &Memory,
-    cfg: &PolicyConfig,
-    now: i64,
-) -> (Decision, Memory) {
+pub fn decide(obs: &Observation, mem: &Memory, cfg: &PolicyConfig, now: i64) -> (Decision, Memory) {
     let mut next = mem.clone();
     let mut reasons = Vec::new();
     let boot = booting(obs, cfg, now);
@@ -92,7 +87,15 @@ pub fn decide(
         reasons,
     };
 
-    let add = scale_up_count(obs, mem, &next, cfg, boot.in_flight, now, &mut decision.reasons);
+    let add = scale_up_count(
+        obs,
+        mem,
+        &next,
+        cfg,
+        boot.in_flight,
+        now,
+        &mut decision.reasons,
+    );
     if add > 0 {
         match obs.groups.iter().position(|g| g.desired < g.max) {
             Some(gi) => {
@@ -163,7 +166,9 @@ fn scale_up_count(
             return 0;
         }
         if let Some(left) = up_cooldown.filter(|_| cfg.cooldown_applies_to_pending) {
-            reasons.push(format!("{pending} pending pods, but scale-up cooldown has {left}s left"));
+            reasons.push(format!(
+                "{pending} pending pods, but scale-up cooldown has {left}s left"
+            ));
             return 0;
         }
         reasons.push(format!(
@@ -200,7 +205,10 @@ fn scale_up_count(
         return 0;
     }
     if let Some(left) = up_cooldown {
-        reasons.push(format!("{}; scale-up cooldown has {left}s left", why.join("; ")));
+        reasons.push(format!(
+            "{}; scale-up cooldown has {left}s left",
+            why.join("; ")
+        ));
         return 0;
     }
     reasons.extend(why);
@@ -242,7 +250,11 @@ fn scale_down(
     for c in &obs.usage.custom {
         match (&c.value, c.scale_down_below, c.scale_up_above) {
             (Reading::Missing(why), Some(_), _) | (Reading::Missing(why), _, Some(_)) => {
-                return block(next, d, format!("no scale-down: {} missing ({why})", c.name));
+                return block(
+                    next,
+                    d,
+                    format!("no scale-down: {} missing ({why})", c.name),
+                );
             }
             (Reading::Value(v), below, above) => {
                 if below.is_some_and(|t| *v >= t) || above.is_some_and(|t| *v > t) {
@@ -265,7 +277,13 @@ fn scale_down(
             .filter(|n| n.ready)
             .fold(super::Resources::ZERO, |a, n| a.plus(n.allocatable));
         let left = total.minus(candidate.allocatable);
-        let after = |usage: f64, t: f64, l: f64| if l > 0.0 { usage * t / l } else { f64::INFINITY };
+        let after = |usage: f64, t: f64, l: f64| {
+            if l > 0.0 {
+                usage * t / l
+            } else {
+                f64::INFINITY
+            }
+        };
         after(cpu, total.cpu, left.cpu) < cfg.cpu_above - CONSOLIDATION_MARGIN
             && after(memory, total.memory, left.memory) < cfg.memory_above - CONSOLIDATION_MARGIN
     };
@@ -309,7 +327,10 @@ fn scale_down(
             cfg.cpu_below, cfg.memory_below
         )
     } else {
-        format!("{}'s pods fit on the other nodes for {held}s", candidate.victim.node)
+        format!(
+            "{}'s pods fit on the other nodes for {held}s",
+            candidate.victim.node
+        )
     });
     d.reasons.push(format!(
         "removing least-utilised node {} ({})",

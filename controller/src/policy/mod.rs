@@ -130,6 +130,9 @@ pub struct Node {
     pub ready: bool,
     /// Cordoned (`spec.unschedulable`) or tainted as draining: new pods cannot land here.
     pub unschedulable: bool,
+    /// Has a NoSchedule/NoExecute taint (e.g. a control plane's): pods moved off another node
+    /// are not assumed to tolerate it, so it never counts as room for them.
+    pub tainted: bool,
     pub control_plane: bool,
     /// Annotated `smartscale.io/scale-down-disabled=true`.
     pub scale_down_disabled: bool,

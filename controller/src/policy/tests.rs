@@ -24,6 +24,7 @@ fn node(name: &str, pods: Vec<Pod>) -> Node {
         instance_id: Some(format!("i-{name}")),
         ready: true,
         unschedulable: false,
+        tainted: false,
         control_plane: false,
         scale_down_disabled: false,
         allocatable: NODE,
@@ -61,7 +62,9 @@ fn obs(nodes: Vec<Node>, pending: Vec<Pod>, cpu: f64, memory: f64) -> Observatio
 }
 
 fn pending(n: usize, cpu: f64) -> Vec<Pod> {
-    (0..n).map(|i| pod("default", &format!("p{i}"), cpu)).collect()
+    (0..n)
+        .map(|i| pod("default", &format!("p{i}"), cpu))
+        .collect()
 }
 
 const NOW: i64 = 100_000;
@@ -69,7 +72,12 @@ const NOW: i64 = 100_000;
 #[test]
 fn pending_pods_are_packed_into_the_nodes_they_need() {
     // 6 pods of 1 CPU need 3 nodes of 2 CPU: +3, not the seed's +2.
-    let o = obs(vec![node("a", vec![pod("default", "x", 1.5)])], pending(6, 1.0), 50.0, 40.0);
+    let o = obs(
+        vec![node("a", vec![pod("default", "x", 1.5)])],
+        pending(6, 1.0),
+        50.0,
+        40.0,
+    );
     let (d, m) = decide(&o, &Memory::default(), &PolicyConfig::default(), NOW);
     assert_eq!(d.action, Action::ScaleUp);
     assert_eq!((d.from, d.to), (1, 4));
@@ -111,7 +119,12 @@ fn seed_rule_adds_two_for_more_than_five_small_pending_pods() {
 
 #[test]
 fn high_cpu_scales_up_on_the_third_consecutive_check_only() {
-    let o = obs(vec![node("a", vec![]), node("b", vec![])], vec![], 85.0, 40.0);
+    let o = obs(
+        vec![node("a", vec![]), node("b", vec![])],
+        vec![],
+        85.0,
+        40.0,
+    );
     let cfg = PolicyConfig::default();
     let (d1, m1) = decide(&o, &Memory::default(), &cfg, NOW);
     let (d2, m2) = decide(&o, &m1, &cfg, NOW + 30);
@@ -150,7 +163,11 @@ fn usage_scale_up_respects_cooldown() {
     };
     let (d, _) = decide(&o, &mem, &PolicyConfig::default(), NOW);
     assert_eq!(d.action, Action::None);
-    assert!(d.reasons.iter().any(|r| r.contains("cooldown has 240s left")));
+    assert!(
+        d.reasons
+            .iter()
+            .any(|r| r.contains("cooldown has 240s left"))
+    );
 }
 
 fn low_cluster() -> Observation {
@@ -327,7 +344,11 @@ fn scale_down_cooldown_paces_removals() {
     };
     let (d, _) = decide(&o, &m, &cfg, NOW);
     assert_eq!(d.action, Action::None);
-    assert!(d.reasons.join(";").contains("scale-down cooldown has 30s left"));
+    assert!(
+        d.reasons
+            .join(";")
+            .contains("scale-down cooldown has 30s left")
+    );
 }
 
 #[test]
@@ -364,4 +385,29 @@ fn custom_signal_above_threshold_scales_up_and_missing_blocks_down() {
     };
     let (d, _) = decide(&o, &m, &cfg, NOW);
     assert_eq!(d.action, Action::None);
+}
+
+#[test]
+fn a_tainted_node_is_no_room_for_moved_pods() {
+    // b's pod would fit on the control plane, but its NoSchedule taint keeps it away.
+    let mut cp = node("cp", vec![]);
+    cp.control_plane = true;
+    cp.tainted = true;
+    cp.instance_id = None;
+    let o = obs(
+        vec![
+            node("a", vec![pod("default", "a1", 1.5)]),
+            node("b", vec![pod("default", "b1", 1.5)]),
+            cp,
+        ],
+        vec![],
+        10.0,
+        20.0,
+    );
+    let m = Memory {
+        low_since: Some(NOW - 3600),
+        ..Memory::default()
+    };
+    let (d, _) = decide(&o, &m, &PolicyConfig::default(), NOW);
+    assert_eq!(d.action, Action::None, "{:?}", d.reasons);
 }

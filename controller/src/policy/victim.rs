@@ -96,7 +96,7 @@ pub fn choose(obs: &Observation) -> Result<Candidate, String> {
     let free: Vec<Option<Resources>> = obs
         .nodes
         .iter()
-        .map(|n| (n.ready && !n.unschedulable).then(|| n.free()))
+        .map(|n| (n.ready && !n.unschedulable && !n.tainted).then(|| n.free()))
         .collect();
     for (_, ni, gi) in eligible {
         let node = &obs.nodes[ni];
@@ -138,7 +138,7 @@ pub fn remove(obs: &mut Observation, node: &str) {
         if let Some(n) = obs
             .nodes
             .iter_mut()
-            .find(|n| n.ready && !n.unschedulable && pod.requests.fits_in(n.free()))
+            .find(|n| n.ready && !n.unschedulable && !n.tainted && pod.requests.fits_in(n.free()))
         {
             n.pods.push(pod);
         }

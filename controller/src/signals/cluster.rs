@@ -67,9 +67,18 @@ fn node_meta(n: &Node) -> NodeMeta {
             .unwrap_or_else(|| "unknown".into())
     };
     NodeMeta {
-        instance_type: get(&["node.kubernetes.io/instance-type", "beta.kubernetes.io/instance-type"]),
-        zone: get(&["topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone"]),
-        capacity_type: get(&["smartscale.io/capacity-type", "eks.amazonaws.com/capacityType"]),
+        instance_type: get(&[
+            "node.kubernetes.io/instance-type",
+            "beta.kubernetes.io/instance-type",
+        ]),
+        zone: get(&[
+            "topology.kubernetes.io/zone",
+            "failure-domain.beta.kubernetes.io/zone",
+        ]),
+        capacity_type: get(&[
+            "smartscale.io/capacity-type",
+            "eks.amazonaws.com/capacityType",
+        ]),
     }
 }
 
@@ -115,12 +124,20 @@ impl ClusterWatch {
         let healthy = Arc::new(AtomicBool::new(false));
         let unschedulable = Arc::new(Notify::new());
         let notify = unschedulable.clone();
-        let (nodes, t1) = spawn_reflector(kube::Api::<Node>::all(client.clone()), healthy.clone(), |_| {});
-        let (pods, t2) = spawn_reflector(kube::Api::<Pod>::all(client.clone()), healthy.clone(), move |p: &Pod| {
-            if is_unschedulable(p) {
-                notify.notify_one();
-            }
-        });
+        let (nodes, t1) = spawn_reflector(
+            kube::Api::<Node>::all(client.clone()),
+            healthy.clone(),
+            |_| {},
+        );
+        let (pods, t2) = spawn_reflector(
+            kube::Api::<Pod>::all(client.clone()),
+            healthy.clone(),
+            move |p: &Pod| {
+                if is_unschedulable(p) {
+                    notify.notify_one();
+                }
+            },
+        );
         let (pdbs, t3) = spawn_reflector(
             kube::Api::<PodDisruptionBudget>::all(client),
             healthy.clone(),
@@ -168,8 +185,17 @@ impl ClusterWatch {
 pub fn to_policy(nodes: &[Node], pods: &[Pod], pdbs: &[PodDisruptionBudget]) -> ClusterSnapshot {
     let blocked: Vec<(&str, &LabelSelector)> = pdbs
         .iter()
-        .filter(|b| b.status.as_ref().is_some_and(|s| s.disruptions_allowed <= 0))
-        .filter_map(|b| Some((b.metadata.namespace.as_deref()?, b.spec.as_ref()?.selector.as_ref()?)))
+        .filter(|b| {
+            b.status
+                .as_ref()
+                .is_some_and(|s| s.disruptions_allowed <= 0)
+        })
+        .filter_map(|b| {
+            Some((
+                b.metadata.namespace.as_deref()?,
+                b.spec.as_ref()?.selector.as_ref()?,
+            ))
+        })
         .collect();
     let mut out = ClusterSnapshot {
         nodes: nodes.iter().map(node_view).collect(),
@@ -183,14 +209,21 @@ pub fn to_policy(nodes: &[Node], pods: &[Pod], pdbs: &[PodDisruptionBudget]) -> 
         .map(|(i, n)| (n.name.clone(), i))
         .collect();
     for p in pods {
-        let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+        let phase = p
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .unwrap_or("Pending");
         if matches!(phase, "Succeeded" | "Failed") {
             continue;
         }
         let mut view = pod_view(p);
         let ns = view.namespace.as_str();
         let labels = p.metadata.labels.clone().unwrap_or_default();
-        if blocked.iter().any(|(bns, sel)| *bns == ns && selector_matches(sel, &labels)) {
+        if blocked
+            .iter()
+            .any(|(bns, sel)| *bns == ns && selector_matches(sel, &labels))
+        {
             view.not_safe_to_evict = true;
         }
         match p.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
@@ -222,23 +255,35 @@ fn node_view(n: &Node) -> policy::Node {
         .unwrap_or_default()
         .iter()
         .any(|c| c.type_ == "Ready" && c.status == "True");
-    let draining = spec
-        .taints
-        .unwrap_or_default()
-        .iter()
-        .any(|t| t.key == DRAINING_TAINT);
+    let taints = spec.taints.unwrap_or_default();
+    let draining = taints.iter().any(|t| t.key == DRAINING_TAINT);
+    // Taints the node lifecycle controller adds for cordoned/not-ready nodes are covered by
+    // `unschedulable` and `ready`; any other hard taint keeps foreign pods away.
+    let tainted = taints.iter().any(|t| {
+        matches!(t.effect.as_str(), "NoSchedule" | "NoExecute")
+            && !t.key.starts_with("node.kubernetes.io/")
+            && t.key != DRAINING_TAINT
+    });
     let alloc = status.allocatable.unwrap_or_default();
     policy::Node {
         name: n.metadata.name.clone().unwrap_or_default(),
         instance_id: spec.provider_id.as_deref().and_then(instance_id),
         ready,
         unschedulable: spec.unschedulable.unwrap_or(false) || draining,
+        tainted,
         control_plane: labels.contains_key("node-role.kubernetes.io/control-plane")
             || labels.contains_key("node-role.kubernetes.io/master"),
-        scale_down_disabled: annotations.get(SCALE_DOWN_DISABLED).map(String::as_str) == Some("true"),
+        scale_down_disabled: annotations.get(SCALE_DOWN_DISABLED).map(String::as_str)
+            == Some("true"),
         allocatable: Resources {
-            cpu: alloc.get("cpu").and_then(|q| quantity::parse(&q.0)).unwrap_or(0.0),
-            memory: alloc.get("memory").and_then(|q| quantity::gib(&q.0)).unwrap_or(0.0),
+            cpu: alloc
+                .get("cpu")
+                .and_then(|q| quantity::parse(&q.0))
+                .unwrap_or(0.0),
+            memory: alloc
+                .get("memory")
+                .and_then(|q| quantity::gib(&q.0))
+                .unwrap_or(0.0),
         },
         pods: Vec::new(),
     }
@@ -246,7 +291,9 @@ fn node_view(n: &Node) -> policy::Node {
 
 /// A pod the scheduler gave up on: Pending, unbound, PodScheduled=False/Unschedulable.
 pub fn is_unschedulable(p: &Pod) -> bool {
-    let Some(status) = &p.status else { return false };
+    let Some(status) = &p.status else {
+        return false;
+    };
     status.phase.as_deref() == Some("Pending")
         && p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none()
         && p.metadata.deletion_timestamp.is_none()
@@ -262,7 +309,11 @@ pub fn is_unschedulable(p: &Pod) -> bool {
 fn pod_view(p: &Pod) -> policy::Pod {
     let annotations = p.metadata.annotations.clone().unwrap_or_default();
     policy::Pod {
-        namespace: p.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        namespace: p
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
         name: p.metadata.name.clone().unwrap_or_default(),
         requests: requests(p),
         daemonset: p
@@ -288,8 +339,14 @@ pub fn requests(p: &Pod) -> Resources {
             .and_then(|r| r.requests.clone())
             .unwrap_or_default();
         Resources {
-            cpu: r.get("cpu").and_then(|q| quantity::parse(&q.0)).unwrap_or(0.0),
-            memory: r.get("memory").and_then(|q| quantity::gib(&q.0)).unwrap_or(0.0),
+            cpu: r
+                .get("cpu")
+                .and_then(|q| quantity::parse(&q.0))
+                .unwrap_or(0.0),
+            memory: r
+                .get("memory")
+                .and_then(|q| quantity::gib(&q.0))
+                .unwrap_or(0.0),
         }
     };
     let sum = spec
@@ -303,8 +360,14 @@ pub fn requests(p: &Pod) -> Resources {
         .fold(Resources::ZERO, |a, c| a.max(of(c)));
     let overhead = spec.overhead.clone().unwrap_or_default();
     sum.max(init).plus(Resources {
-        cpu: overhead.get("cpu").and_then(|q| quantity::parse(&q.0)).unwrap_or(0.0),
-        memory: overhead.get("memory").and_then(|q| quantity::gib(&q.0)).unwrap_or(0.0),
+        cpu: overhead
+            .get("cpu")
+            .and_then(|q| quantity::parse(&q.0))
+            .unwrap_or(0.0),
+        memory: overhead
+            .get("memory")
+            .and_then(|q| quantity::gib(&q.0))
+            .unwrap_or(0.0),
     })
 }
 
@@ -375,27 +438,59 @@ mod tests {
     #[test]
     fn nodes_and_pods_become_the_policy_view() {
         let nodes = vec![
-            node("a", json!({"metadata": {"annotations": {SCALE_DOWN_DISABLED: "true"}}})),
-            node("cp", json!({"metadata": {"labels": {"node-role.kubernetes.io/control-plane": "true"}}})),
-            node("b", json!({"spec": {"taints": [{"key": DRAINING_TAINT, "value": "true", "effect": "NoSchedule"}]}})),
+            node(
+                "a",
+                json!({"metadata": {"annotations": {SCALE_DOWN_DISABLED: "true"}}}),
+            ),
+            node(
+                "cp",
+                json!({"metadata": {"labels": {"node-role.kubernetes.io/control-plane": "true"}}}),
+            ),
+            node(
+                "b",
+                json!({"spec": {"taints": [{"key": DRAINING_TAINT, "value": "true", "effect": "NoSchedule"}]}}),
+            ),
         ];
         let pods = vec![
             pod("p1", Some("a"), json!({})),
-            pod("ds", Some("a"), json!({"metadata": {"ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "d", "uid": "u"}]}})),
+            pod(
+                "ds",
+                Some("a"),
+                json!({"metadata": {"ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "d", "uid": "u"}]}}),
+            ),
             pod("done", Some("a"), json!({"status": {"phase": "Succeeded"}})),
-            pod("wait", None, json!({"status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}})),
+            pod(
+                "wait",
+                None,
+                json!({"status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}}),
+            ),
             pod("new", None, json!({"status": {"phase": "Pending"}})),
         ];
         let snap = to_policy(&nodes, &pods, &[]);
         let a = &snap.nodes[0];
         assert_eq!(a.instance_id.as_deref(), Some("i-a"));
         assert!(a.scale_down_disabled && a.ready);
-        assert_eq!(a.allocatable, Resources { cpu: 2.0, memory: 4.0 });
+        assert_eq!(
+            a.allocatable,
+            Resources {
+                cpu: 2.0,
+                memory: 4.0
+            }
+        );
         assert_eq!(a.pods.len(), 2, "terminal pods do not count");
         assert!(a.pods[1].daemonset);
-        assert_eq!(a.pods[0].requests, Resources { cpu: 0.5, memory: 0.5 });
+        assert_eq!(
+            a.pods[0].requests,
+            Resources {
+                cpu: 0.5,
+                memory: 0.5
+            }
+        );
         assert!(snap.nodes[1].control_plane);
-        assert!(snap.nodes[2].unschedulable, "draining taint counts as cordoned");
+        assert!(
+            snap.nodes[2].unschedulable,
+            "draining taint counts as cordoned"
+        );
         assert_eq!(snap.pending.len(), 1, "only pods the scheduler gave up on");
     }
 
@@ -407,22 +502,33 @@ mod tests {
             "status": {"disruptionsAllowed": 0, "currentHealthy": 1, "desiredHealthy": 1, "expectedPods": 1}
         }))
         .unwrap();
-        let snap = to_policy(&[node("a", json!({}))], &[pod("p", Some("a"), json!({}))], &[pdb]);
+        let snap = to_policy(
+            &[node("a", json!({}))],
+            &[pod("p", Some("a"), json!({}))],
+            &[pdb],
+        );
         assert!(snap.nodes[0].pods[0].not_safe_to_evict);
     }
 
     #[test]
     fn provider_ids_map_to_instance_ids() {
-        assert_eq!(instance_id("aws:///us-east-1a/i-0abc").as_deref(), Some("i-0abc"));
+        assert_eq!(
+            instance_id("aws:///us-east-1a/i-0abc").as_deref(),
+            Some("i-0abc")
+        );
         assert_eq!(instance_id("k3s://node-1"), None);
     }
 
     #[test]
     fn init_containers_and_overhead_count() {
-        let p = pod("p", None, json!({"spec": {
-            "initContainers": [{"name": "i", "resources": {"requests": {"cpu": "2"}}}],
-            "overhead": {"cpu": "100m"}
-        }}));
+        let p = pod(
+            "p",
+            None,
+            json!({"spec": {
+                "initContainers": [{"name": "i", "resources": {"requests": {"cpu": "2"}}}],
+                "overhead": {"cpu": "100m"}
+            }}),
+        );
         assert!((requests(&p).cpu - 2.1).abs() < 1e-9);
     }
 }

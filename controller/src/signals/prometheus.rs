@@ -17,9 +17,14 @@ pub struct PromSignals {
 impl PromSignals {
     /// Whether Prometheus answered every built-in query.
     pub fn healthy(&self) -> bool {
-        [&self.usage.cpu, &self.usage.memory, &self.pending_pods, &self.nodes]
-            .iter()
-            .all(|r| r.value().is_some())
+        [
+            &self.usage.cpu,
+            &self.usage.memory,
+            &self.pending_pods,
+            &self.nodes,
+        ]
+        .iter()
+        .all(|r| r.value().is_some())
     }
 }
 
@@ -78,18 +83,13 @@ impl Prometheus {
             .join("api/v1/query")
             .map_err(|e| format!("bad Prometheus URL: {e}"))?;
         url.query_pairs_mut().append_pair("query", promql);
-        let resp = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_timeout() {
-                    format!("timed out after {:?}", self.cfg.timeout)
-                } else {
-                    format!("unreachable: {e}")
-                }
-            })?;
+        let resp = self.http.get(url).send().await.map_err(|e| {
+            if e.is_timeout() {
+                format!("timed out after {:?}", self.cfg.timeout)
+            } else {
+                format!("unreachable: {e}")
+            }
+        })?;
         let status = resp.status();
         let body: Response = resp
             .json()

@@ -186,8 +186,13 @@ impl Autoscaler for RequestsOnly {
             }
             return Command::default();
         }
-        let ready: Vec<_> = c.nodes.iter().filter(|n| n.state == NodeState::Ready).collect();
-        self.unneeded_since.retain(|id, _| ready.iter().any(|n| n.id == *id));
+        let ready: Vec<_> = c
+            .nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Ready)
+            .collect();
+        self.unneeded_since
+            .retain(|id, _| ready.iter().any(|n| n.id == *id));
         let mut victim = None;
         for n in &ready {
             if n.requested.dominant_share(alloc) >= 0.5 {

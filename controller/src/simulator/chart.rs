@@ -6,19 +6,18 @@ use std::fmt::Write;
 const W: f64 = 1100.0;
 const H: f64 = 520.0;
 const PAD: f64 = 60.0;
-const COLORS: [&str; 6] = ["#1f77b4", "#7f7f7f", "#ff7f0e", "#9467bd", "#2ca02c", "#d62728"];
+const COLORS: [&str; 6] = [
+    "#1f77b4", "#7f7f7f", "#ff7f0e", "#9467bd", "#2ca02c", "#d62728",
+];
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 pub fn svg(report: &Report) -> String {
-    let t_max = report
-        .demand
-        .last()
-        .map(|d| d.0)
-        .unwrap_or(1)
-        .max(1) as f64;
+    let t_max = report.demand.last().map(|d| d.0).unwrap_or(1).max(1) as f64;
     let y_max = report
         .timelines
         .iter()

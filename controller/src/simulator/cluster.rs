@@ -10,10 +10,14 @@ use super::SimOptions;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum NodeState {
     /// Instance launched; becomes a Ready node at `ready_at`.
-    Booting { ready_at: i64 },
+    Booting {
+        ready_at: i64,
+    },
     Ready,
     /// Cordoned and evicted; the instance is gone at `gone_at`.
-    Draining { gone_at: i64 },
+    Draining {
+        gone_at: i64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -142,7 +146,11 @@ impl Cluster {
 
     /// TerminateInstanceInAutoScalingGroup(ShouldDecrementDesiredCapacity=true) of a chosen node.
     pub fn terminate(&mut self, node: u32, now: i64) {
-        if self.nodes.iter().any(|n| n.id == node && !matches!(n.state, NodeState::Draining { .. })) {
+        if self
+            .nodes
+            .iter()
+            .any(|n| n.id == node && !matches!(n.state, NodeState::Draining { .. }))
+        {
             self.scale_actions += 1;
             self.desired = self.desired.saturating_sub(1);
             self.drain(node, now);
@@ -188,7 +196,10 @@ impl Cluster {
                 None => self.rng.random_range(0..self.pods.len()),
             };
             let p = self.pods.swap_remove(i);
-            if let Some(n) = p.node.and_then(|id| self.nodes.iter_mut().find(|n| n.id == id)) {
+            if let Some(n) = p
+                .node
+                .and_then(|id| self.nodes.iter_mut().find(|n| n.id == id))
+            {
                 n.requested = n.requested.minus(p.requests);
             }
         }
@@ -213,7 +224,9 @@ impl Cluster {
             let notice = self.opts.drain_time_s.min(120);
             self.drain(id, now);
             if let Some(n) = self.nodes.iter_mut().find(|n| n.id == id) {
-                n.state = NodeState::Draining { gone_at: now + notice };
+                n.state = NodeState::Draining {
+                    gone_at: now + notice,
+                };
             }
             self.launch(now);
         }
@@ -258,7 +271,10 @@ impl Cluster {
     }
 
     pub fn ready_nodes(&self) -> usize {
-        self.nodes.iter().filter(|n| n.state == NodeState::Ready).count()
+        self.nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Ready)
+            .count()
     }
 
     /// Earliest future node event (boot done, drain done, interruption), if any.
@@ -303,6 +319,7 @@ impl Cluster {
                 instance_id: Some(n.instance_id()),
                 ready: true,
                 unschedulable: matches!(n.state, NodeState::Draining { .. }),
+                tainted: false,
                 control_plane: false,
                 scale_down_disabled: false,
                 allocatable: alloc,

@@ -118,7 +118,8 @@ fn simulate(
     let every = sample_every(trace);
     let (mut node_seconds, mut over_90) = (0.0, 0);
     let mut timeline = Vec::new();
-    let (mut next_row, mut next_scrape, mut next_tick, mut next_sample) = (0usize, 0i64, 0i64, 0i64);
+    let (mut next_row, mut next_scrape, mut next_tick, mut next_sample) =
+        (0usize, 0i64, 0i64, 0i64);
     let mut fast_at: Option<i64> = None;
     let mut demand = trace.rows[0];
     let mut t = 0;
@@ -234,14 +235,26 @@ pub fn run_all(
     };
     let mut scalers: Vec<(Box<dyn Autoscaler>, u32)> = vec![
         (
-            Box::new(real("smartscale", policy_config.clone(), opts.interval_s, true, 1.0)),
+            Box::new(real(
+                "smartscale",
+                policy_config.clone(),
+                opts.interval_s,
+                true,
+                1.0,
+            )),
             initial,
         ),
         (Box::new(StaticPeak), peak),
         // The seed ran every 2 minutes and its CPU query averaged over CPU modes, which on
         // our measured data reads a third of the true value (TOOLCHAIN.md: 56% → 18.67).
         (
-            Box::new(real("seed-thresholds", PolicyConfig::seed(), 120, false, 1.0 / 3.0)),
+            Box::new(real(
+                "seed-thresholds",
+                PolicyConfig::seed(),
+                120,
+                false,
+                1.0 / 3.0,
+            )),
             initial,
         ),
         (

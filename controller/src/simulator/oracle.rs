@@ -39,9 +39,16 @@ pub fn run(trace: &Trace, opts: &SimOptions, sample_every: i64) -> OracleRun {
     cuts.sort_unstable();
     cuts.dedup();
     let nodes_at = |t: i64| -> u32 {
-        let first = trace.rows.partition_point(|r| r.time_s <= t).saturating_sub(1);
+        let first = trace
+            .rows
+            .partition_point(|r| r.time_s <= t)
+            .saturating_sub(1);
         let last = trace.rows.partition_point(|r| r.time_s <= t + boot);
-        need[first..last.max(first + 1)].iter().copied().max().unwrap_or(opts.min)
+        need[first..last.max(first + 1)]
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(opts.min)
     };
     let mut node_seconds = 0.0;
     let mut actions = 0;

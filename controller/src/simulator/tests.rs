@@ -15,8 +15,16 @@ fn step_trace(before: f64, after: f64, at: i64, end: i64) -> Trace {
     Trace {
         name: "step".into(),
         rows: vec![
-            Row { time_s: 0, cpu: before, memory: None },
-            Row { time_s: at, cpu: after, memory: None },
+            Row {
+                time_s: 0,
+                cpu: before,
+                memory: None,
+            },
+            Row {
+                time_s: at,
+                cpu: after,
+                memory: None,
+            },
         ],
         end_s: end,
     }
@@ -150,7 +158,10 @@ fn oracle_starts_nodes_one_boot_time_ahead() {
     assert_eq!(o.scale_actions, 1);
     // And back down the moment demand drops.
     let down = step_trace(6.0, 2.0, 1000, 2000);
-    assert_eq!(oracle::run(&down, &opts(), 60).node_seconds, 3.0 * 1000.0 + 1000.0);
+    assert_eq!(
+        oracle::run(&down, &opts(), 60).node_seconds,
+        3.0 * 1000.0 + 1000.0
+    );
 }
 
 #[test]
@@ -160,7 +171,11 @@ fn smartscale_removes_an_idle_node_after_the_sustained_window() {
     let run = run_one(&mut smartscale(&opts()), &trace, 3);
     assert_eq!(run.scale_actions, 2, "two removals");
     // Both nodes gone well before the end: ~ (60 + 600 + 60 + 30) s for the second.
-    assert!(run.node_seconds < 3.0 * 900.0 + 3600.0, "{}", run.node_seconds);
+    assert!(
+        run.node_seconds < 3.0 * 900.0 + 3600.0,
+        "{}",
+        run.node_seconds
+    );
 }
 
 #[test]

@@ -118,9 +118,15 @@ pub fn scenario(name: &str, seed: u64) -> Result<Trace> {
 /// Parses a CSV trace. Errors name the line and what is wrong with it.
 pub fn parse_csv(name: &str, text: &str) -> Result<Trace> {
     let err = |line: usize, msg: String| Error::Trace(format!("{name}:{line}: {msg}"));
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
     let Some((hi, header)) = lines.next() else {
-        return Err(err(1, "empty trace; expected header `time_s,cpu_cores`".into()));
+        return Err(err(
+            1,
+            "empty trace; expected header `time_s,cpu_cores`".into(),
+        ));
     };
     let cols: Vec<&str> = header.split(',').map(str::trim).collect();
     let with_memory = match cols.as_slice() {
@@ -146,11 +152,14 @@ pub fn parse_csv(name: &str, text: &str) -> Result<Trace> {
             ));
         }
         let num = |j: usize| -> Result<f64> {
-            let v: f64 = fields[j].parse().map_err(|_| {
-                err(n, format!("{} `{}` is not a number", cols[j], fields[j]))
-            })?;
+            let v: f64 = fields[j]
+                .parse()
+                .map_err(|_| err(n, format!("{} `{}` is not a number", cols[j], fields[j])))?;
             if !v.is_finite() || v < 0.0 {
-                return Err(err(n, format!("{} must be a finite number ≥ 0, got {v}", cols[j])));
+                return Err(err(
+                    n,
+                    format!("{} must be a finite number ≥ 0, got {v}", cols[j]),
+                ));
             }
             Ok(v)
         };
@@ -176,7 +185,13 @@ pub fn parse_csv(name: &str, text: &str) -> Result<Trace> {
         return Err(err(hi + 1, "trace has a header but no rows".into()));
     };
     if first.time_s != 0 {
-        rows.insert(0, Row { time_s: 0, ..*first });
+        rows.insert(
+            0,
+            Row {
+                time_s: 0,
+                ..*first
+            },
+        );
     }
     // The last row holds for one more step so it counts.
     let last = rows.last().map_or(0, |r| r.time_s);
@@ -220,10 +235,14 @@ mod tests {
     #[test]
     fn errors_name_the_line() {
         assert!(msg(parse_csv("t.csv", "time,cpu\n0,1\n")).contains("t.csv:1: bad header"));
-        assert!(msg(parse_csv("t.csv", "time_s,cpu_cores\n0,1\n60,abc\n"))
-            .contains("t.csv:3: cpu_cores `abc` is not a number"));
-        assert!(msg(parse_csv("t.csv", "time_s,cpu_cores\n0,1\n60,2\n30,2\n"))
-            .contains("t.csv:4: time goes backwards"));
+        assert!(
+            msg(parse_csv("t.csv", "time_s,cpu_cores\n0,1\n60,abc\n"))
+                .contains("t.csv:3: cpu_cores `abc` is not a number")
+        );
+        assert!(
+            msg(parse_csv("t.csv", "time_s,cpu_cores\n0,1\n60,2\n30,2\n"))
+                .contains("t.csv:4: time goes backwards")
+        );
         assert!(msg(parse_csv("t.csv", "time_s,cpu_cores\n0,-1\n")).contains("t.csv:2"));
         assert!(msg(parse_csv("t.csv", "time_s,cpu_cores\n0\n")).contains("expected 2 values"));
     }

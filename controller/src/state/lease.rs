@@ -66,7 +66,10 @@ impl Store {
                     tracing::warn!(token = lease.token, "lease lost to another replica");
                 }
                 Err(e) => {
-                    return Err(Error::State(format!("renew lease: {}", DisplayErrorContext(e))));
+                    return Err(Error::State(format!(
+                        "renew lease: {}",
+                        DisplayErrorContext(e)
+                    )));
                 }
             }
         }
@@ -128,7 +131,10 @@ impl Store {
                 holder: "another replica (just acquired)".into(),
                 expires_at: expires,
             }),
-            Err(e) => Err(Error::State(format!("acquire lease: {}", DisplayErrorContext(e)))),
+            Err(e) => Err(Error::State(format!(
+                "acquire lease: {}",
+                DisplayErrorContext(e)
+            ))),
         }
     }
 

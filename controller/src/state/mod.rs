@@ -187,6 +187,10 @@ impl Store {
             .send()
             .await
             .map_err(|e| Error::State(format!("Query history: {}", DisplayErrorContext(e))))?;
-        Ok(out.items().iter().filter_map(HistoryRecord::from_item).collect())
+        Ok(out
+            .items()
+            .iter()
+            .filter_map(HistoryRecord::from_item)
+            .collect())
     }
 }

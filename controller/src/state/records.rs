@@ -10,7 +10,12 @@ use std::time::Duration;
 type Item = HashMap<String, AttributeValue>;
 
 pub(crate) fn num(item: &Item, key: &str) -> Option<u64> {
-    item.get(key)?.as_n().ok()?.parse::<f64>().ok().map(|v| v as u64)
+    item.get(key)?
+        .as_n()
+        .ok()?
+        .parse::<f64>()
+        .ok()
+        .map(|v| v as u64)
 }
 pub(crate) fn float(item: &Item, key: &str) -> Option<f64> {
     item.get(key)?.as_n().ok()?.parse().ok()
@@ -61,8 +66,14 @@ impl StoredState {
     pub fn to_item(&self, token: u64) -> Item {
         let mut item = Item::from([
             ("fencing_token".to_string(), n(token)),
-            ("high_cpu_checks".to_string(), n(self.memory.high_cpu_checks)),
-            ("updated_at".to_string(), s(jiff::Timestamp::now().to_string())),
+            (
+                "high_cpu_checks".to_string(),
+                n(self.memory.high_cpu_checks),
+            ),
+            (
+                "updated_at".to_string(),
+                s(jiff::Timestamp::now().to_string()),
+            ),
         ]);
         for (key, v) in [
             ("low_since", self.memory.low_since),
@@ -76,11 +87,19 @@ impl StoredState {
         let map = |m: HashMap<String, AttributeValue>| AttributeValue::M(m);
         item.insert(
             "first_seen".into(),
-            map(self.first_seen.iter().map(|(k, v)| (k.clone(), n(v))).collect()),
+            map(self
+                .first_seen
+                .iter()
+                .map(|(k, v)| (k.clone(), n(v)))
+                .collect()),
         );
         item.insert(
             "last_desired".into(),
-            map(self.last_desired.iter().map(|(k, v)| (k.clone(), n(v))).collect()),
+            map(self
+                .last_desired
+                .iter()
+                .map(|(k, v)| (k.clone(), n(v)))
+                .collect()),
         );
         item
     }
