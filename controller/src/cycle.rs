@@ -545,7 +545,7 @@ async fn cycle(ctx: &Context, record_none: bool) -> Result<Outcome> {
         });
     }
     ctx.action_in_flight.store(true, Ordering::SeqCst);
-    let result = act(ctx, &lease, &mut state, &decision, group, signals).await;
+    let result = act(ctx, &lease, &mut state, &decision, group, signals, "policy").await;
     ctx.action_in_flight.store(false, Ordering::SeqCst);
     held.state = Some(state);
     result.map(|_| outcome)
@@ -559,6 +559,7 @@ async fn act(
     d: &Decision,
     group: Option<&policy::Group>,
     signals: serde_json::Value,
+    source: &str,
 ) -> Result<()> {
     let dry = ctx.dry_run();
     let name = group.map(|g| g.asg_name.clone()).unwrap_or_default();
@@ -569,7 +570,7 @@ async fn act(
         source: if d.action == Action::None {
             "rollback"
         } else {
-            "policy"
+            source
         }
         .to_string(),
         status: "intent".to_string(),
@@ -724,6 +725,7 @@ pub async fn run_manual(ctx: &Context, req: ManualRequest, gi: usize) -> Result<
                     &d,
                     Some(&g),
                     serde_json::Value::Null,
+                    "api",
                 )
                 .await;
                 if r.is_err() {
@@ -739,6 +741,7 @@ pub async fn run_manual(ctx: &Context, req: ManualRequest, gi: usize) -> Result<
                 &decision,
                 Some(&g),
                 serde_json::Value::Null,
+                "api",
             )
             .await
         };

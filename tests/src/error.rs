@@ -9,7 +9,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("port {0} on 127.0.0.1 is already in use; stop whatever holds it or choose another port")]
+    #[error(
+        "port {0} on 127.0.0.1 is already in use; stop whatever holds it or choose another port"
+    )]
     PortInUse(u16),
     #[error("{0} is not installed: {1}")]
     MissingDependency(&'static str, String),
@@ -23,6 +25,14 @@ pub enum Error {
     Http { url: String, message: String },
     #[error("{0}")]
     Invalid(String),
+    #[error("{name} exited unexpectedly ({status}); its log: {log}")]
+    Exited {
+        name: String,
+        status: String,
+        log: String,
+    },
+    #[error("timed out after {seconds:.1} s waiting for {what}")]
+    Timeout { what: String, seconds: f64 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -595,7 +595,7 @@ fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Config {
         let allocatable = g.allocatable.map(|a| {
             let cpu = a.cpu.unwrap_or(0.0);
             let memory = a.memory_gib.unwrap_or(0.0);
-            if !(cpu > 0.0 && cpu.is_finite()) || !(memory > 0.0 && memory.is_finite()) {
+            if !(cpu > 0.0 && cpu.is_finite() && memory > 0.0 && memory.is_finite()) {
                 p.push(format!("{at}.allocatable: cpu (cores) and memory_gib must both be positive numbers, e.g. {{cpu: 2, memory_gib: 4}}"));
             }
             Resources { cpu, memory }

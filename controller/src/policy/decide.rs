@@ -256,10 +256,10 @@ fn scale_down(
                     format!("no scale-down: {} missing ({why})", c.name),
                 );
             }
-            (Reading::Value(v), below, above) => {
-                if below.is_some_and(|t| *v >= t) || above.is_some_and(|t| *v > t) {
-                    custom_low = false;
-                }
+            (Reading::Value(v), below, above)
+                if below.is_some_and(|t| *v >= t) || above.is_some_and(|t| *v > t) =>
+            {
+                custom_low = false;
             }
             _ => {}
         }

@@ -15,16 +15,10 @@ pub struct PromSignals {
 }
 
 impl PromSignals {
-    /// Whether Prometheus answered every built-in query.
+    /// Whether the signals a scale-down needs (CPU and memory) are there. Pending pods and the
+    /// node count are informational: the policy takes both from the Kubernetes API.
     pub fn healthy(&self) -> bool {
-        [
-            &self.usage.cpu,
-            &self.usage.memory,
-            &self.pending_pods,
-            &self.nodes,
-        ]
-        .iter()
-        .all(|r| r.value().is_some())
+        self.usage.cpu.value().is_some() && self.usage.memory.value().is_some()
     }
 }
 

@@ -1,0 +1,237 @@
+//! The controller's HTTP API and dry-run, end to end: `run` against the test world.
+
+use serde_json::{Value, json};
+use smartscale_testworld::process::{free_port, poll_until};
+use smartscale_testworld::prometheus::{ClusterMetrics, Prometheus, SyntheticNode};
+use smartscale_testworld::world::{World, WorldOptions, product_command};
+use std::time::Duration;
+
+const TOKEN: &str = "s3cr3t-api-token-for-tests-only";
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+async fn prometheus(cpu: f64, mem: f64) -> Prometheus {
+    let nodes = (0..2)
+        .map(|i| SyntheticNode::new(format!("node-{i}"), 2, cpu).with_memory(4.0 * GIB, 4.0 * GIB * (1.0 - mem / 100.0)))
+        .collect();
+    Prometheus::start_scraping_with_history(ClusterMetrics::new(nodes, vec![]), Duration::from_secs(600))
+        .await
+        .unwrap()
+}
+
+struct Running {
+    child: tokio::process::Child,
+    base: String,
+    log: std::path::PathBuf,
+}
+
+impl Running {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Starts `smartscale-controller run` and waits until its API answers.
+async fn start(w: &World, prom_url: &str, extra: &str, args: &[&str]) -> Running {
+    let port = free_port().unwrap();
+    let token_file = w.dir.path().join("api-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let cfg = w
+        .controller_config(prom_url, &format!("api:\n  listen: 127.0.0.1:{port}\n  token_file: {}\n{extra}", token_file.display()))
+        .unwrap();
+    let log = w.dir.path().join(format!("controller-{port}.log"));
+    let file = std::fs::File::create(&log).unwrap();
+    let child = product_command(w, "smartscale-controller")
+        .unwrap()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .args(args)
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let url = format!("{base}/status");
+    let log2 = log.clone();
+    poll_until("the controller's API", Duration::from_secs(30), || {
+        let (http, url, log2) = (http.clone(), url.clone(), log2.clone());
+        async move {
+            let ok = http.get(&url).send().await.is_ok();
+            if !ok && std::fs::read_to_string(&log2).unwrap_or_default().contains("error:") {
+                panic!("controller failed: {}", std::fs::read_to_string(&log2).unwrap_or_default());
+            }
+            Ok(ok.then_some(()))
+        }
+    })
+    .await
+    .unwrap();
+    Running { child, base, log }
+}
+
+async fn scale(r: &Running, token: Option<&str>, body: &str) -> (u16, Value) {
+    let mut req = reqwest::Client::new().post(format!("{}/scale", r.base)).body(body.to_string());
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    let code = resp.status().as_u16();
+    (code, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(r: &Running, path: &str) -> (u16, String) {
+    let resp = reqwest::get(format!("{}{path}", r.base)).await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_authenticates_validates_clamps_and_reports() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let w = World::start(WorldOptions { workers: 2, ..WorldOptions::default() }).await.unwrap();
+        let prom = prometheus(50.0, 40.0).await;
+        let mut r = start(&w, prom.url(), "", &[]).await;
+
+        poll_until("healthy", Duration::from_secs(20), || async {
+            Ok((get(&r, "/healthz").await.0 == 200).then_some(()))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", futures::executor::block_on(get(&r, "/healthz")), r.log()));
+        let (_, metrics) = get(&r, "/metrics").await;
+        for needle in [
+            "smartscale_decisions_total{",
+            "smartscale_nodes{node_group=\"smartscale-workers\",state=\"desired\"} 2",
+            "smartscale_lease_held{",
+            "smartscale_fencing_token 1",
+            "smartscale_cycle_duration_seconds_bucket",
+            "smartscale_signal_value{signal=\"cpu\"}",
+            "smartscale_estimated_hourly_cost_dollars{node_group=\"smartscale-workers\"} 0.0832",
+            "smartscale_node_info{",
+            "smartscale_aws_calls_total{",
+        ] {
+            assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
+        }
+
+        assert_eq!(scale(&r, None, r#"{"action":"scale_up"}"#).await.0, 401);
+        assert_eq!(scale(&r, Some("wrong"), r#"{"action":"scale_up"}"#).await.0, 401);
+        let (code, body) = scale(&r, Some(TOKEN), "{not json").await;
+        assert_eq!(code, 400, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("bad JSON"));
+        let (code, body) = scale(&r, Some(TOKEN), r#"{"action":"explode"}"#).await;
+        assert_eq!(code, 400);
+        assert!(body["error"].as_str().unwrap().contains("`explode` is not"));
+
+        // Concurrent requests: one is accepted (and clamped to max 10), the others wait their turn.
+        let body = r#"{"action":"scale_up","count":20,"reason":"load test"}"#;
+        let answers = futures::future::join_all((0..4).map(|_| scale(&r, Some(TOKEN), body))).await;
+        let accepted: Vec<&Value> = answers.iter().filter(|(c, _)| *c == 202).map(|(_, b)| b).collect();
+        assert_eq!(accepted.len(), 1, "{answers:?}");
+        assert!(answers.iter().all(|(c, _)| *c == 202 || *c == 409), "{answers:?}");
+        assert!(answers.iter().any(|(c, _)| *c == 409), "{answers:?}");
+        assert_eq!(accepted[0]["to"], 10);
+        assert!(accepted[0]["clamped"].as_str().unwrap().contains("clamped to 10"));
+        poll_until("desired 10", Duration::from_secs(10), || async { Ok((w.group().await?.0 == 10).then_some(())) })
+            .await
+            .unwrap();
+
+        let (code, history) = get(&r, "/history?limit=5").await;
+        assert_eq!(code, 200);
+        let history: Value = serde_json::from_str(&history).unwrap();
+        let first = &history["history"][0];
+        assert_eq!(first["source"], "api", "{history}");
+        assert_eq!((first["from"].as_u64(), first["to"].as_u64()), (Some(2), Some(10)));
+        assert!(first["reasons"][0].as_str().unwrap().contains("load test"));
+        let times: Vec<&str> = history["history"].as_array().unwrap().iter().map(|h| h["time"].as_str().unwrap()).collect();
+        assert!(times.windows(2).all(|p| p[0] > p[1]), "newest first: {times:?}");
+        assert_eq!(get(&r, "/history?limit=abc").await.0, 400);
+
+        let (_, status) = get(&r, "/status").await;
+        let status: Value = serde_json::from_str(&status).unwrap();
+        assert_eq!(status["cluster_id"], "e2e");
+
+        // SIGTERM: clean exit, lease handed back, and the token was never logged.
+        let pid = r.child.id().unwrap() as i32;
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let status = tokio::time::timeout(Duration::from_secs(10), r.child.wait()).await.unwrap().unwrap();
+        assert!(status.success(), "{}", r.log());
+        assert!(!r.log().contains(TOKEN));
+        let lease = w
+            .dynamodb
+            .get_item()
+            .table_name(&w.table)
+            .key("cluster_id", aws_sdk_dynamodb::types::AttributeValue::S("e2e".into()))
+            .key("record", aws_sdk_dynamodb::types::AttributeValue::S("lease".into()))
+            .send()
+            .await
+            .unwrap();
+        let expires = lease.item().unwrap()["expires_at"].as_n().unwrap().clone();
+        assert_eq!(expires, "0", "lease released on shutdown");
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_down_degrades_health_and_counts_errors() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let w = World::start(WorldOptions { workers: 2, ..WorldOptions::default() }).await.unwrap();
+        let closed = format!("http://127.0.0.1:{}", free_port().unwrap());
+        let r = start(&w, &closed, "", &[]).await;
+        let body = poll_until("degraded health", Duration::from_secs(20), || async {
+            let (code, body) = get(&r, "/healthz").await;
+            Ok((code == 503 && body.contains("unreachable")).then_some(body))
+        })
+        .await
+        .unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "degraded");
+        assert_eq!(v["dependencies"]["prometheus"]["ok"], false);
+        assert_eq!(v["dependencies"]["autoscaling"]["ok"], true);
+        let (_, metrics) = get(&r, "/metrics").await;
+        assert!(metrics.contains("smartscale_errors_total{kind=\"prometheus\"}"), "{metrics}");
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_never_writes_to_aws() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let w = World::start(WorldOptions { workers: 3, ..WorldOptions::default() }).await.unwrap();
+        let before = w.activities().await.unwrap().len();
+        // Low usage and an empty node: the policy wants to scale down at once.
+        let prom = prometheus(10.0, 20.0).await;
+        let fast = "policy:\n  scale_down: {sustained: 0s}\n  cooldown: {after_scale_up: 0s, after_scale_down: 0s}\n";
+        let r = start(&w, prom.url(), fast, &["--dry-run"]).await;
+        // A manual scale-up is accepted and recorded, not executed. (The loop's own dry-run
+        // scale-downs may hold the action slot for a moment: 409 means "retry".)
+        let body = poll_until("the manual request accepted", Duration::from_secs(10), || async {
+            let (code, body) = scale(&r, Some(TOKEN), r#"{"action":"scale_up","count":2}"#).await;
+            assert!(code == 202 || code == 409, "{code} {body}");
+            Ok((code == 202).then_some(body))
+        })
+        .await
+        .unwrap();
+        assert_eq!(body["dry_run"], true);
+        // Pending pods make the policy decide a scale-up too.
+        for i in 0..4 {
+            w.create_pod(&format!("big-{i}"), "1500m", "1Gi", None, json!({})).await.unwrap();
+        }
+        let history = poll_until("dry-run decisions recorded", Duration::from_secs(30), || async {
+            let (_, h) = get(&r, "/history?limit=50").await;
+            let v: Value = serde_json::from_str(&h).unwrap_or(Value::Null);
+            let records = v["history"].as_array().cloned().unwrap_or_default();
+            let done = |action: &str, source: &str| {
+                records.iter().any(|h| h["action"] == action && h["source"] == source && h["status"] == "done")
+            };
+            Ok((done("scale_up", "api") && done("scale_up", "policy") && done("scale_down", "policy")).then_some(records))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", r.log()));
+        assert!(history.iter().all(|h| h["dry_run"] == true));
+        assert_eq!(w.activities().await.unwrap().len(), before, "no scaling activity in dry-run");
+        assert_eq!(w.group().await.unwrap().0, 3);
+        assert!(r.log().contains("dry-run: not calling"));
+    })
+    .await
+    .expect("test timed out");
+}
