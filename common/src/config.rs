@@ -147,7 +147,9 @@ fn resolve(template: &Value, rest: &str) -> Option<Vec<Seg>> {
                 if rest == k.as_str() {
                     return Some(vec![Seg::Key(k.clone())]);
                 }
-                if let Some(tail) = rest.strip_prefix(k.as_str()).and_then(|t| t.strip_prefix('_'))
+                if let Some(tail) = rest
+                    .strip_prefix(k.as_str())
+                    .and_then(|t| t.strip_prefix('_'))
                     && let Some(mut path) = resolve(&map[k], tail)
                 {
                     path.insert(0, Seg::Key(k.clone()));
@@ -309,8 +311,10 @@ mod tests {
     }
 
     fn run(yaml: &str, env: &[(&str, &str)]) -> (Option<Root>, Vec<String>) {
-        let env: Vec<(String, String)> =
-            env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
         load("c.yaml", yaml, &env, "APP_", &["APP_TOKEN"], &template())
     }
 
@@ -324,8 +328,14 @@ mod tests {
         let all = problems.join("\n");
         assert!(all.contains("prometheus.timeout"), "{all}");
         assert!(all.contains("node_groups[0].max"), "{all}");
-        assert!(all.contains("prometheus.urll: unknown key; did you mean `url`?"), "{all}");
-        assert!(all.contains("node_groups[1].mx: unknown key; did you mean `max`?"), "{all}");
+        assert!(
+            all.contains("prometheus.urll: unknown key; did you mean `url`?"),
+            "{all}"
+        );
+        assert!(
+            all.contains("node_groups[1].mx: unknown key; did you mean `max`?"),
+            "{all}"
+        );
         assert_eq!(problems.len(), 4, "{all}");
     }
 

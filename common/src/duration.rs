@@ -20,11 +20,15 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         return if secs.is_finite() && secs >= 0.0 {
             Ok(Duration::from_secs_f64(secs))
         } else {
-            Err(format!("`{text}` is not a valid duration (negative or not finite)"))
+            Err(format!(
+                "`{text}` is not a valid duration (negative or not finite)"
+            ))
         };
     }
     let bad = || {
-        format!("`{text}` is not a duration; write it like `30s`, `5m`, `1h30m`, `2d` or a number of seconds")
+        format!(
+            "`{text}` is not a duration; write it like `30s`, `5m`, `1h30m`, `2d` or a number of seconds"
+        )
     };
     if t.starts_with('-') {
         return Err(format!("`{text}` is negative; durations must be ≥ 0"));
@@ -38,7 +42,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             .ok_or_else(bad)?;
         let value: f64 = rest[..num_end].parse().map_err(|_| bad())?;
         rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+        let unit_end = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_end] {
             "ms" => 0.001,
             "s" | "sec" | "secs" => 1.0,
