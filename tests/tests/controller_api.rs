@@ -79,6 +79,18 @@ async fn scale(r: &Running, token: Option<&str>, body: &str) -> (u16, Value) {
     (code, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// (AWS calls so far, decisions so far) from the metrics text.
+fn counts(metrics: &str) -> (f64, f64) {
+    let sum = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    (sum("smartscale_aws_calls_total{"), sum("smartscale_decisions_total{"))
+}
+
 async fn get(r: &Running, path: &str) -> (u16, String) {
     let resp = reqwest::get(format!("{}{path}", r.base)).await.unwrap();
     (resp.status().as_u16(), resp.text().await.unwrap())
@@ -110,6 +122,17 @@ async fn api_authenticates_validates_clamps_and_reports() {
         ] {
             assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
         }
+
+        // Steady state (nothing to do): at most 2 AWS calls per cycle.
+        let (c0, d0) = counts(&metrics);
+        let (c1, d1) = poll_until("5 more cycles", Duration::from_secs(20), || async {
+            let (c, d) = counts(&get(&r, "/metrics").await.1);
+            Ok((d >= d0 + 5.0).then_some((c, d)))
+        })
+        .await
+        .unwrap();
+        let per_cycle = (c1 - c0) / (d1 - d0);
+        assert!(per_cycle <= 2.0, "{per_cycle} AWS calls per steady-state cycle");
 
         assert_eq!(scale(&r, None, r#"{"action":"scale_up"}"#).await.0, 401);
         assert_eq!(scale(&r, Some("wrong"), r#"{"action":"scale_up"}"#).await.0, 401);
