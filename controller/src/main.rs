@@ -126,12 +126,16 @@ fn with_runtime(
     };
     let cfg = match config::load(&path, Purpose::Controller) {
         Ok(c) => c,
-        Err(e) => {
+        Err(Error::Config(problems)) => {
             return fail(format!(
-                "{e}\nrun `smartscale-controller --config {} check` for details",
+                "invalid configuration in {} ({} problem(s), first: {}); run `smartscale-controller --config {} check` for details",
+                path.display(),
+                problems.len(),
+                problems.first().map(String::as_str).unwrap_or("?"),
                 path.display()
             ));
         }
+        Err(e) => return fail(e),
     };
     if let Err(e) = logging::init(log_format.unwrap_or(cfg.log_format)) {
         return fail(e);

@@ -113,4 +113,5 @@ fn once_with_a_bad_config_fails_in_one_line_pointing_at_check() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("error: invalid configuration"), "{err}");
     assert!(err.contains("check` for details"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
 }
