@@ -438,9 +438,9 @@ fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Config {
     };
 
     let interval = raw.interval.0;
-    if interval < Duration::from_secs(1) {
+    if interval < Duration::from_millis(100) {
         p.push(format!(
-            "interval: {} is too short; use at least 1s (default 30s)",
+            "interval: {} is too short; use at least 100ms (default 30s)",
             smartscale_common::duration::format(interval)
         ));
     }
