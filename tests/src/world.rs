@@ -292,6 +292,25 @@ impl World {
         Ok(path)
     }
 
+    /// Registers a Ready node for an instance, as the agent's join would (for worlds without
+    /// `auto_join`).
+    pub async fn register_node(&self, instance: &str) -> Result<()> {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": format!("worker-{instance}")},
+            "spec": {"providerID": format!("aws:///{}a/{instance}", self.region)},
+            "status": {
+                "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
+                "conditions": [{"type": "Ready", "status": "True"}]
+            }
+        }))
+        .map_err(|e| sdk_err("node JSON", e))?;
+        Api::<Node>::all(self.kube.clone())
+            .create(&PostParams::default(), &node)
+            .await
+            .map_err(|e| sdk_err("registering a node", e))?;
+        Ok(())
+    }
+
     /// Worker nodes (not the control plane) that are Ready.
     pub async fn ready_workers(&self) -> Result<Vec<Node>> {
         let nodes: Api<Node> = Api::all(self.kube.clone());
@@ -484,23 +503,24 @@ async fn node_sync(
 /// own target directory. The README's test command builds them first (`cargo build --bins`).
 pub fn product_binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().map_err(|e| Error::io("locating the test binary", e))?;
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe
+    // target/<profile>/deps/<test> → target/<profile>/<name>; benches (release) fall back to debug.
+    let profile = exe
         .parent()
         .and_then(Path::parent)
         .ok_or_else(|| Error::Invalid("unexpected test binary location".into()))?;
-    let path = dir.join(name);
-    if path.exists() {
-        Ok(path)
-    } else {
-        Err(Error::MissingDependency(
+    let candidates = [
+        profile.join(name),
+        profile.parent().map(|t| t.join("debug").join(name)).unwrap_or_default(),
+    ];
+    candidates.iter().find(|p| p.exists()).cloned().ok_or_else(|| {
+        Error::MissingDependency(
             "product binary",
             format!(
                 "{} not found; build it first with `cargo build --workspace --bins`",
-                path.display()
+                candidates[0].display()
             ),
-        ))
-    }
+        )
+    })
 }
 
 /// A command for a product binary with only this world's environment (plus PATH and HOME).

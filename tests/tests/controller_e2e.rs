@@ -58,11 +58,10 @@ async fn pending_pods_are_packed_into_new_nodes_and_counted_in_flight() {
         })
         .await
         .unwrap();
-        // auto_join is off, so register the two initial workers by hand through the sync-less world:
-        // they are InService with no node; create nodes for them.
+        // auto_join is off: register the two initial workers' nodes by hand.
         let (_, instances) = w.group().await.unwrap();
         for (id, _) in &instances {
-            register(&w, id).await;
+            w.register_node(id).await.unwrap();
         }
         let prom = prometheus(50.0, 40.0, 2).await;
         let cfg = w.controller_config(prom.url(), "").unwrap();
@@ -96,21 +95,6 @@ async fn pending_pods_are_packed_into_new_nodes_and_counted_in_flight() {
     })
     .await
     .expect("test timed out");
-}
-
-/// Registers a Ready node for an instance (what the agent's join does).
-async fn register(w: &World, instance: &str) {
-    use k8s_openapi::api::core::v1::Node;
-    let node: Node = serde_json::from_value(json!({
-        "metadata": {"name": format!("worker-{instance}")},
-        "spec": {"providerID": format!("aws:///us-east-1a/{instance}")},
-        "status": {"allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"}, "conditions": [{"type": "Ready", "status": "True"}]}
-    }))
-    .unwrap();
-    kube::Api::<Node>::all(w.kube.clone())
-        .create(&Default::default(), &node)
-        .await
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
