@@ -193,12 +193,7 @@ async fn lease(ctx: &Context, held: &mut Held, now: f64) -> Result<Option<Lease>
 /// Reads every source. Prometheus failures become missing readings; AWS and Kubernetes
 /// failures are errors (without them no decision is safe).
 async fn observe(ctx: &Context) -> Result<(PromSignals, Vec<AsgState>, ClusterSnapshot)> {
-    let names: Vec<String> = ctx
-        .cfg
-        .node_groups
-        .iter()
-        .map(|g| g.asg_name.clone())
-        .collect();
+    let names = ctx.cfg.asg_names();
     let (prom, asgs) = tokio::join!(ctx.prometheus.read(), ctx.actuator.describe(&names));
     let prom_ok = prom.healthy();
     ctx.health(
@@ -765,12 +760,7 @@ pub async fn reconcile(ctx: &Context) -> Result<()> {
         return Ok(());
     };
     let state = ctx.store.load().await?;
-    let names: Vec<String> = ctx
-        .cfg
-        .node_groups
-        .iter()
-        .map(|g| g.asg_name.clone())
-        .collect();
+    let names = ctx.cfg.asg_names();
     let asgs = ctx.actuator.describe(&names).await?;
     for asg in &asgs {
         if let Some(&recorded) = state.last_desired.get(&asg.name)

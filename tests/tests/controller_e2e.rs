@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use smartscale_testworld::process::poll_until;
 use smartscale_testworld::prometheus::{ClusterMetrics, Prometheus, SyntheticNode};
 use smartscale_testworld::world::{World, WorldOptions, product_command};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
@@ -25,6 +25,29 @@ async fn prometheus(cpu: f64, mem: f64, nodes: usize) -> Prometheus {
     )
     .await
     .expect("prometheus")
+}
+
+/// A world, Prometheus at `cpu`/`mem` % on as many nodes as workers, and a controller config.
+async fn setup(
+    opts: WorldOptions,
+    cpu: f64,
+    mem: f64,
+    extra: &str,
+) -> (World, Prometheus, PathBuf) {
+    let nodes = opts.workers as usize;
+    let w = World::start(opts).await.unwrap();
+    let prom = prometheus(cpu, mem, nodes).await;
+    let cfg = w.controller_config(prom.url(), extra).unwrap();
+    (w, prom, cfg)
+}
+
+async fn worker_names(w: &World) -> Vec<String> {
+    w.ready_workers()
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.metadata.name.clone())
+        .collect()
 }
 
 async fn once(world: &World, cfg: &Path, args: &[&str]) -> Value {
@@ -100,15 +123,17 @@ async fn pending_pods_are_packed_into_new_nodes_and_counted_in_flight() {
 #[tokio::test(flavor = "multi_thread")]
 async fn scale_up_is_clamped_by_max() {
     tokio::time::timeout(Duration::from_secs(120), async {
-        let w = World::start(WorldOptions {
-            workers: 2,
-            max: 3,
-            ..WorldOptions::default()
-        })
-        .await
-        .unwrap();
-        let prom = prometheus(50.0, 40.0, 2).await;
-        let cfg = w.controller_config(prom.url(), "").unwrap();
+        let (w, _prom, cfg) = setup(
+            WorldOptions {
+                workers: 2,
+                max: 3,
+                ..WorldOptions::default()
+            },
+            50.0,
+            40.0,
+            "",
+        )
+        .await;
         // max in the config is 10 but the ASG's own MaxSize is 3: the tighter bound wins.
         for i in 0..5 {
             w.create_pod(&format!("big-{i}"), "1500m", "1Gi", None, json!({}))
@@ -135,14 +160,16 @@ async fn scale_up_is_clamped_by_max() {
 #[tokio::test(flavor = "multi_thread")]
 async fn high_cpu_scales_up_on_the_third_cycle_and_the_trend_survives_restarts() {
     tokio::time::timeout(Duration::from_secs(120), async {
-        let w = World::start(WorldOptions {
-            workers: 2,
-            ..WorldOptions::default()
-        })
-        .await
-        .unwrap();
-        let prom = prometheus(85.0, 40.0, 2).await;
-        let cfg = w.controller_config(prom.url(), "").unwrap();
+        let (w, _prom, cfg) = setup(
+            WorldOptions {
+                workers: 2,
+                ..WorldOptions::default()
+            },
+            85.0,
+            40.0,
+            "",
+        )
+        .await;
         // Every `once` is a new process: the counter lives in DynamoDB.
         let d1 = once(&w, &cfg, &[]).await;
         let d2 = once(&w, &cfg, &[]).await;
@@ -173,14 +200,16 @@ async fn high_cpu_scales_up_on_the_third_cycle_and_the_trend_survives_restarts()
 #[tokio::test(flavor = "multi_thread")]
 async fn high_memory_scales_up_at_once() {
     tokio::time::timeout(Duration::from_secs(120), async {
-        let w = World::start(WorldOptions {
-            workers: 2,
-            ..WorldOptions::default()
-        })
-        .await
-        .unwrap();
-        let prom = prometheus(20.0, 80.0, 2).await;
-        let cfg = w.controller_config(prom.url(), "").unwrap();
+        let (w, _prom, cfg) = setup(
+            WorldOptions {
+                workers: 2,
+                ..WorldOptions::default()
+            },
+            20.0,
+            80.0,
+            "",
+        )
+        .await;
         let d = once(&w, &cfg, &[]).await;
         assert_eq!(
             (d["action"].as_str(), d["to"].as_u64()),
@@ -198,21 +227,17 @@ const FAST_DOWN: &str = "policy:\n  scale_down: {sustained: 0s}\n  cooldown: {af
 #[tokio::test(flavor = "multi_thread")]
 async fn low_load_removes_the_least_utilised_eligible_worker_through_the_terminate_hook() {
     tokio::time::timeout(Duration::from_secs(120), async {
-        let w = World::start(WorldOptions {
-            workers: 3,
-            ..WorldOptions::default()
-        })
-        .await
-        .unwrap();
-        let prom = prometheus(10.0, 20.0, 3).await;
-        let cfg = w.controller_config(prom.url(), FAST_DOWN).unwrap();
-        let workers: Vec<String> = w
-            .ready_workers()
-            .await
-            .unwrap()
-            .iter()
-            .filter_map(|n| n.metadata.name.clone())
-            .collect();
+        let (w, _prom, cfg) = setup(
+            WorldOptions {
+                workers: 3,
+                ..WorldOptions::default()
+            },
+            10.0,
+            20.0,
+            FAST_DOWN,
+        )
+        .await;
+        let workers = worker_names(&w).await;
         // a: busy (1.2 CPU); b: lightest (0.1) but annotated scale-down-disabled; c: 0.3.
         w.create_pod("a1", "1200m", "1Gi", Some(&workers[0]), json!({}))
             .await
@@ -265,21 +290,17 @@ async fn annotate(w: &World, node: &str, key: &str, value: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn nothing_is_removed_while_its_pods_would_not_fit_elsewhere() {
     tokio::time::timeout(Duration::from_secs(120), async {
-        let w = World::start(WorldOptions {
-            workers: 2,
-            ..WorldOptions::default()
-        })
-        .await
-        .unwrap();
-        let prom = prometheus(10.0, 20.0, 2).await;
-        let cfg = w.controller_config(prom.url(), FAST_DOWN).unwrap();
-        let workers: Vec<String> = w
-            .ready_workers()
-            .await
-            .unwrap()
-            .iter()
-            .filter_map(|n| n.metadata.name.clone())
-            .collect();
+        let (w, _prom, cfg) = setup(
+            WorldOptions {
+                workers: 2,
+                ..WorldOptions::default()
+            },
+            10.0,
+            20.0,
+            FAST_DOWN,
+        )
+        .await;
+        let workers = worker_names(&w).await;
         w.create_pod("a1", "1500m", "1Gi", Some(&workers[0]), json!({}))
             .await
             .unwrap();

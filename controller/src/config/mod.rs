@@ -271,6 +271,13 @@ pub struct Config {
     pub simulate: SimOptions,
 }
 
+impl Config {
+    /// The worker groups' names, in config order.
+    pub fn asg_names(&self) -> Vec<String> {
+        self.node_groups.iter().map(|g| g.asg_name.clone()).collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct PrometheusConfig {
     pub url: url::Url,

@@ -326,30 +326,20 @@ impl Cluster {
                 pods: Vec::new(),
             });
         }
+        let view = |p: &SimPod| policy::Pod {
+            namespace: "default".into(),
+            name: format!("pod-{}", p.id),
+            requests: p.requests,
+            daemonset: false,
+            mirror: false,
+            not_safe_to_evict: false,
+        };
         for p in &self.pods {
-            let pod = policy::Pod {
-                namespace: "default".into(),
-                name: format!("pod-{}", p.id),
-                requests: p.requests,
-                daemonset: false,
-                mirror: false,
-                not_safe_to_evict: false,
-            };
             if let Some(&i) = p.node.and_then(|id| index.get(&id)) {
-                nodes[i].pods.push(pod);
+                nodes[i].pods.push(view(p));
             }
         }
-        let pending = self
-            .pending()
-            .map(|p| policy::Pod {
-                namespace: "default".into(),
-                name: format!("pod-{}", p.id),
-                requests: p.requests,
-                daemonset: false,
-                mirror: false,
-                not_safe_to_evict: false,
-            })
-            .collect();
+        let pending = self.pending().map(view).collect();
         policy::Observation {
             usage,
             nodes,

@@ -73,17 +73,7 @@ impl Store {
                 }
             }
         }
-        self.calls.count("dynamodb", "GetItem");
-        let item = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(self.key("lease")))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| Error::State(format!("read lease: {}", DisplayErrorContext(e))))?
-            .item;
+        let item = self.get("lease").await?;
         let (seen_token, seen_expiry, holder) = match &item {
             Some(i) => (
                 super::records::num(i, "fencing_token").unwrap_or(0),

@@ -77,19 +77,29 @@ impl Store {
             .build()
     }
 
-    /// Loads the policy's memory (strongly consistent: a new holder must see the last write).
-    pub async fn load(&self) -> Result<StoredState> {
+    /// One record, strongly consistent (a new lease holder must see the last write).
+    pub(crate) async fn get(&self, record: &str) -> Result<Option<HashMap<String, AttributeValue>>> {
         self.calls.count("dynamodb", "GetItem");
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .set_key(Some(self.key("state")))
+            .set_key(Some(self.key(record)))
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| Error::State(format!("GetItem state: {}", DisplayErrorContext(e))))?;
-        Ok(out.item().map(StoredState::from_item).unwrap_or_default())
+            .map_err(|e| Error::State(format!("GetItem {record}: {}", DisplayErrorContext(e))))?;
+        Ok(out.item)
+    }
+
+    /// Loads the policy's memory.
+    pub async fn load(&self) -> Result<StoredState> {
+        Ok(self
+            .get("state")
+            .await?
+            .as_ref()
+            .map(StoredState::from_item)
+            .unwrap_or_default())
     }
 
     /// Writes the state (and a history record) if and only if we still hold the lease.
@@ -158,17 +168,7 @@ impl Store {
     }
 
     async fn current_token(&self) -> Option<u64> {
-        self.calls.count("dynamodb", "GetItem");
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(self.key("lease")))
-            .consistent_read(true)
-            .send()
-            .await
-            .ok()?;
-        records::num(out.item()?, "fencing_token")
+        records::num(&self.get("lease").await.ok()??, "fencing_token")
     }
 
     /// Newest history records first.
