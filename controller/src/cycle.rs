@@ -578,7 +578,7 @@ async fn act(
 
     let mut result = Ok(());
     for id in &d.rollback {
-        if let Err(e) = ctx.actuator.terminate(id, true).await {
+        if let Err(e) = ctx.actuator.terminate(id, false).await {
             result = Err(e);
         }
     }

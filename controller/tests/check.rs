@@ -27,7 +27,10 @@ const GOOD: &str = "cluster_id: prod\nprometheus: {url: 'http://127.0.0.1:9090'}
 fn a_valid_config_passes() {
     let (code, out, err) = check(GOOD, &[]);
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains("valid (cluster prod, 1 node group(s), interval 30s)"), "{out}");
+    assert!(
+        out.contains("valid (cluster prod, 1 node group(s), interval 30s)"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -88,7 +91,9 @@ fn an_unreadable_file_or_missing_flag_is_a_clear_error() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/controller.yaml"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/controller.yaml")
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_smartscale-controller"))
         .arg("check")
         .output()

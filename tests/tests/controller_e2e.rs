@@ -378,3 +378,106 @@ async fn missing_prometheus_data_never_removes_a_node() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_that_never_becomes_ready_is_rolled_back_and_recorded() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let w = World::start(WorldOptions {
+            workers: 2,
+            auto_join: false,
+            ..WorldOptions::default()
+        })
+        .await
+        .unwrap();
+        let initial: Vec<String> = w
+            .group()
+            .await
+            .unwrap()
+            .1
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        for id in &initial {
+            w.register_node(id).await.unwrap();
+        }
+        let prom = prometheus(50.0, 40.0, 2).await;
+        let cfg = w
+            .controller_config(prom.url(), "policy: {max_node_provision_time: 5s}\n")
+            .unwrap();
+        for i in 0..3 {
+            w.create_pod(&format!("big-{i}"), "1500m", "1Gi", None, json!({}))
+                .await
+                .unwrap();
+        }
+        poll_until("1 unschedulable pod", Duration::from_secs(10), || async {
+            Ok((w.unschedulable_pods().await? == 1).then_some(()))
+        })
+        .await
+        .unwrap();
+        let d = once(&w, &cfg, &[]).await;
+        assert_eq!(
+            (d["action"].as_str(), d["to"].as_u64()),
+            (Some("scale_up"), Some(3)),
+            "{d}"
+        );
+        let (_, instances) = w.group().await.unwrap();
+        let (stuck, _) = instances
+            .iter()
+            .find(|(id, _)| !initial.contains(id))
+            .cloned()
+            .unwrap();
+        // It never joins. Once the provision time has passed, the next cycle rolls it back.
+        let d = poll_until("a rollback", Duration::from_secs(30), || async {
+            let d = once(&w, &cfg, &[]).await;
+            Ok((!d["rollback"].as_array().unwrap().is_empty()).then_some(d))
+        })
+        .await
+        .unwrap();
+        assert_eq!(d["rollback"][0], stuck.as_str(), "{d}");
+        assert!(reasons(&d).contains("not Ready within 5s"), "{d}");
+        assert_eq!(
+            d["action"], "none",
+            "the replacement covers the pending pod: {d}"
+        );
+        let (desired, instances) = w.group().await.unwrap();
+        assert_eq!(desired, 3, "desired kept: the ASG replaces the instance");
+        let state = instances
+            .iter()
+            .find(|(id, _)| *id == stuck)
+            .map(|(_, s)| s.as_str());
+        assert!(
+            state.is_some_and(|s| s.starts_with("Terminating")),
+            "{state:?}"
+        );
+        let history = w
+            .dynamodb
+            .query()
+            .table_name(&w.table)
+            .key_condition_expression("cluster_id = :c AND begins_with(#r, :p)")
+            .expression_attribute_names("#r", "record")
+            .expression_attribute_values(
+                ":c",
+                aws_sdk_dynamodb::types::AttributeValue::S("e2e".into()),
+            )
+            .expression_attribute_values(
+                ":p",
+                aws_sdk_dynamodb::types::AttributeValue::S("history#".into()),
+            )
+            .send()
+            .await
+            .unwrap();
+        let recorded = history.items().iter().any(|i| {
+            i.get("source")
+                .and_then(|v| v.as_s().ok())
+                .map(String::as_str)
+                == Some("rollback")
+                && i.get("status")
+                    .and_then(|v| v.as_s().ok())
+                    .map(String::as_str)
+                    == Some("done")
+        });
+        assert!(recorded, "rollback recorded in history");
+    })
+    .await
+    .expect("test timed out");
+}

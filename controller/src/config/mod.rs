@@ -274,7 +274,10 @@ pub struct Config {
 impl Config {
     /// The worker groups' names, in config order.
     pub fn asg_names(&self) -> Vec<String> {
-        self.node_groups.iter().map(|g| g.asg_name.clone()).collect()
+        self.node_groups
+            .iter()
+            .map(|g| g.asg_name.clone())
+            .collect()
     }
 }
 
@@ -653,8 +656,8 @@ fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Config {
             rp.scale_up.cpu_checks
         ));
     }
-    if rp.max_node_provision_time.0 < Duration::from_secs(60) {
-        p.push("policy.max_node_provision_time: allow nodes at least 1m to boot".into());
+    if rp.max_node_provision_time.0 < Duration::from_secs(5) {
+        p.push("policy.max_node_provision_time: allow nodes at least 5s to boot (EC2 needs minutes; default 15m)".into());
     }
     let policy = PolicyConfig {
         cpu_above: rp.scale_up.cpu_above,

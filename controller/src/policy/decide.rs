@@ -38,10 +38,11 @@ fn booting(obs: &Observation, cfg: &PolicyConfig, now: i64) -> Boot {
                 continue;
             }
             if now - i.first_seen > limit {
+                // Terminated without lowering desired capacity: the ASG launches a fresh
+                // replacement, which is capacity in flight like the instance it replaces.
                 boot.rollback.push(i.id.clone());
-            } else {
-                boot.in_flight += 1;
             }
+            boot.in_flight += 1;
         }
         // Desired capacity the group has not launched yet is on its way too.
         boot.in_flight += g.desired.saturating_sub(live.len() as u32);

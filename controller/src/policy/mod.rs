@@ -299,7 +299,8 @@ pub struct Decision {
     pub from: u32,
     pub to: u32,
     pub victim: Option<Victim>,
-    /// Instances that never became Ready nodes within `max_node_provision_time`: terminate them.
+    /// Instances that never became Ready nodes within `max_node_provision_time`: terminate them
+    /// (keeping desired capacity, so the ASG replaces them).
     pub rollback: Vec<String>,
     /// Nodes still booting (capacity in flight), all groups.
     pub in_flight: u32,

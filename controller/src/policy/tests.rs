@@ -364,6 +364,7 @@ fn instances_that_never_become_ready_are_rolled_back() {
     let (d, _) = decide(&o, &Memory::default(), &cfg, NOW);
     assert_eq!(d.rollback, vec!["i-stuck".to_string()]);
     assert_eq!(d.action, Action::None, "no scale-down while rolling back");
+    assert_eq!(d.in_flight, 1, "its replacement is capacity on the way");
 }
 
 #[test]

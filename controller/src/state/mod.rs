@@ -78,7 +78,10 @@ impl Store {
     }
 
     /// One record, strongly consistent (a new lease holder must see the last write).
-    pub(crate) async fn get(&self, record: &str) -> Result<Option<HashMap<String, AttributeValue>>> {
+    pub(crate) async fn get(
+        &self,
+        record: &str,
+    ) -> Result<Option<HashMap<String, AttributeValue>>> {
         self.calls.count("dynamodb", "GetItem");
         let out = self
             .client
