@@ -85,10 +85,13 @@ pub async fn build_context(cfg: Config, dry_run: bool) -> Result<Context> {
     ))
 }
 
-/// `once`: one full cycle, then the lease is handed back so the next run (or replica) need
-/// not wait for it to expire.
+/// `once`: start-up reconciliation and one full cycle, then the lease is handed back so the
+/// next run (or replica) need not wait for it to expire.
 pub async fn once(cfg: Config, dry_run: bool) -> Result<cycle::Outcome> {
     let ctx = build_context(cfg, dry_run).await?;
+    if let Err(e) = cycle::reconcile(&ctx).await {
+        tracing::warn!(error = %e, "start-up reconciliation failed; continuing");
+    }
     let outcome = cycle::run_once(&ctx, true).await;
     release(&ctx).await;
     outcome

@@ -11,11 +11,37 @@ const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
 async fn prometheus(cpu: f64, mem: f64) -> Prometheus {
     let nodes = (0..2)
-        .map(|i| SyntheticNode::new(format!("node-{i}"), 2, cpu).with_memory(4.0 * GIB, 4.0 * GIB * (1.0 - mem / 100.0)))
+        .map(|i| {
+            SyntheticNode::new(format!("node-{i}"), 2, cpu)
+                .with_memory(4.0 * GIB, 4.0 * GIB * (1.0 - mem / 100.0))
+        })
         .collect();
-    Prometheus::start_scraping_with_history(ClusterMetrics::new(nodes, vec![]), Duration::from_secs(600))
-        .await
-        .unwrap()
+    Prometheus::start_scraping_with_history(
+        ClusterMetrics::new(nodes, vec![]),
+        Duration::from_secs(600),
+    )
+    .await
+    .unwrap()
+}
+
+/// A webhook receiver; returns its URL and the JSON bodies it got.
+async fn webhook() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(v);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, got)
 }
 
 struct Running {
@@ -36,7 +62,13 @@ async fn start(w: &World, prom_url: &str, extra: &str, args: &[&str]) -> Running
     let token_file = w.dir.path().join("api-token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let cfg = w
-        .controller_config(prom_url, &format!("api:\n  listen: 127.0.0.1:{port}\n  token_file: {}\n{extra}", token_file.display()))
+        .controller_config(
+            prom_url,
+            &format!(
+                "api:\n  listen: 127.0.0.1:{port}\n  token_file: {}\n{extra}",
+                token_file.display()
+            ),
+        )
         .unwrap();
     let log = w.dir.path().join(format!("controller-{port}.log"));
     let file = std::fs::File::create(&log).unwrap();
@@ -58,8 +90,15 @@ async fn start(w: &World, prom_url: &str, extra: &str, args: &[&str]) -> Running
         let (http, url, log2) = (http.clone(), url.clone(), log2.clone());
         async move {
             let ok = http.get(&url).send().await.is_ok();
-            if !ok && std::fs::read_to_string(&log2).unwrap_or_default().contains("error:") {
-                panic!("controller failed: {}", std::fs::read_to_string(&log2).unwrap_or_default());
+            if !ok
+                && std::fs::read_to_string(&log2)
+                    .unwrap_or_default()
+                    .contains("error:")
+            {
+                panic!(
+                    "controller failed: {}",
+                    std::fs::read_to_string(&log2).unwrap_or_default()
+                );
             }
             Ok(ok.then_some(()))
         }
@@ -70,7 +109,9 @@ async fn start(w: &World, prom_url: &str, extra: &str, args: &[&str]) -> Running
 }
 
 async fn scale(r: &Running, token: Option<&str>, body: &str) -> (u16, Value) {
-    let mut req = reqwest::Client::new().post(format!("{}/scale", r.base)).body(body.to_string());
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/scale", r.base))
+        .body(body.to_string());
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
@@ -88,7 +129,10 @@ fn counts(metrics: &str) -> (f64, f64) {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
-    (sum("smartscale_aws_calls_total{"), sum("smartscale_decisions_total{"))
+    (
+        sum("smartscale_aws_calls_total{"),
+        sum("smartscale_decisions_total{"),
+    )
 }
 
 async fn get(r: &Running, path: &str) -> (u16, String) {
@@ -99,15 +143,28 @@ async fn get(r: &Running, path: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn api_authenticates_validates_clamps_and_reports() {
     tokio::time::timeout(Duration::from_secs(120), async {
-        let w = World::start(WorldOptions { workers: 2, ..WorldOptions::default() }).await.unwrap();
+        let w = World::start(WorldOptions {
+            workers: 2,
+            ..WorldOptions::default()
+        })
+        .await
+        .unwrap();
         let prom = prometheus(50.0, 40.0).await;
-        let mut r = start(&w, prom.url(), "", &[]).await;
+        let (hook_url, hooks) = webhook().await;
+        let notify = format!("notifications: {{webhook_url: '{hook_url}'}}\n");
+        let mut r = start(&w, prom.url(), &notify, &[]).await;
 
         poll_until("healthy", Duration::from_secs(20), || async {
             Ok((get(&r, "/healthz").await.0 == 200).then_some(()))
         })
         .await
-        .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", futures::executor::block_on(get(&r, "/healthz")), r.log()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}: {:?}\n{}",
+                futures::executor::block_on(get(&r, "/healthz")),
+                r.log()
+            )
+        });
         let (_, metrics) = get(&r, "/metrics").await;
         for needle in [
             "smartscale_decisions_total{",
@@ -132,10 +189,16 @@ async fn api_authenticates_validates_clamps_and_reports() {
         .await
         .unwrap();
         let per_cycle = (c1 - c0) / (d1 - d0);
-        assert!(per_cycle <= 2.0, "{per_cycle} AWS calls per steady-state cycle");
+        assert!(
+            per_cycle <= 2.0,
+            "{per_cycle} AWS calls per steady-state cycle"
+        );
 
         assert_eq!(scale(&r, None, r#"{"action":"scale_up"}"#).await.0, 401);
-        assert_eq!(scale(&r, Some("wrong"), r#"{"action":"scale_up"}"#).await.0, 401);
+        assert_eq!(
+            scale(&r, Some("wrong"), r#"{"action":"scale_up"}"#).await.0,
+            401
+        );
         let (code, body) = scale(&r, Some(TOKEN), "{not json").await;
         assert_eq!(code, 400, "{body}");
         assert!(body["error"].as_str().unwrap().contains("bad JSON"));
@@ -146,25 +209,65 @@ async fn api_authenticates_validates_clamps_and_reports() {
         // Concurrent requests: one is accepted (and clamped to max 10), the others wait their turn.
         let body = r#"{"action":"scale_up","count":20,"reason":"load test"}"#;
         let answers = futures::future::join_all((0..4).map(|_| scale(&r, Some(TOKEN), body))).await;
-        let accepted: Vec<&Value> = answers.iter().filter(|(c, _)| *c == 202).map(|(_, b)| b).collect();
+        let accepted: Vec<&Value> = answers
+            .iter()
+            .filter(|(c, _)| *c == 202)
+            .map(|(_, b)| b)
+            .collect();
         assert_eq!(accepted.len(), 1, "{answers:?}");
-        assert!(answers.iter().all(|(c, _)| *c == 202 || *c == 409), "{answers:?}");
+        assert!(
+            answers.iter().all(|(c, _)| *c == 202 || *c == 409),
+            "{answers:?}"
+        );
         assert!(answers.iter().any(|(c, _)| *c == 409), "{answers:?}");
         assert_eq!(accepted[0]["to"], 10);
-        assert!(accepted[0]["clamped"].as_str().unwrap().contains("clamped to 10"));
-        poll_until("desired 10", Duration::from_secs(10), || async { Ok((w.group().await?.0 == 10).then_some(())) })
-            .await
-            .unwrap();
+        assert!(
+            accepted[0]["clamped"]
+                .as_str()
+                .unwrap()
+                .contains("clamped to 10")
+        );
+        poll_until("desired 10", Duration::from_secs(10), || async {
+            Ok((w.group().await?.0 == 10).then_some(()))
+        })
+        .await
+        .unwrap();
+
+        // The executed action was announced on the webhook (Slack-style `text`).
+        let note = poll_until(
+            "a webhook notification",
+            Duration::from_secs(10),
+            || async { Ok(hooks.lock().unwrap().first().cloned()) },
+        )
+        .await
+        .unwrap();
+        let text = note["text"].as_str().unwrap();
+        assert!(
+            text.contains("scale_up smartscale-workers 2 → 10") && text.contains("load test"),
+            "{text}"
+        );
+        assert!(!text.contains(TOKEN));
 
         let (code, history) = get(&r, "/history?limit=5").await;
         assert_eq!(code, 200);
         let history: Value = serde_json::from_str(&history).unwrap();
         let first = &history["history"][0];
         assert_eq!(first["source"], "api", "{history}");
-        assert_eq!((first["from"].as_u64(), first["to"].as_u64()), (Some(2), Some(10)));
+        assert_eq!(
+            (first["from"].as_u64(), first["to"].as_u64()),
+            (Some(2), Some(10))
+        );
         assert!(first["reasons"][0].as_str().unwrap().contains("load test"));
-        let times: Vec<&str> = history["history"].as_array().unwrap().iter().map(|h| h["time"].as_str().unwrap()).collect();
-        assert!(times.windows(2).all(|p| p[0] > p[1]), "newest first: {times:?}");
+        let times: Vec<&str> = history["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["time"].as_str().unwrap())
+            .collect();
+        assert!(
+            times.windows(2).all(|p| p[0] > p[1]),
+            "newest first: {times:?}"
+        );
         assert_eq!(get(&r, "/history?limit=abc").await.0, 400);
 
         let (_, status) = get(&r, "/status").await;
@@ -174,15 +277,24 @@ async fn api_authenticates_validates_clamps_and_reports() {
         // SIGTERM: clean exit, lease handed back, and the token was never logged.
         let pid = r.child.id().unwrap() as i32;
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        let status = tokio::time::timeout(Duration::from_secs(10), r.child.wait()).await.unwrap().unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(10), r.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(status.success(), "{}", r.log());
         assert!(!r.log().contains(TOKEN));
         let lease = w
             .dynamodb
             .get_item()
             .table_name(&w.table)
-            .key("cluster_id", aws_sdk_dynamodb::types::AttributeValue::S("e2e".into()))
-            .key("record", aws_sdk_dynamodb::types::AttributeValue::S("lease".into()))
+            .key(
+                "cluster_id",
+                aws_sdk_dynamodb::types::AttributeValue::S("e2e".into()),
+            )
+            .key(
+                "record",
+                aws_sdk_dynamodb::types::AttributeValue::S("lease".into()),
+            )
             .send()
             .await
             .unwrap();
@@ -196,7 +308,12 @@ async fn api_authenticates_validates_clamps_and_reports() {
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_down_degrades_health_and_counts_errors() {
     tokio::time::timeout(Duration::from_secs(60), async {
-        let w = World::start(WorldOptions { workers: 2, ..WorldOptions::default() }).await.unwrap();
+        let w = World::start(WorldOptions {
+            workers: 2,
+            ..WorldOptions::default()
+        })
+        .await
+        .unwrap();
         let closed = format!("http://127.0.0.1:{}", free_port().unwrap());
         let r = start(&w, &closed, "", &[]).await;
         let body = poll_until("degraded health", Duration::from_secs(20), || async {
@@ -210,7 +327,10 @@ async fn prometheus_down_degrades_health_and_counts_errors() {
         assert_eq!(v["dependencies"]["prometheus"]["ok"], false);
         assert_eq!(v["dependencies"]["autoscaling"]["ok"], true);
         let (_, metrics) = get(&r, "/metrics").await;
-        assert!(metrics.contains("smartscale_errors_total{kind=\"prometheus\"}"), "{metrics}");
+        assert!(
+            metrics.contains("smartscale_errors_total{kind=\"prometheus\"}"),
+            "{metrics}"
+        );
     })
     .await
     .expect("test timed out");

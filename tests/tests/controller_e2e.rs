@@ -481,3 +481,65 @@ async fn an_instance_that_never_becomes_ready_is_rolled_back_and_recorded() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_desired_capacity_changed_behind_our_back_is_recorded_as_drift() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let (w, _prom, cfg) = setup(
+            WorldOptions {
+                workers: 2,
+                ..WorldOptions::default()
+            },
+            20.0,
+            80.0,
+            "",
+        )
+        .await;
+        let d = once(&w, &cfg, &[]).await;
+        assert_eq!(d["to"], 3, "{d}");
+        // Someone changes the group by hand.
+        w.autoscaling
+            .set_desired_capacity()
+            .auto_scaling_group_name(&w.asg_name)
+            .desired_capacity(5)
+            .send()
+            .await
+            .unwrap();
+        once(&w, &cfg, &[]).await;
+        let history = w
+            .dynamodb
+            .query()
+            .table_name(&w.table)
+            .key_condition_expression("cluster_id = :c AND begins_with(#r, :p)")
+            .expression_attribute_names("#r", "record")
+            .expression_attribute_values(
+                ":c",
+                aws_sdk_dynamodb::types::AttributeValue::S("e2e".into()),
+            )
+            .expression_attribute_values(
+                ":p",
+                aws_sdk_dynamodb::types::AttributeValue::S("history#".into()),
+            )
+            .send()
+            .await
+            .unwrap();
+        let drift: Vec<_> = history
+            .items()
+            .iter()
+            .filter(|i| {
+                i.get("action")
+                    .and_then(|v| v.as_s().ok())
+                    .map(String::as_str)
+                    == Some("drift")
+            })
+            .collect();
+        assert_eq!(drift.len(), 1, "one drift record");
+        let n = |k: &str| drift[0].get(k).and_then(|v| v.as_n().ok()).cloned();
+        assert_eq!(
+            (n("from").as_deref(), n("to").as_deref()),
+            (Some("3"), Some("5"))
+        );
+    })
+    .await
+    .expect("test timed out");
+}
