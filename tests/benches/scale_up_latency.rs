@@ -26,9 +26,12 @@ async fn main() {
     let nodes = (0..2)
         .map(|i| SyntheticNode::new(format!("n{i}"), 2, 40.0).with_memory(4.0 * gib, 2.0 * gib))
         .collect();
-    let prom = Prometheus::start_scraping_with_history(ClusterMetrics::new(nodes, vec![]), Duration::from_secs(600))
-        .await
-        .expect("prometheus");
+    let prom = Prometheus::start_scraping_with_history(
+        ClusterMetrics::new(nodes, vec![]),
+        Duration::from_secs(600),
+    )
+    .await
+    .expect("prometheus");
     // Nodes for the two initial workers (no agent here), then the controller with only its
     // fast path: a 30 s interval.
     for (id, _) in w.group().await.expect("group").1 {
@@ -36,11 +39,23 @@ async fn main() {
     }
     let port = smartscale_testworld::process::free_port().expect("port");
     let cfg = w
-        .controller_config(prom.url(), &format!("api: {{listen: '127.0.0.1:{port}'}}\n"))
+        .controller_config(
+            prom.url(),
+            &format!("api: {{listen: '127.0.0.1:{port}'}}\n"),
+        )
         .expect("config");
-    let text = std::fs::read_to_string(&cfg).expect("read").replacen("interval: 1s\n", "interval: 30s\n", 1).replacen("lease_ttl: 3s", "lease_ttl: 60s", 1).replacen("max: 10", "max: 40", 1);
+    let text = std::fs::read_to_string(&cfg)
+        .expect("read")
+        .replacen("interval: 1s\n", "interval: 30s\n", 1)
+        .replacen("lease_ttl: 3s", "lease_ttl: 60s", 1)
+        .replacen("max: 10", "max: 40", 1);
     std::fs::write(&cfg, text).expect("write");
-    println!("controller binary: {}", product_binary("smartscale-controller").expect("binary").display());
+    println!(
+        "controller binary: {}",
+        product_binary("smartscale-controller")
+            .expect("binary")
+            .display()
+    );
     let log = w.dir.path().join("controller.log");
     let file = std::fs::File::create(&log).expect("log");
     let mut child = product_command(&w, "smartscale-controller")
@@ -56,12 +71,22 @@ async fn main() {
     let http = reqwest::Client::new();
     let started = Instant::now();
     loop {
-        if let Ok(r) = http.get(format!("http://127.0.0.1:{port}/status")).send().await
-            && r.text().await.unwrap_or_default().contains("last_decision\":{")
+        if let Ok(r) = http
+            .get(format!("http://127.0.0.1:{port}/status"))
+            .send()
+            .await
+            && r.text()
+                .await
+                .unwrap_or_default()
+                .contains("last_decision\":{")
         {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "controller did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "controller did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -83,7 +108,11 @@ async fn main() {
                 latencies.push(t0.elapsed());
                 break;
             }
-            assert!(t0.elapsed() < Duration::from_secs(40), "run {run}: no scale-up; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            assert!(
+                t0.elapsed() < Duration::from_secs(40),
+                "run {run}: no scale-up; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

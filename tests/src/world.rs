@@ -510,17 +510,24 @@ pub fn product_binary(name: &str) -> Result<PathBuf> {
         .ok_or_else(|| Error::Invalid("unexpected test binary location".into()))?;
     let candidates = [
         profile.join(name),
-        profile.parent().map(|t| t.join("debug").join(name)).unwrap_or_default(),
+        profile
+            .parent()
+            .map(|t| t.join("debug").join(name))
+            .unwrap_or_default(),
     ];
-    candidates.iter().find(|p| p.exists()).cloned().ok_or_else(|| {
-        Error::MissingDependency(
-            "product binary",
-            format!(
-                "{} not found; build it first with `cargo build --workspace --bins`",
-                candidates[0].display()
-            ),
-        )
-    })
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .ok_or_else(|| {
+            Error::MissingDependency(
+                "product binary",
+                format!(
+                    "{} not found; build it first with `cargo build --workspace --bins`",
+                    candidates[0].display()
+                ),
+            )
+        })
 }
 
 /// A command for a product binary with only this world's environment (plus PATH and HOME).

@@ -34,12 +34,24 @@ async fn spawn(w: &World, cfg: &PathBuf, port: u16, n: usize) -> Replica {
         .stderr(file)
         .spawn()
         .unwrap();
-    let r = Replica { child, port, cfg: cfg.clone(), log, paused: false };
-    let up = poll_until("the replica's API", Duration::from_secs(20), || async move {
-        Ok(status(port).await.map(|_| ()))
-    })
+    let r = Replica {
+        child,
+        port,
+        cfg: cfg.clone(),
+        log,
+        paused: false,
+    };
+    let up = poll_until(
+        "the replica's API",
+        Duration::from_secs(20),
+        || async move { Ok(status(port).await.map(|_| ())) },
+    )
     .await;
-    assert!(up.is_ok(), "replica did not start: {}", std::fs::read_to_string(&r.log).unwrap_or_default());
+    assert!(
+        up.is_ok(),
+        "replica did not start: {}",
+        std::fs::read_to_string(&r.log).unwrap_or_default()
+    );
     r
 }
 
@@ -92,8 +104,18 @@ async fn history(w: &World) -> Vec<Value> {
             .await
             .unwrap();
         for i in out.items() {
-            let s = |k: &str| i.get(k).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
-            let n = |k: &str| i.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+            let s = |k: &str| {
+                i.get(k)
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let n = |k: &str| {
+                i.get(k)
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .unwrap_or(0)
+            };
             items.push(json!({"time": s("time"), "action": s("action"), "status": s("status"), "source": s("source"),
                 "from": n("from"), "to": n("to"), "token": n("fencing_token")}));
         }
