@@ -19,6 +19,9 @@ scripts/setup-backends.sh
 
 step "build the binaries the end-to-end tests run"
 cargo build --workspace --bins
+target=${CARGO_TARGET_DIR:-target}
+# They must run on the instances' AMI (Ubuntu 24.04, glibc 2.39; docs/deploy.md).
+scripts/check-glibc.sh "$target/debug/smartscale-agent" "$target/debug/smartscale-controller" || failed+=("glibc")
 
 step "Rust tests (cargo nextest)"
 cargo nextest run --workspace --no-fail-fast || failed+=("rust")
