@@ -1,0 +1,322 @@
+//! `smartscale-agent join`: the boot flow.
+//!
+//! IMDSv2 (instance id, zone, type, capacity type, ASG) → SSM settings → join token from
+//! Secrets Manager → k3s config written atomically with mode 0600 → k3s started with the
+//! configured command → wait until the Node is Ready → `CompleteLifecycleAction(launch hook,
+//! CONTINUE)`. Any failure after the instance is known answers the launch hook with ABANDON (the
+//! ASG then replaces the instance), removes the k3s config it wrote (it holds the token), and
+//! ends with an error that says what failed.
+//!
+//! The token exists in this process's memory and in the k3s config file only: never in a log
+//! line, never in a child's arguments or environment.
+
+use crate::aws::{self, Secret};
+use crate::config::{Config, Settings};
+use crate::imds::{Imds, InstanceInfo};
+use crate::lifecycle::{ActionResult, Completion, Lifecycle};
+use crate::{Error, Result, k8s};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// Labels the agent always sets (docs/interfaces.md, "Node labels set by the agent").
+pub const LABEL_INSTANCE_TYPE: &str = "node.kubernetes.io/instance-type";
+pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
+pub const LABEL_CAPACITY_TYPE: &str = "smartscale.io/capacity-type";
+pub const LABEL_NODE_GROUP: &str = "smartscale.io/node-group";
+
+#[tracing::instrument(skip_all)]
+pub async fn join(config: &Config) -> Result<()> {
+    let imds = Imds::from_env()?;
+    let instance = imds.instance().await?;
+    tracing::info!(
+        instance = %instance.instance_id,
+        zone = %instance.availability_zone,
+        instance_type = %instance.instance_type,
+        capacity = %instance.capacity_type,
+        "instance identified"
+    );
+    let sdk = aws::sdk_config(&instance).await;
+    // Without the settings there is no hook name to abandon; the bootstrap script abandons then.
+    let settings = aws::load_settings(&sdk, &config.ssm_path).await?;
+    let asg = aws::asg_name(&sdk, &instance).await?;
+    let launch = match (&asg, &settings.launch_hook_name) {
+        (Some(asg), Some(hook)) => Some((
+            Lifecycle::new(&sdk, asg, &instance.instance_id),
+            hook.clone(),
+        )),
+        _ => {
+            tracing::info!(
+                "no launch lifecycle hook to answer (no Auto Scaling group or no launch_hook_name)"
+            );
+            None
+        }
+    };
+
+    match bootstrap(config, &settings, &instance, asg.as_deref(), &sdk).await {
+        Ok(()) => {
+            if let Some((lifecycle, hook)) = &launch {
+                match lifecycle.complete(hook, ActionResult::Continue).await {
+                    Ok(Completion::Completed) => {}
+                    Ok(Completion::NoActiveAction(message)) => tracing::warn!(
+                        %message,
+                        "the launch lifecycle action was no longer waiting (timed out?); the node joined anyway"
+                    ),
+                    Err(e) => return Err(e),
+                }
+            }
+            tracing::info!(node = %instance.hostname, "joined: node Ready");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "join failed");
+            remove_k3s_config(&config.k3s_config_path);
+            if let Some((lifecycle, hook)) = &launch {
+                match lifecycle.complete(hook, ActionResult::Abandon).await {
+                    Ok(_) => {
+                        tracing::info!(hook = %hook, "launch lifecycle action abandoned; the Auto Scaling group replaces this instance")
+                    }
+                    Err(abandon) => {
+                        tracing::error!(error = %abandon, "could not abandon the launch lifecycle action; it times out to its default result")
+                    }
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn bootstrap(
+    config: &Config,
+    settings: &Settings,
+    instance: &InstanceInfo,
+    asg: Option<&str>,
+    sdk: &aws_config::SdkConfig,
+) -> Result<()> {
+    let server = settings
+        .server_url
+        .as_deref()
+        .ok_or_else(|| Error::Settings {
+            path: config.ssm_path.clone(),
+            problems: vec![
+                "server_url: required by join; the K3s server URL, e.g. https://10.0.1.10:6443"
+                    .into(),
+            ],
+        })?;
+    let token = aws::join_token(sdk, &config.token_secret_id).await?;
+    let text = k3s_config(server, &token, instance, asg, settings);
+    drop(token);
+    smartscale_common::files::write_private(&config.k3s_config_path, text.expose().as_bytes())?;
+    drop(text);
+    tracing::info!(path = %config.k3s_config_path.display(), "k3s config written (mode 0600)");
+
+    let deadline = Instant::now() + config.join_timeout;
+    start_k3s(&config.k3s_start_command, deadline, config.join_timeout).await?;
+    wait_ready(
+        &config.kubeconfig,
+        &instance.hostname,
+        deadline,
+        config.join_timeout,
+    )
+    .await
+}
+
+/// Removes the k3s config after a failed join: it holds the token and is of no use now.
+fn remove_k3s_config(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "removed the k3s config of the failed join")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove the k3s config")
+        }
+    }
+}
+
+/// A YAML double-quoted scalar (JSON string syntax is valid YAML).
+fn quoted(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+/// The k3s agent config (`/etc/rancher/k3s/config.yaml`, keys as k3s's flags).
+pub fn k3s_config(
+    server: &str,
+    token: &Secret,
+    instance: &InstanceInfo,
+    asg: Option<&str>,
+    settings: &Settings,
+) -> Secret {
+    let mut labels = vec![
+        format!("{LABEL_INSTANCE_TYPE}={}", instance.instance_type),
+        format!("{LABEL_ZONE}={}", instance.availability_zone),
+        format!("{LABEL_CAPACITY_TYPE}={}", instance.capacity_type),
+    ];
+    if let Some(asg) = asg {
+        labels.push(format!("{LABEL_NODE_GROUP}={asg}"));
+    }
+    labels.extend(settings.node_labels.iter().map(|(k, v)| format!("{k}={v}")));
+    let list = |items: &[String]| -> String {
+        items
+            .iter()
+            .map(|i| format!("  - {}\n", quoted(i)))
+            .collect()
+    };
+    let mut out = String::from(
+        "# Written by smartscale-agent join. Holds the cluster join token: keep it mode 0600.\n",
+    );
+    out.push_str(&format!("server: {}\n", quoted(server)));
+    out.push_str(&format!("token: {}\n", quoted(token.expose())));
+    out.push_str(&format!("node-name: {}\n", quoted(&instance.hostname)));
+    out.push_str("kubelet-arg:\n");
+    out.push_str(&list(&[format!("provider-id={}", instance.provider_id())]));
+    out.push_str("node-label:\n");
+    out.push_str(&list(&labels));
+    if !settings.node_taints.is_empty() {
+        out.push_str("node-taint:\n");
+        out.push_str(&list(&settings.node_taints));
+    }
+    Secret::new(out)
+}
+
+/// Runs the start command (stdin closed, its output captured for the error message), killed
+/// if it has not exited by `deadline`.
+async fn start_k3s(command: &[String], deadline: Instant, timeout: Duration) -> Result<()> {
+    let shown = command.join(" ");
+    let fail = |message: String| Error::StartCommand {
+        command: shown.clone(),
+        message,
+    };
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| fail("is empty".into()))?;
+    tracing::info!(command = %shown, "starting k3s");
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| fail(format!("could not be started: {e}")))?;
+    let output = tokio::time::timeout_at(deadline.into(), child.wait_with_output())
+        .await
+        .map_err(|_| {
+            fail(format!(
+                "did not finish within join_timeout ({}); killed",
+                smartscale_common::duration::format(timeout)
+            ))
+        })?
+        .map_err(|e| fail(format!("failed: {e}")))?;
+    let tail = |bytes: &[u8]| -> String {
+        let text = String::from_utf8_lossy(bytes);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines[lines.len().saturating_sub(10)..].join(" | ")
+    };
+    if output.status.success() {
+        tracing::info!("k3s start command finished");
+        Ok(())
+    } else {
+        let mut message = format!("exited with {}", output.status);
+        let (out, err) = (tail(&output.stdout), tail(&output.stderr));
+        if !err.is_empty() {
+            message.push_str(&format!("; stderr: {err}"));
+        }
+        if !out.is_empty() {
+            message.push_str(&format!("; stdout: {out}"));
+        }
+        Err(fail(message))
+    }
+}
+
+/// Polls the API server (with the node's own kubeconfig, once k3s has written it) until the
+/// Node is Ready, or fails at `deadline` with the last thing seen.
+async fn wait_ready(
+    kubeconfig: &Path,
+    node: &str,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<()> {
+    let mut client: Option<kube::Client> = None;
+    let mut last = String::from("nothing checked yet");
+    loop {
+        if client.is_none() {
+            if kubeconfig.exists() {
+                match k8s::client(kubeconfig).await {
+                    Ok(c) => client = Some(c),
+                    Err(e) => last = e.to_string(),
+                }
+            } else {
+                last = format!("k3s has not written {} yet", kubeconfig.display());
+            }
+        }
+        if let Some(c) = &client {
+            match k8s::get_node(c, node).await {
+                Ok(Some(n)) if k8s::is_ready(&n) => return Ok(()),
+                Ok(Some(_)) => last = format!("node {node} is registered but not Ready"),
+                Ok(None) => last = format!("node {node} is not registered yet"),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::JoinTimeout {
+                node: node.to_string(),
+                timeout: smartscale_common::duration::format(timeout),
+                last,
+            });
+        }
+        tracing::debug!(%last, "waiting for the node to be Ready");
+        tokio::time::sleep(Duration::from_millis(500).min(deadline - Instant::now())).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn k3s_config_has_identity_labels_and_quoted_token() {
+        let instance = InstanceInfo {
+            instance_id: "i-0abc".into(),
+            availability_zone: "eu-west-3a".into(),
+            region: "eu-west-3".into(),
+            instance_type: "t3.medium".into(),
+            capacity_type: "spot".into(),
+            hostname: "ip-10-0-1-5.eu-west-3.compute.internal".into(),
+            asg_name: None,
+        };
+        let settings = Settings {
+            node_labels: vec![("team".into(), "web".into())],
+            node_taints: vec!["dedicated=batch:NoSchedule".into()],
+            ..Settings::default()
+        };
+        let token = Secret::new("K10abc::server:s3cr\"et".into());
+        let text = k3s_config(
+            "https://10.0.1.10:6443",
+            &token,
+            &instance,
+            Some("workers"),
+            &settings,
+        );
+        let text = text.expose();
+        assert!(
+            text.contains("token: \"K10abc::server:s3cr\\\"et\"\n"),
+            "{text}"
+        );
+        assert!(text.contains("  - \"provider-id=aws:///eu-west-3a/i-0abc\"\n"));
+        for label in [
+            "node.kubernetes.io/instance-type=t3.medium",
+            "topology.kubernetes.io/zone=eu-west-3a",
+            "smartscale.io/capacity-type=spot",
+            "smartscale.io/node-group=workers",
+            "team=web",
+        ] {
+            assert!(
+                text.contains(&format!("  - \"{label}\"\n")),
+                "{label} in {text}"
+            );
+        }
+        assert!(text.contains("node-taint:\n  - \"dedicated=batch:NoSchedule\"\n"));
+        assert!(text.contains("node-name: \"ip-10-0-1-5.eu-west-3.compute.internal\"\n"));
+    }
+}

@@ -1,0 +1,166 @@
+//! The agent's view of Kubernetes: a client from a kubeconfig (the node's own kubelet identity),
+//! and what it does to its own Node object: read readiness, cordon, add the draining taint.
+//!
+//! Rights used with the kubelet identity (Node authorizer + NodeRestriction): `get` of its own
+//! Node, `patch` of its own Node's `spec.unschedulable` and annotations. NodeRestriction forbids
+//! a kubelet to change its own taints, so the taint needs a second identity
+//! (`taint_kubeconfig`) or is skipped; see agent/README.md.
+
+use crate::{Error, Result};
+use k8s_openapi::api::core::v1::{Node, Taint};
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use std::path::Path;
+use std::time::Duration;
+
+/// The taint the agent adds while draining (docs/interfaces.md).
+pub const DRAINING_TAINT: &str = "smartscale.io/draining";
+/// Annotations the agent sets on its Node when it cordons it: why, and since when.
+pub const DRAIN_REASON_ANNOTATION: &str = "smartscale.io/drain-reason";
+pub const DRAIN_STARTED_ANNOTATION: &str = "smartscale.io/drain-started-at";
+
+/// A client for the kubeconfig at `path`. Requests time out after 10 s; kube's own retry of
+/// 429s is off, because the drain retries evictions itself within its deadline.
+pub async fn client(path: &Path) -> Result<kube::Client> {
+    let bad = |message: String| Error::Kubeconfig {
+        path: path.display().to_string(),
+        message,
+    };
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    config.default_retry = false;
+    config.connect_timeout = Some(Duration::from_secs(5));
+    config.read_timeout = Some(Duration::from_secs(10));
+    config.reset_reader_on_write = true;
+    kube::Client::try_from(config).map_err(|e| bad(e.to_string()))
+}
+
+/// The status code of an API error answer, if the error is one.
+pub fn status_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+/// A kube error in one line with its cause chain (connection refused, timed out).
+pub fn describe(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => {
+            format!("{} {}: {}", status.code, status.reason, status.message)
+        }
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(cause) = source {
+                let cause_text = cause.to_string();
+                if !text.contains(&cause_text) {
+                    text.push_str(": ");
+                    text.push_str(&cause_text);
+                }
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
+
+/// The Node, `None` if it does not exist (yet).
+pub async fn get_node(client: &kube::Client, name: &str) -> Result<Option<Node>> {
+    Api::<Node>::all(client.clone())
+        .get_opt(name)
+        .await
+        .map_err(|e| Error::kube(format!("reading node {name}"), e))
+}
+
+pub fn is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+pub fn is_cordoned(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+}
+
+pub fn has_draining_taint(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == DRAINING_TAINT))
+}
+
+/// Sets `spec.unschedulable` and the drain annotations (a merge patch: idempotent).
+pub async fn cordon(client: &kube::Client, name: &str, reason: &str) -> Result<()> {
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let patch = json!({
+        "metadata": {"annotations": {DRAIN_REASON_ANNOTATION: reason, DRAIN_STARTED_ANNOTATION: now}},
+        "spec": {"unschedulable": true},
+    });
+    Api::<Node>::all(client.clone())
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| Error::kube(format!("cordoning node {name}"), e))?;
+    Ok(())
+}
+
+/// How adding the draining taint went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaintOutcome {
+    Added,
+    AlreadyThere,
+    /// The identity may not change the node's taints (NodeRestriction for a kubelet).
+    Forbidden(String),
+}
+
+/// Adds `smartscale.io/draining=true:NoSchedule`, keeping the other taints. The whole list is
+/// replaced under the read resourceVersion, so a concurrent change makes it retry, not clobber.
+pub async fn add_draining_taint(client: &kube::Client, name: &str) -> Result<TaintOutcome> {
+    let nodes = Api::<Node>::all(client.clone());
+    for _ in 0..5 {
+        let node = nodes
+            .get(name)
+            .await
+            .map_err(|e| Error::kube(format!("reading node {name}"), e))?;
+        if has_draining_taint(&node) {
+            return Ok(TaintOutcome::AlreadyThere);
+        }
+        let mut taints = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
+        taints.push(Taint {
+            key: DRAINING_TAINT.into(),
+            value: Some("true".into()),
+            effect: "NoSchedule".into(),
+            time_added: None,
+        });
+        let patch = json!({
+            "metadata": {"resourceVersion": node.metadata.resource_version},
+            "spec": {"taints": taints},
+        });
+        match nodes
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(TaintOutcome::Added),
+            Err(e) if status_code(&e) == Some(409) => continue,
+            Err(e) if status_code(&e) == Some(403) => {
+                return Ok(TaintOutcome::Forbidden(describe(&e)));
+            }
+            Err(e) => return Err(Error::kube(format!("tainting node {name}"), e)),
+        }
+    }
+    Err(Error::Invalid(format!(
+        "node {name} kept changing while the draining taint was being added; gave up after 5 tries"
+    )))
+}
