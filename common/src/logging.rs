@@ -26,8 +26,11 @@ impl std::str::FromStr for LogFormat {
 /// Installs the global subscriber. Level from `RUST_LOG` (default `info`).
 pub fn init(format: LogFormat) -> Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    // Colours only for a person at a terminal, never into the journal or a log file.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let res = match format {
         LogFormat::Text => builder.try_init(),

@@ -68,7 +68,7 @@ export const CONFIG_KEYS: KeyDoc[] = [
         description: "CIDR allowed to reach the K3s API (6443), Grafana and, if sshKeyName is set, SSH",
     },
     {
-        key: "smartscale:agentBinaryPath", required: true, example: "../target/release/smartscale-agent",
+        key: "smartscale:agentBinaryPath", required: true, example: "../target/release-agent/smartscale-agent",
         description: "local path of the built smartscale-agent binary (x86_64 Linux ELF); uploaded with its SHA-256",
     },
     {
