@@ -6,7 +6,7 @@
 #      with cargo-nextest; every backend a test needs is started by the test on 127.0.0.1 and
 #      stopped by PID when it ends;
 #   3. the AWS model's own tests (pytest), and the infrastructure checks (Pulumi mocks, tsc,
-#      shellcheck, systemd-analyze, dashboard queries against real Prometheus).
+#      shell and unit-file linting, dashboard queries against real Prometheus).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 backends=${SMARTSCALE_BACKENDS_DIR:-/tmp/smartscale-backends}
