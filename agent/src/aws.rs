@@ -37,7 +37,7 @@ pub async fn sdk_config(instance: &InstanceInfo) -> SdkConfig {
 pub fn describe<E, R>(e: &SdkError<E, R>) -> String
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + 'static,
 {
     if let SdkError::ServiceError(service) = e {
         let err = service.err();
@@ -47,17 +47,7 @@ where
             err.message().unwrap_or("(no message)")
         );
     }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
+    smartscale_common::error_chain(e)
 }
 
 /// Reads every String parameter directly under `path` and parses them into [`Settings`].
