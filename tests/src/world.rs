@@ -311,6 +311,41 @@ impl World {
         Ok(())
     }
 
+    /// Every `history#…` record the controller wrote for cluster `cluster_id`, oldest first.
+    pub async fn history(
+        &self,
+        cluster_id: &str,
+    ) -> Result<Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>>>
+    {
+        use aws_sdk_dynamodb::types::AttributeValue;
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .dynamodb
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("cluster_id = :c AND begins_with(#r, :p)")
+                .expression_attribute_names("#r", "record")
+                .expression_attribute_values(":c", AttributeValue::S(cluster_id.into()))
+                .expression_attribute_values(":p", AttributeValue::S("history#".into()))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| {
+                    sdk_err(
+                        "Query history",
+                        aws_sdk_dynamodb::error::DisplayErrorContext(e),
+                    )
+                })?;
+            items.extend(out.items().iter().cloned());
+            match out.last_evaluated_key() {
+                Some(k) => start = Some(k.clone()),
+                None => return Ok(items),
+            }
+        }
+    }
+
     /// Worker nodes (not the control plane) that are Ready.
     pub async fn ready_workers(&self) -> Result<Vec<Node>> {
         let nodes: Api<Node> = Api::all(self.kube.clone());

@@ -449,24 +449,8 @@ async fn an_instance_that_never_becomes_ready_is_rolled_back_and_recorded() {
             state.is_some_and(|s| s.starts_with("Terminating")),
             "{state:?}"
         );
-        let history = w
-            .dynamodb
-            .query()
-            .table_name(&w.table)
-            .key_condition_expression("cluster_id = :c AND begins_with(#r, :p)")
-            .expression_attribute_names("#r", "record")
-            .expression_attribute_values(
-                ":c",
-                aws_sdk_dynamodb::types::AttributeValue::S("e2e".into()),
-            )
-            .expression_attribute_values(
-                ":p",
-                aws_sdk_dynamodb::types::AttributeValue::S("history#".into()),
-            )
-            .send()
-            .await
-            .unwrap();
-        let recorded = history.items().iter().any(|i| {
+        let history = w.history("e2e").await.unwrap();
+        let recorded = history.iter().any(|i| {
             i.get("source")
                 .and_then(|v| v.as_s().ok())
                 .map(String::as_str)
@@ -506,25 +490,8 @@ async fn a_desired_capacity_changed_behind_our_back_is_recorded_as_drift() {
             .await
             .unwrap();
         once(&w, &cfg, &[]).await;
-        let history = w
-            .dynamodb
-            .query()
-            .table_name(&w.table)
-            .key_condition_expression("cluster_id = :c AND begins_with(#r, :p)")
-            .expression_attribute_names("#r", "record")
-            .expression_attribute_values(
-                ":c",
-                aws_sdk_dynamodb::types::AttributeValue::S("e2e".into()),
-            )
-            .expression_attribute_values(
-                ":p",
-                aws_sdk_dynamodb::types::AttributeValue::S("history#".into()),
-            )
-            .send()
-            .await
-            .unwrap();
+        let history = w.history("e2e").await.unwrap();
         let drift: Vec<_> = history
-            .items()
             .iter()
             .filter(|i| {
                 i.get("action")

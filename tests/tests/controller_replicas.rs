@@ -2,7 +2,6 @@
 //! workload swings: never two scale actions for one decision, the lease is taken over within
 //! 2 × TTL after the holder dies, and a resumed stale holder writes nothing.
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use smartscale_testworld::process::{free_port, poll_until};
@@ -88,43 +87,22 @@ async fn leader(replicas: &[Replica]) -> Option<usize> {
 }
 
 async fn history(w: &World) -> Vec<Value> {
-    let mut items = Vec::new();
-    let mut start = None;
-    loop {
-        let out = w
-            .dynamodb
-            .query()
-            .table_name(&w.table)
-            .key_condition_expression("cluster_id = :c AND begins_with(#r, :p)")
-            .expression_attribute_names("#r", "record")
-            .expression_attribute_values(":c", AttributeValue::S("e2e".into()))
-            .expression_attribute_values(":p", AttributeValue::S("history#".into()))
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .unwrap();
-        for i in out.items() {
-            let s = |k: &str| {
-                i.get(k)
-                    .and_then(|v| v.as_s().ok())
-                    .cloned()
-                    .unwrap_or_default()
-            };
+    w.history("e2e")
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let s = |k: &str| i.get(k).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
             let n = |k: &str| {
                 i.get(k)
                     .and_then(|v| v.as_n().ok())
                     .and_then(|v| v.parse::<i64>().ok())
                     .unwrap_or(0)
             };
-            items.push(json!({"time": s("time"), "action": s("action"), "status": s("status"), "source": s("source"),
-                "from": n("from"), "to": n("to"), "token": n("fencing_token")}));
-        }
-        match out.last_evaluated_key() {
-            Some(k) => start = Some(k.clone()),
-            None => break,
-        }
-    }
-    items
+            json!({"time": s("time"), "action": s("action"), "status": s("status"), "source": s("source"),
+                "from": n("from"), "to": n("to"), "token": n("fencing_token")})
+        })
+        .collect()
 }
 
 fn decisions(metrics: &str) -> f64 {
