@@ -1,0 +1,232 @@
+//! Reading every source and turning it into the policy's view; exporting that view as metrics.
+
+use super::Context;
+use crate::actuator::AsgState;
+use crate::metrics::{
+    DecisionLabels, GroupLabels, NodeInfoLabels, NodeLabels, PriceLabels, SignalLabels,
+};
+use crate::policy::{Decision, Lifecycle, Observation, Resources};
+use crate::signals::cluster::ClusterSnapshot;
+use crate::signals::prometheus::PromSignals;
+use crate::state::StoredState;
+use crate::{Error, Result};
+
+/// Default node size when neither the config nor a Ready node tells (t3.medium-like).
+const FALLBACK_ALLOCATABLE: Resources = Resources {
+    cpu: 2.0,
+    memory: 4.0,
+};
+
+/// Reads every source. Prometheus failures become missing readings; AWS and Kubernetes
+/// failures are errors (without them no decision is safe).
+pub(super) async fn observe(
+    ctx: &Context,
+) -> Result<(PromSignals, Vec<AsgState>, ClusterSnapshot)> {
+    let names = ctx.cfg.asg_names();
+    let (prom, asgs) = tokio::join!(ctx.prometheus.read(), ctx.actuator.describe(&names));
+    let prom_ok = prom.healthy();
+    ctx.health(
+        "prometheus",
+        prom_ok,
+        if prom_ok {
+            "ok".to_string()
+        } else {
+            format!("{:?}", [&prom.usage.cpu, &prom.usage.memory])
+        },
+    )
+    .await;
+    if !prom_ok {
+        ctx.metrics.error("prometheus");
+    }
+    let asgs = match asgs {
+        Ok(a) => {
+            ctx.health("autoscaling", true, "ok").await;
+            a
+        }
+        Err(e) => {
+            ctx.health("autoscaling", false, e.to_string()).await;
+            return Err(e);
+        }
+    };
+    if !ctx.cluster.healthy() {
+        ctx.health("kubernetes", false, "watch failing; see logs")
+            .await;
+        return Err(Error::Kubernetes(
+            "the Kubernetes watch is failing; no decision without the cluster's state".into(),
+        ));
+    }
+    ctx.health("kubernetes", true, "ok").await;
+    Ok((prom, asgs, ctx.cluster.snapshot()))
+}
+
+/// Allocatable of one node of the group: configured, else the largest Ready node's, else a default.
+fn allocatable(ctx: &Context, gi: usize, asg: &AsgState, snap: &ClusterSnapshot) -> Resources {
+    if let Some(a) = ctx.cfg.node_groups[gi].allocatable {
+        return a;
+    }
+    snap.nodes
+        .iter()
+        .filter(|n| {
+            n.ready
+                && n.instance_id
+                    .as_ref()
+                    .is_some_and(|id| asg.instances.iter().any(|i| &i.0 == id))
+        })
+        .map(|n| n.allocatable)
+        .reduce(Resources::max)
+        .unwrap_or(FALLBACK_ALLOCATABLE)
+}
+
+pub(super) fn build_observation(
+    ctx: &Context,
+    prom: &PromSignals,
+    asgs: &[AsgState],
+    snap: &ClusterSnapshot,
+    state: &mut StoredState,
+    now: i64,
+) -> Observation {
+    // Remember when each not-yet-Ready instance was first seen; forget the rest.
+    let ready: std::collections::HashSet<&str> = snap
+        .nodes
+        .iter()
+        .filter(|n| n.ready)
+        .filter_map(|n| n.instance_id.as_deref())
+        .collect();
+    let booting: Vec<&str> = asgs
+        .iter()
+        .flat_map(|g| g.instances.iter())
+        .filter(|(id, l, _)| {
+            matches!(l, Lifecycle::Launching | Lifecycle::InService) && !ready.contains(id.as_str())
+        })
+        .map(|(id, _, _)| id.as_str())
+        .collect();
+    state
+        .first_seen
+        .retain(|id, _| booting.contains(&id.as_str()));
+    for id in &booting {
+        state.first_seen.entry(id.to_string()).or_insert(now);
+    }
+    let groups = ctx
+        .cfg
+        .node_groups
+        .iter()
+        .enumerate()
+        .filter_map(|(gi, g)| {
+            let asg = asgs.iter().find(|a| a.name == g.asg_name)?;
+            Some(asg.to_group(
+                g.min,
+                g.max,
+                allocatable(ctx, gi, asg, snap),
+                &state.first_seen,
+                now,
+            ))
+        })
+        .collect();
+    Observation {
+        usage: prom.usage.clone(),
+        nodes: snap.nodes.clone(),
+        pending: snap.pending.clone(),
+        groups,
+    }
+}
+
+pub(super) fn export(
+    ctx: &Context,
+    prom: &PromSignals,
+    obs: &Observation,
+    snap: &ClusterSnapshot,
+    d: &Decision,
+) {
+    let m = &ctx.metrics;
+    let mut signals = vec![
+        ("cpu", &prom.usage.cpu),
+        ("memory", &prom.usage.memory),
+        ("pending_pods", &prom.pending_pods),
+        ("nodes", &prom.nodes),
+    ];
+    signals.extend(
+        prom.usage
+            .custom
+            .iter()
+            .map(|c| (c.name.as_str(), &c.value)),
+    );
+    for (name, r) in signals {
+        m.signal_value
+            .get_or_create(&SignalLabels {
+                signal: name.to_string(),
+            })
+            .set(r.value().unwrap_or(f64::NAN));
+    }
+    m.pending_pods.set(obs.pending.len() as i64);
+    m.node_info.clear();
+    m.node_price.clear();
+    for (gi, g) in obs.groups.iter().enumerate() {
+        let ids: std::collections::HashSet<&str> =
+            g.instances.iter().map(|i| i.id.as_str()).collect();
+        let ready = obs
+            .nodes
+            .iter()
+            .filter(|n| n.ready && n.instance_id.as_deref().is_some_and(|id| ids.contains(id)))
+            .count() as i64;
+        let live = g
+            .instances
+            .iter()
+            .filter(|i| matches!(i.lifecycle, Lifecycle::Launching | Lifecycle::InService))
+            .count() as i64;
+        let set = |state: &str, v: i64| {
+            m.nodes
+                .get_or_create(&NodeLabels {
+                    node_group: g.asg_name.clone(),
+                    state: state.to_string(),
+                })
+                .set(v);
+        };
+        set("current", live);
+        set("desired", g.desired as i64);
+        set("ready", ready);
+        set(
+            "in_flight",
+            (live - ready).max(0) + (g.desired as i64 - live).max(0),
+        );
+        let cfg = &ctx.cfg.node_groups[gi.min(ctx.cfg.node_groups.len() - 1)];
+        let price = cfg.hourly_price.unwrap_or(0.0);
+        m.hourly_cost
+            .get_or_create(&GroupLabels {
+                node_group: g.asg_name.clone(),
+            })
+            .set(price * live as f64);
+        for (n, meta) in snap.nodes.iter().zip(&snap.meta) {
+            let Some(id) = n.instance_id.as_deref().filter(|id| ids.contains(id)) else {
+                continue;
+            };
+            m.node_info
+                .get_or_create(&NodeInfoLabels {
+                    node: n.name.clone(),
+                    instance_id: id.to_string(),
+                    instance_type: meta.instance_type.clone(),
+                    capacity_type: meta.capacity_type.clone(),
+                    zone: meta.zone.clone(),
+                    node_group: g.asg_name.clone(),
+                })
+                .set(1);
+            m.node_price
+                .get_or_create(&PriceLabels {
+                    node_group: g.asg_name.clone(),
+                    instance_type: meta.instance_type.clone(),
+                    capacity_type: meta.capacity_type.clone(),
+                })
+                .set(price);
+        }
+    }
+    m.decisions
+        .get_or_create(&DecisionLabels {
+            action: d.action.as_str().to_string(),
+            node_group: obs
+                .groups
+                .get(d.group)
+                .map(|g| g.asg_name.clone())
+                .unwrap_or_default(),
+            dry_run: ctx.dry_run().to_string(),
+        })
+        .inc();
+}
