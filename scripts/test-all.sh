@@ -23,8 +23,13 @@ target=${CARGO_TARGET_DIR:-target}
 # They must run on the instances' AMI (Ubuntu 24.04, glibc 2.39; docs/deploy.md).
 scripts/check-glibc.sh "$target/debug/smartscale-agent" "$target/debug/smartscale-controller" || failed+=("glibc")
 
-step "Rust tests (cargo nextest)"
-cargo nextest run --workspace --no-fail-fast || failed+=("rust")
+if cargo nextest --version >/dev/null 2>&1; then
+    step "Rust tests (cargo nextest)"
+    cargo nextest run --workspace --no-fail-fast || failed+=("rust")
+else
+    step "Rust tests (cargo test; install cargo-nextest for per-test processes and timing)"
+    cargo test --workspace --no-fail-fast || failed+=("rust")
+fi
 
 step "AWS model tests (pytest)"
 "$backends/venv/bin/python" -m pytest -q tests/aws_model || failed+=("aws-model")
