@@ -119,19 +119,17 @@ impl World {
             dynamodb,
             sync: None,
         };
-        world.create_table().await?;
-        world.create_control_plane().await?;
-        world.create_group(&opts).await?;
+        world.setup().create(&opts).await?;
         let mut world = world;
         if opts.auto_join {
-            world.sync = Some(tokio::spawn(node_sync(
+            world.sync = Some(spawn_node_sync(
                 world.aws.client().clone(),
                 world.kube.clone(),
                 world.autoscaling.clone(),
                 world.asg_name.clone(),
                 opts.cpu,
                 opts.memory,
-            )));
+            ));
             let want = opts.workers as usize;
             world
                 .wait_nodes(
@@ -144,119 +142,16 @@ impl World {
         Ok(world)
     }
 
-    async fn create_table(&self) -> Result<()> {
-        let attr = |name: &str| {
-            AttributeDefinition::builder()
-                .attribute_name(name)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-        };
-        let key = |name: &str, t: KeyType| {
-            KeySchemaElement::builder()
-                .attribute_name(name)
-                .key_type(t)
-                .build()
-        };
-        self.dynamodb
-            .create_table()
-            .table_name(&self.table)
-            .attribute_definitions(attr("cluster_id").map_err(|e| sdk_err("attr", e))?)
-            .attribute_definitions(attr("record").map_err(|e| sdk_err("attr", e))?)
-            .key_schema(key("cluster_id", KeyType::Hash).map_err(|e| sdk_err("key", e))?)
-            .key_schema(key("record", KeyType::Range).map_err(|e| sdk_err("key", e))?)
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await
-            .map_err(|e| {
-                sdk_err(
-                    "CreateTable",
-                    aws_sdk_dynamodb::error::DisplayErrorContext(e),
-                )
-            })?;
-        Ok(())
-    }
-
-    /// The K3s server: a control-plane node (not in the ASG) running the cluster's DNS.
-    async fn create_control_plane(&self) -> Result<()> {
-        let nodes: Api<Node> = Api::all(self.kube.clone());
-        let node: Node = serde_json::from_value(json!({
-            "metadata": {"name": "server", "labels": {"node-role.kubernetes.io/control-plane": "true"}},
-            "spec": {"taints": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]},
-            "status": {
-                "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
-                "capacity": {"cpu": "2", "memory": "4Gi", "pods": "110"},
-                "conditions": [{"type": "Ready", "status": "True"}]
-            }
-        }))
-        .map_err(|e| sdk_err("node JSON", e))?;
-        nodes
-            .create(&PostParams::default(), &node)
-            .await
-            .map_err(|e| sdk_err("creating the control-plane node", e))?;
-        let pods: Api<Pod> = Api::namespaced(self.kube.clone(), "kube-system");
-        let dns: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "coredns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
-            "spec": {
-                "nodeName": "server",
-                "containers": [{"name": "coredns", "image": "coredns", "resources": {"requests": {"cpu": "100m", "memory": "70Mi"}}}]
-            }
-        }))
-        .map_err(|e| sdk_err("pod JSON", e))?;
-        pods.create(&PostParams::default(), &dns)
-            .await
-            .map_err(|e| sdk_err("creating coredns", e))?;
-        Ok(())
-    }
-
-    async fn create_group(&self, o: &WorldOptions) -> Result<()> {
-        let lt = self
-            .aws
-            .client()
-            .create_launch_template(&self.region, "workers", "ami-12c6146b", "t3.medium")
-            .await?;
-        let hook = |name: &str, transition: &str, default: &str| {
-            LifecycleHookSpecification::builder()
-                .lifecycle_hook_name(name)
-                .lifecycle_transition(transition)
-                .heartbeat_timeout(o.heartbeat_timeout_s)
-                .default_result(default)
-                .build()
-        };
-        let mut req = self
-            .autoscaling
-            .create_auto_scaling_group()
-            .auto_scaling_group_name(&self.asg_name)
-            .launch_template(
-                LaunchTemplateSpecification::builder()
-                    .launch_template_id(lt)
-                    .build(),
-            )
-            .min_size(o.min as i32)
-            .max_size(o.max as i32)
-            .desired_capacity(o.workers as i32)
-            .availability_zones(format!("{}a", self.region))
-            .availability_zones(format!("{}b", self.region));
-        if o.launch_hook {
-            req = req.lifecycle_hook_specification_list(hook(
-                LAUNCH_HOOK,
-                "autoscaling:EC2_INSTANCE_LAUNCHING",
-                "ABANDON",
-            ));
+    fn setup(&self) -> Setup<'_> {
+        Setup {
+            model: self.aws.client(),
+            autoscaling: &self.autoscaling,
+            dynamodb: &self.dynamodb,
+            kube: &self.kube,
+            region: &self.region,
+            asg_name: &self.asg_name,
+            table: &self.table,
         }
-        if o.terminate_hook {
-            req = req.lifecycle_hook_specification_list(hook(
-                TERMINATE_HOOK,
-                "autoscaling:EC2_INSTANCE_TERMINATING",
-                "CONTINUE",
-            ));
-        }
-        req.send().await.map_err(|e| {
-            sdk_err(
-                "CreateAutoScalingGroup",
-                aws_sdk_autoscaling::error::DisplayErrorContext(e),
-            )
-        })?;
-        Ok(())
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
@@ -284,10 +179,8 @@ impl World {
             .dir
             .path()
             .join(format!("controller-{}.yaml", rand::random::<u32>()));
-        let text = format!(
-            "cluster_id: e2e\ninterval: 1s\nprometheus:\n  url: {prometheus_url}\n  timeout: 500ms\nstate:\n  table: {}\n  lease_ttl: 3s\nnode_groups:\n  - asg_name: {}\n    min: 1\n    max: 10\n    hourly_price: 0.0416\n{extra}\n",
-            self.table, self.asg_name
-        );
+        let text =
+            controller_config_text("e2e", &self.table, &self.asg_name, prometheus_url, extra);
         std::fs::write(&path, text).map_err(|e| Error::io("writing the controller config", e))?;
         Ok(path)
     }
@@ -476,7 +369,166 @@ impl World {
     }
 }
 
-/// Plays the agents and the cloud controller manager (see the module comment).
+/// Creates a small cluster in a running AWS model and API server: the state table, a
+/// control-plane node running the cluster DNS, and the worker group with its lifecycle hooks.
+/// `World` uses it, and so does `smartscale-testworld up`.
+pub struct Setup<'a> {
+    pub model: &'a crate::aws::ModelClient,
+    pub autoscaling: &'a aws_sdk_autoscaling::Client,
+    pub dynamodb: &'a aws_sdk_dynamodb::Client,
+    pub kube: &'a kube::Client,
+    pub region: &'a str,
+    pub asg_name: &'a str,
+    pub table: &'a str,
+}
+
+impl Setup<'_> {
+    pub async fn create(&self, opts: &WorldOptions) -> Result<()> {
+        self.create_table().await?;
+        self.create_control_plane().await?;
+        self.create_group(opts).await
+    }
+
+    async fn create_table(&self) -> Result<()> {
+        let attr = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+        };
+        let key = |name: &str, t: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(t)
+                .build()
+        };
+        self.dynamodb
+            .create_table()
+            .table_name(self.table)
+            .attribute_definitions(attr("cluster_id").map_err(|e| sdk_err("attr", e))?)
+            .attribute_definitions(attr("record").map_err(|e| sdk_err("attr", e))?)
+            .key_schema(key("cluster_id", KeyType::Hash).map_err(|e| sdk_err("key", e))?)
+            .key_schema(key("record", KeyType::Range).map_err(|e| sdk_err("key", e))?)
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await
+            .map_err(|e| {
+                sdk_err(
+                    "CreateTable",
+                    aws_sdk_dynamodb::error::DisplayErrorContext(e),
+                )
+            })?;
+        Ok(())
+    }
+
+    /// The K3s server: a control-plane node (not in the ASG) running the cluster's DNS.
+    async fn create_control_plane(&self) -> Result<()> {
+        let nodes: Api<Node> = Api::all(self.kube.clone());
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": "server", "labels": {"node-role.kubernetes.io/control-plane": "true"}},
+            "spec": {"taints": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]},
+            "status": {
+                "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
+                "capacity": {"cpu": "2", "memory": "4Gi", "pods": "110"},
+                "conditions": [{"type": "Ready", "status": "True"}]
+            }
+        }))
+        .map_err(|e| sdk_err("node JSON", e))?;
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .map_err(|e| sdk_err("creating the control-plane node", e))?;
+        let pods: Api<Pod> = Api::namespaced(self.kube.clone(), "kube-system");
+        let dns: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "coredns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
+            "spec": {
+                "nodeName": "server",
+                "containers": [{"name": "coredns", "image": "coredns", "resources": {"requests": {"cpu": "100m", "memory": "70Mi"}}}]
+            }
+        }))
+        .map_err(|e| sdk_err("pod JSON", e))?;
+        pods.create(&PostParams::default(), &dns)
+            .await
+            .map_err(|e| sdk_err("creating coredns", e))?;
+        Ok(())
+    }
+
+    async fn create_group(&self, o: &WorldOptions) -> Result<()> {
+        let lt = self
+            .model
+            .create_launch_template(self.region, "workers", "ami-12c6146b", "t3.medium")
+            .await?;
+        let hook = |name: &str, transition: &str, default: &str| {
+            LifecycleHookSpecification::builder()
+                .lifecycle_hook_name(name)
+                .lifecycle_transition(transition)
+                .heartbeat_timeout(o.heartbeat_timeout_s)
+                .default_result(default)
+                .build()
+        };
+        let mut req = self
+            .autoscaling
+            .create_auto_scaling_group()
+            .auto_scaling_group_name(self.asg_name)
+            .launch_template(
+                LaunchTemplateSpecification::builder()
+                    .launch_template_id(lt)
+                    .build(),
+            )
+            .min_size(o.min as i32)
+            .max_size(o.max as i32)
+            .desired_capacity(o.workers as i32)
+            .availability_zones(format!("{}a", self.region))
+            .availability_zones(format!("{}b", self.region));
+        if o.launch_hook {
+            req = req.lifecycle_hook_specification_list(hook(
+                LAUNCH_HOOK,
+                "autoscaling:EC2_INSTANCE_LAUNCHING",
+                "ABANDON",
+            ));
+        }
+        if o.terminate_hook {
+            req = req.lifecycle_hook_specification_list(hook(
+                TERMINATE_HOOK,
+                "autoscaling:EC2_INSTANCE_TERMINATING",
+                "CONTINUE",
+            ));
+        }
+        req.send().await.map_err(|e| {
+            sdk_err(
+                "CreateAutoScalingGroup",
+                aws_sdk_autoscaling::error::DisplayErrorContext(e),
+            )
+        })?;
+        Ok(())
+    }
+}
+
+/// A controller config for such a cluster (`extra` is YAML appended at the top level).
+pub fn controller_config_text(
+    cluster_id: &str,
+    table: &str,
+    asg_name: &str,
+    prometheus_url: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "cluster_id: {cluster_id}\ninterval: 1s\nprometheus:\n  url: {prometheus_url}\n  timeout: 500ms\nstate:\n  table: {table}\n  lease_ttl: 3s\nnode_groups:\n  - asg_name: {asg_name}\n    min: 1\n    max: 10\n    hourly_price: 0.0416\n{extra}\n"
+    )
+}
+
+/// Starts the node sync: plays the agents and the cloud controller manager (module comment).
+pub fn spawn_node_sync(
+    model: crate::aws::ModelClient,
+    kube: kube::Client,
+    autoscaling: aws_sdk_autoscaling::Client,
+    asg: String,
+    cpu: &'static str,
+    memory: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(node_sync(model, kube, autoscaling, asg, cpu, memory))
+}
+
 async fn node_sync(
     model: crate::aws::ModelClient,
     kube: kube::Client,

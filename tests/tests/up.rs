@@ -22,8 +22,8 @@ const REQUIRED: [&str; 8] = [
     "AWS_SECRET_ACCESS_KEY",
     "KUBECONFIG",
     "PROMETHEUS_URL",
-    "SMARTSCALE_IMDS_DIRECTORY",
-    "SMARTSCALE_TESTWORLD_PID",
+    "TESTWORLD_IMDS_DIRECTORY",
+    "TESTWORLD_PID",
 ];
 
 async fn bounded(body: impl Future<Output = ()>) {
@@ -134,7 +134,7 @@ async fn up_serves_every_endpoint_and_stops_cleanly_on_sigterm() {
             comments.iter().any(|c| c.contains("paste these lines")),
             "{comments:?}"
         );
-        assert_eq!(exports["SMARTSCALE_TESTWORLD_PID"], up_pid.to_string());
+        assert_eq!(exports["TESTWORLD_PID"], up_pid.to_string());
         assert_eq!(exports["AWS_ACCESS_KEY_ID"], "testing");
         let pids = child_pids(&comments);
         assert_eq!(pids.len(), 2, "{comments:?}");
@@ -173,7 +173,7 @@ async fn up_serves_every_endpoint_and_stops_cleanly_on_sigterm() {
             .expect("CreateAutoScalingGroup");
 
         // The IMDS directory picks the instance up; its IMDS answers with a token.
-        let directory = &exports["SMARTSCALE_IMDS_DIRECTORY"];
+        let directory = &exports["TESTWORLD_IMDS_DIRECTORY"];
         let listed: BTreeMap<String, String> = poll_until(
             "the instance in the IMDS directory",
             Duration::from_secs(10),
@@ -225,6 +225,29 @@ async fn up_serves_every_endpoint_and_stops_cleanly_on_sigterm() {
                 .expect("version JSON");
         assert!(version["gitVersion"].is_string(), "{version}");
 
+        // The ready-made cluster: a controller config the controller itself accepts.
+        let config = comments
+            .iter()
+            .find_map(|c| {
+                c.split_whitespace()
+                    .find(|w| w.ends_with("controller.yaml"))
+            })
+            .expect("a controller config in the comments")
+            .to_string();
+        let check = std::process::Command::new(
+            smartscale_testworld::world::product_binary("smartscale-controller")
+                .expect("controller binary"),
+        )
+        .env_clear()
+        .args(["--config", &config, "check"])
+        .output()
+        .expect("run check");
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+
         // Prometheus, scraping the exporter.
         let prometheus = &exports["PROMETHEUS_URL"];
         get_ok(&format!("{prometheus}/-/ready")).await;
@@ -259,7 +282,7 @@ async fn up_serves_every_endpoint_and_stops_cleanly_on_sigterm() {
             .await
             .expect("create node");
         assert_eq!(created.status(), 201, "{:?}", created.text().await);
-        let control = exports["SMARTSCALE_EXPORTER_URL"]
+        let control = exports["TESTWORLD_EXPORTER_URL"]
             .trim_end_matches("/metrics")
             .to_string();
         // 404 until the mirror (every second) has copied the node.
@@ -278,7 +301,8 @@ async fn up_serves_every_endpoint_and_stops_cleanly_on_sigterm() {
         )
         .await
         .expect("set load");
-        let cpu = r#"(1 - avg(rate(node_cpu_seconds_total{mode="idle"}[5s]))) * 100"#;
+        // That node only: the ready-made cluster's nodes report their own load.
+        let cpu = r#"(1 - avg(rate(node_cpu_seconds_total{mode="idle",instance="ip-10-0-1-10.ec2.internal:9100"}[5s]))) * 100"#;
         poll_until(
             "Prometheus to see the node at 85% CPU",
             Duration::from_secs(40),

@@ -22,6 +22,7 @@ use smartscale_testworld::prometheus::{
     self, ClusterMetrics, Prometheus, PrometheusOptions, SyntheticExporter, SyntheticNode,
     SyntheticPod,
 };
+use smartscale_testworld::world::{self, Setup, WorldOptions};
 use smartscale_testworld::{Error, Result};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -51,6 +52,9 @@ enum Command {
         /// The region printed as AWS_REGION.
         #[arg(long, default_value = aws::DEFAULT_REGION)]
         region: String,
+        /// Start the services only: no worker group, state table or control-plane node.
+        #[arg(long)]
+        empty: bool,
     },
 }
 
@@ -60,6 +64,9 @@ const API_OFFSET: u16 = 1;
 const PROMETHEUS_OFFSET: u16 = 2;
 const EXPORTER_OFFSET: u16 = 3;
 const DIRECTORY_OFFSET: u16 = 4;
+/// The ready-made cluster's worker group and state table.
+const DEMO_ASG: &str = "smartscale-workers";
+const DEMO_TABLE: &str = "smartscale-state";
 /// How often the exporter copies nodes and pods from the fake API.
 const MIRROR_INTERVAL: Duration = Duration::from_secs(1);
 /// CPU load a new node reports until someone changes it on the exporter.
@@ -89,7 +96,8 @@ fn main() -> ExitCode {
             port_base,
             state_dir,
             region,
-        } => runtime.block_on(up(port_base, state_dir, &region)),
+            empty,
+        } => runtime.block_on(up(port_base, state_dir, &region, empty)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -133,7 +141,12 @@ impl Ports {
     }
 }
 
-async fn up(port_base: Option<u16>, state_dir: Option<PathBuf>, region: &str) -> Result<()> {
+async fn up(
+    port_base: Option<u16>,
+    state_dir: Option<PathBuf>,
+    region: &str,
+    empty: bool,
+) -> Result<()> {
     // Dependencies and ports first: nothing starts unless everything can.
     aws::check_python()?;
     prometheus::check_prometheus()?;
@@ -166,6 +179,41 @@ async fn up(port_base: Option<u16>, state_dir: Option<PathBuf>, region: &str) ->
     })
     .await?;
 
+    // A small cluster to point the controller and agents at (unless --empty): the state table,
+    // a control-plane node, two workers in an ASG with lifecycle hooks that join as nodes, and a
+    // controller config for it.
+    let (sync, controller_config) = if empty {
+        (None, None)
+    } else {
+        let kube = world::kube_client(&kubeconfig).await?;
+        let sdk = model.sdk_config(region);
+        let autoscaling = aws_sdk_autoscaling::Client::new(&sdk);
+        let setup = Setup {
+            model: model.client(),
+            autoscaling: &autoscaling,
+            dynamodb: &aws_sdk_dynamodb::Client::new(&sdk),
+            kube: &kube,
+            region,
+            asg_name: DEMO_ASG,
+            table: DEMO_TABLE,
+        };
+        let opts = WorldOptions::default();
+        setup.create(&opts).await?;
+        let sync = world::spawn_node_sync(
+            model.client().clone(),
+            kube,
+            autoscaling,
+            DEMO_ASG.to_string(),
+            opts.cpu,
+            opts.memory,
+        );
+        let path = state.join("controller.yaml");
+        let text =
+            world::controller_config_text("local", DEMO_TABLE, DEMO_ASG, prometheus.url(), "");
+        std::fs::write(&path, text).map_err(|e| Error::io("writing controller.yaml", e))?;
+        (Some(sync), Some(path))
+    };
+
     print_exports(&Exports {
         aws_endpoint: model.endpoint(),
         region,
@@ -176,11 +224,15 @@ async fn up(port_base: Option<u16>, state_dir: Option<PathBuf>, region: &str) ->
         state: &state,
         aws_pid: model.pid(),
         prometheus_pid: prometheus.pid(),
+        controller_config: controller_config.as_deref(),
     })?;
 
     let outcome = wait_for_stop(&mut model, &mut prometheus).await;
 
     // Stop in reverse order of dependence; children by PID (SIGTERM, then SIGKILL).
+    if let Some(sync) = sync {
+        sync.abort();
+    }
     mirror.abort();
     prometheus.shutdown().await;
     model.shutdown().await;
@@ -251,11 +303,14 @@ struct Exports<'a> {
     state: &'a Path,
     aws_pid: u32,
     prometheus_pid: u32,
+    controller_config: Option<&'a Path>,
 }
 
 fn print_exports(e: &Exports<'_>) -> Result<()> {
     let kubeconfig = e.kubeconfig.display().to_string();
     let pid = std::process::id().to_string();
+    // Our own variables are TESTWORLD_*: SMARTSCALE_* is the controller's config namespace, and it
+    // rejects names that match no key.
     let vars: [(&str, &str); 12] = [
         ("AWS_ENDPOINT_URL", e.aws_endpoint),
         ("AWS_REGION", e.region),
@@ -265,27 +320,34 @@ fn print_exports(e: &Exports<'_>) -> Result<()> {
         ("KUBECONFIG", &kubeconfig),
         ("PROMETHEUS_URL", e.prometheus),
         ("SMARTSCALE_PROMETHEUS_URL", e.prometheus),
-        ("SMARTSCALE_IMDS_DIRECTORY", e.imds_directory),
-        ("SMARTSCALE_EXPORTER_URL", e.exporter),
+        ("TESTWORLD_IMDS_DIRECTORY", e.imds_directory),
+        ("TESTWORLD_EXPORTER_URL", e.exporter),
         (
-            "SMARTSCALE_AWS_CONTROL",
+            "TESTWORLD_AWS_CONTROL",
             &format!("{}/_smartscale", e.aws_endpoint),
         ),
-        ("SMARTSCALE_TESTWORLD_PID", &pid),
+        ("TESTWORLD_PID", &pid),
     ];
     let mut out = String::new();
     out.push_str(&format!(
         "# SmartScale test world is up on 127.0.0.1 (state and logs in {}; AWS model pid {}, Prometheus pid {}).\n\
          # Use it: paste these lines into a shell, or run `smartscale-testworld up > world.env &` then `. ./world.env`.\n\
-         # An instance's IMDS: export AWS_EC2_METADATA_SERVICE_ENDPOINT=\"$(curl -s \"$SMARTSCALE_IMDS_DIRECTORY\" | jq -r '.[\"i-...\"]')\".\n\
-         # A node's load (nodes mirror the Kubernetes API): curl -X POST \"${{SMARTSCALE_EXPORTER_URL%/metrics}}/control/nodes/NODE\" -d '{{\"busy_percent\": 85}}'.\n\
-         # A spot notice: curl -X POST \"$SMARTSCALE_IMDS_DIRECTORY/i-.../spot-instance-action\" (also /rebalance, /availability).\n\
-         # Model clock: curl -X POST \"$SMARTSCALE_AWS_CONTROL/clock/advance\" -d '{{\"seconds\": 300}}'.\n\
-         # Stop it with Ctrl-C or: kill \"$SMARTSCALE_TESTWORLD_PID\".\n",
+         # An instance's IMDS: export AWS_EC2_METADATA_SERVICE_ENDPOINT=\"$(curl -s \"$TESTWORLD_IMDS_DIRECTORY\" | jq -r '.[\"i-...\"]')\".\n\
+         # A node's load (nodes mirror the Kubernetes API): curl -X POST \"${{TESTWORLD_EXPORTER_URL%/metrics}}/control/nodes/NODE\" -d '{{\"busy_percent\": 85}}'.\n\
+         # A spot notice: curl -X POST \"$TESTWORLD_IMDS_DIRECTORY/i-.../spot-instance-action\" (also /rebalance, /availability).\n\
+         # Model clock: curl -X POST \"$TESTWORLD_AWS_CONTROL/clock/advance\" -d '{{\"seconds\": 300}}'.\n\
+         # Stop it with Ctrl-C or: kill \"$TESTWORLD_PID\".\n",
         e.state.display(),
         e.aws_pid,
         e.prometheus_pid,
     ));
+    if let Some(cfg) = e.controller_config {
+        out.push_str(&format!(
+            "# A worker group `{DEMO_ASG}` (2 nodes, lifecycle hooks) and table `{DEMO_TABLE}` are ready; try:\n\
+             #   smartscale-controller --config {} once      (or `run`, then curl 127.0.0.1:8080/status)\n",
+            cfg.display()
+        ));
+    }
     for (name, value) in vars {
         out.push_str(&format!("export {name}={}\n", shell_quote(value)));
     }
