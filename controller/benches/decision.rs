@@ -46,6 +46,7 @@ fn build(nodes: &[Node], pods: &[Pod]) -> policy::Observation {
             id,
             lifecycle: Lifecycle::InService,
             first_seen: 0,
+            ever_ready: true,
         })
         .collect::<Vec<_>>();
     policy::Observation {

@@ -27,6 +27,7 @@ impl AsgState {
         cfg_max: u32,
         allocatable: Resources,
         first_seen: &HashMap<String, i64>,
+        ever_ready: &HashMap<String, i64>,
         now: i64,
     ) -> Group {
         Group {
@@ -43,6 +44,7 @@ impl AsgState {
                     id: id.clone(),
                     lifecycle: *lifecycle,
                     first_seen: first_seen.get(id).copied().unwrap_or(now),
+                    ever_ready: ever_ready.contains_key(id),
                 })
                 .collect(),
         }

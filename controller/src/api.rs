@@ -10,7 +10,6 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 /// Dependencies the controller cannot act safely without.
 const NEEDED: [&str; 4] = ["prometheus", "kubernetes", "autoscaling", "dynamodb"];
@@ -85,7 +84,7 @@ async fn status(State(api): State<Api>) -> Response {
         "dry_run": api.ctx.dry_run(),
         "interval_s": cfg.interval.as_secs_f64(),
         "node_groups": cfg.node_groups.iter().map(|g| json!({"asg_name": g.asg_name, "min": g.min, "max": g.max})).collect::<Vec<_>>(),
-        "action_in_flight": api.ctx.action_in_flight.load(Ordering::SeqCst),
+        "action_in_flight": api.ctx.action_in_flight(),
         "status": st,
     }))
     .into_response()
@@ -177,15 +176,21 @@ async fn scale(State(api): State<Api>, headers: HeaderMap, body: axum::body::Byt
     if !(1..=1000).contains(&req.count) {
         return error(StatusCode::BAD_REQUEST, "count must be from 1 to 1000");
     }
-    if api
-        .ctx
-        .action_in_flight
-        .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-        .is_err()
-    {
+    let Some(slot) = api.ctx.manual_slot() else {
         return error(
             StatusCode::CONFLICT,
             "another scaling action is in flight; retry when it is recorded",
+        );
+    };
+    // Only the lease holder acts; a standby would accept and then never run it.
+    let holder = api.ctx.status.read().await.lease_holder.clone();
+    if holder.as_deref() != Some(api.ctx.store.replica.as_str()) {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "this replica does not hold the lease (holder: {}); send the request to the holder",
+                holder.unwrap_or_else(|| "unknown yet".into())
+            ),
         );
     }
     let manual = ManualRequest {
@@ -200,14 +205,10 @@ async fn scale(State(api): State<Api>, headers: HeaderMap, body: axum::body::Byt
     };
     let (gi, from, to, clamp) = match cycle::plan_manual(&api.ctx, &manual).await {
         Ok(p) => p,
-        Err(e) => {
-            api.ctx.action_in_flight.store(false, Ordering::SeqCst);
-            return error(StatusCode::BAD_REQUEST, e.to_string());
-        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let group = api.ctx.cfg.node_groups[gi].asg_name.clone();
     if to == from {
-        api.ctx.action_in_flight.store(false, Ordering::SeqCst);
         return (
             StatusCode::OK,
             axum::Json(json!({"accepted": false, "node_group": group, "from": from, "to": to, "clamped": clamp, "reason": "already at the group's bound; nothing to do"})),
@@ -217,7 +218,7 @@ async fn scale(State(api): State<Api>, headers: HeaderMap, body: axum::body::Byt
     tracing::info!(action = action.as_str(), count = manual.count, reason = %manual.reason, "manual scaling accepted");
     let ctx = api.ctx.clone();
     tokio::spawn(async move {
-        let _ = cycle::run_manual(&ctx, manual, gi).await;
+        let _ = cycle::run_manual(&ctx, manual, gi, slot).await;
     });
     (
         StatusCode::ACCEPTED,

@@ -27,7 +27,8 @@ impl Notifier {
             match http.post(url).json(&body).send().await {
                 Ok(r) if r.status().is_success() => {}
                 Ok(r) => tracing::warn!(status = %r.status(), "webhook refused the notification"),
-                Err(e) => tracing::warn!(error = %e, "webhook unreachable"),
+                // The URL is a secret (Slack webhooks carry their token in it): keep it out.
+                Err(e) => tracing::warn!(error = %e.without_url(), "webhook unreachable"),
             }
         });
     }

@@ -53,7 +53,17 @@ pub fn api_token(cfg: &Config) -> Result<Option<String>> {
 
 /// Connects to everything. Fails with a clear error when a dependency cannot even be configured.
 pub async fn build_context(cfg: Config, dry_run: bool) -> Result<Context> {
+    // Every AWS call ends well inside half the lease TTL, the window in which a holder may act.
+    let operation =
+        (cfg.state.lease_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(10));
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(operation.min(Duration::from_secs(3)))
+                .operation_attempt_timeout(operation)
+                .operation_timeout(operation)
+                .build(),
+        )
         .load()
         .await;
     if sdk.region().is_none() {

@@ -70,6 +70,19 @@ async fn start(w: &World, prom_url: &str, extra: &str, args: &[&str]) -> Running
             ),
         )
         .unwrap();
+    // `max=N` in `args` lowers the group's configured maximum (the config has one node group).
+    let args: Vec<&str> = args
+        .iter()
+        .copied()
+        .filter(|a| match a.strip_prefix("max=") {
+            Some(max) => {
+                let text = std::fs::read_to_string(&cfg).unwrap();
+                std::fs::write(&cfg, text.replacen("max: 10", &format!("max: {max}"), 1)).unwrap();
+                false
+            }
+            None => true,
+        })
+        .collect();
     let log = w.dir.path().join(format!("controller-{port}.log"));
     let file = std::fs::File::create(&log).unwrap();
     let child = product_command(w, "smartscale-controller")
@@ -374,6 +387,61 @@ async fn dry_run_never_writes_to_aws() {
         assert_eq!(w.activities().await.unwrap().len(), before, "no scaling activity in dry-run");
         assert_eq!(w.group().await.unwrap().0, 3);
         assert!(r.log().contains("dry-run: not calling"));
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_refuses_manual_requests_and_scale_up_never_lowers_the_group() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let w = World::start(WorldOptions {
+            workers: 3,
+            ..WorldOptions::default()
+        })
+        .await
+        .unwrap();
+        let prom = prometheus(50.0, 40.0).await;
+        // The configured max (2) is below the group's current size (3).
+        let leader = start(&w, prom.url(), "", &["max=2"]).await;
+        poll_until(
+            "the first holds the lease",
+            Duration::from_secs(20),
+            || async {
+                let (_, s) = get(&leader, "/status").await;
+                let v: Value = serde_json::from_str(&s).unwrap_or(Value::Null);
+                Ok((v["status"]["lease_holder"] == v["replica"]).then_some(()))
+            },
+        )
+        .await
+        .unwrap();
+        let standby = start(&w, prom.url(), "", &["max=2"]).await;
+
+        // The standby checks its dependencies too, so it reports healthy, but it does not act.
+        poll_until("standby healthy", Duration::from_secs(20), || async {
+            Ok((get(&standby, "/healthz").await.0 == 200).then_some(()))
+        })
+        .await
+        .unwrap();
+        let (code, body) = scale(&standby, Some(TOKEN), r#"{"action":"scale_up"}"#).await;
+        assert_eq!(code, 409, "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("does not hold the lease"),
+            "{body}"
+        );
+
+        // On the holder, scale_up with desired 3 above max 2 is a no-op, never a reduction.
+        let (code, body) = scale(&leader, Some(TOKEN), r#"{"action":"scale_up"}"#).await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(
+            (body["accepted"].as_bool(), body["to"].as_u64()),
+            (Some(false), Some(3)),
+            "{body}"
+        );
+        assert_eq!(w.group().await.unwrap().0, 3);
     })
     .await
     .expect("test timed out");

@@ -1,10 +1,9 @@
 //! Manual scaling from `POST /scale`: checked against the group's bounds at once, executed in
 //! the background through the same lease, victim rules, fencing and history as the loop.
 
-use super::{Context, act, build_observation, lease, now_parts, observe};
+use super::{Context, ManualSlot, act, build_observation, lease, now_parts, observe};
 use crate::policy::{self, Action, Decision};
 use crate::{Error, Result};
-use std::sync::atomic::Ordering;
 
 /// A manual request from `POST /scale`.
 #[derive(Debug, Clone)]
@@ -36,20 +35,41 @@ pub async fn plan_manual(
         .await?;
     let asg = &asg[0];
     let (min, max) = (g.min.max(asg.min), g.max.min(asg.max));
-    let wanted = match req.action {
-        Action::ScaleUp => asg.desired as i64 + req.count as i64,
-        _ => asg.desired as i64 - req.count as i64,
+    if min > max {
+        return Err(Error::Other(format!(
+            "the bounds of {} contradict each other: config [{}, {}] and the ASG's MinSize/MaxSize [{}, {}] leave no valid size; fix one of them",
+            g.asg_name, g.min, g.max, asg.min, asg.max
+        )));
+    }
+    let desired = asg.desired as i64;
+    // A scale-up never lowers the group (e.g. when desired is above a lowered max), a
+    // scale-down never raises it: the ASG would pick victims itself.
+    let (wanted, to) = match req.action {
+        Action::ScaleUp => {
+            let wanted = desired + req.count as i64;
+            (wanted, wanted.min(max as i64).max(desired))
+        }
+        _ => {
+            let wanted = desired - req.count as i64;
+            (wanted, wanted.max(min as i64).min(desired))
+        }
     };
-    let to = wanted.clamp(min as i64, max as i64) as u32;
+    let to = to as u32;
     let note = (to as i64 != wanted)
         .then(|| format!("requested {wanted} clamped to {to} (group bounds [{min}, {max}])"));
     Ok((gi, asg.desired, to, note))
 }
 
-/// Executes an accepted manual request (in the background; the API has already answered).
-pub async fn run_manual(ctx: &Context, req: ManualRequest, gi: usize) -> Result<()> {
-    let (_, now, now_f) = now_parts();
+/// Executes an accepted manual request (in the background; the API has already answered and
+/// hands over the slot, freed when this returns).
+pub async fn run_manual(
+    ctx: &Context,
+    req: ManualRequest,
+    gi: usize,
+    _slot: ManualSlot,
+) -> Result<()> {
     let mut held = ctx.held.lock().await;
+    let (_, now, now_f) = now_parts();
     let result = async {
         let Some(lease) = lease(ctx, &mut held, now_f).await? else {
             return Err(Error::Other(
@@ -66,7 +86,7 @@ pub async fn run_manual(ctx: &Context, req: ManualRequest, gi: usize) -> Result<
         let g = obs.groups[gi].clone();
         let reason = format!("manual: {}", req.reason);
         let (to, victims) = match req.action {
-            Action::ScaleUp => ((g.desired + req.count).min(g.max), vec![]),
+            Action::ScaleUp => ((g.desired + req.count).min(g.max).max(g.desired), vec![]),
             _ => {
                 let mut victims = Vec::new();
                 for _ in 0..req.count {
@@ -145,7 +165,6 @@ pub async fn run_manual(ctx: &Context, req: ManualRequest, gi: usize) -> Result<
         r
     }
     .await;
-    ctx.action_in_flight.store(false, Ordering::SeqCst);
     if let Err(e) = &result {
         tracing::error!(error = %e, "manual scaling failed");
         ctx.failed(e).await;

@@ -40,9 +40,21 @@ pub struct Context {
     /// The lease we hold and the state cached while we hold it. Locked for a whole cycle, so
     /// cycles and manual actions never interleave.
     pub held: Mutex<Held>,
-    /// Set from the moment an action is accepted until it is recorded (the API answers 409).
-    pub action_in_flight: AtomicBool,
+    /// The manual-request slot: taken when `POST /scale` accepts a request, freed (by
+    /// [`ManualSlot`]'s drop, even on a panic) when that request is recorded.
+    manual_in_flight: AtomicBool,
+    /// Set while the loop executes one of its own actions.
+    loop_acting: AtomicBool,
     consecutive_errors: AtomicU32,
+}
+
+/// Holds the manual-request slot; dropping it frees the slot.
+pub struct ManualSlot(std::sync::Arc<Context>);
+
+impl Drop for ManualSlot {
+    fn drop(&mut self) {
+        self.0.manual_in_flight.store(false, Ordering::SeqCst);
+    }
 }
 
 #[derive(Default)]
@@ -105,13 +117,30 @@ impl Context {
             notifier,
             status: RwLock::new(Status::default()),
             held: Mutex::new(Held::default()),
-            action_in_flight: AtomicBool::new(false),
+            manual_in_flight: AtomicBool::new(false),
+            loop_acting: AtomicBool::new(false),
             consecutive_errors: AtomicU32::new(0),
         }
     }
 
     pub fn dry_run(&self) -> bool {
         self.actuator.dry_run()
+    }
+
+    /// Whether any scaling action (the loop's or a manual one) is under way.
+    pub fn action_in_flight(&self) -> bool {
+        self.manual_in_flight.load(Ordering::SeqCst) || self.loop_acting.load(Ordering::SeqCst)
+    }
+
+    /// Takes the manual-request slot, or `None` while any action is under way (the API's 409).
+    pub fn manual_slot(self: &std::sync::Arc<Self>) -> Option<ManualSlot> {
+        if self.loop_acting.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.manual_in_flight
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .ok()
+            .map(|_| ManualSlot(self.clone()))
     }
 
     async fn health(&self, name: &'static str, ok: bool, detail: impl Into<String>) {
@@ -238,9 +267,14 @@ pub async fn run_once(ctx: &Context, record_none: bool) -> Result<Outcome> {
 }
 
 async fn cycle(ctx: &Context, record_none: bool) -> Result<Outcome> {
-    let (_, now, now_f) = now_parts();
     let mut held = ctx.held.lock().await;
+    // Read the clock after the lock: a cycle that waited behind a manual action must not
+    // renew the lease with a time already partly past.
+    let (_, now, now_f) = now_parts();
     let Some(lease) = lease(ctx, &mut held, now_f).await? else {
+        // A standby reads its dependencies too, so its /healthz says whether it could take
+        // over, rather than "not checked yet" forever.
+        let _ = observe(ctx).await;
         let holder = ctx
             .status
             .read()
@@ -320,9 +354,9 @@ async fn cycle(ctx: &Context, record_none: bool) -> Result<Outcome> {
             current: 0,
         });
     }
-    ctx.action_in_flight.store(true, Ordering::SeqCst);
+    ctx.loop_acting.store(true, Ordering::SeqCst);
     let result = act(ctx, &lease, &mut state, &decision, group, signals, "policy").await;
-    ctx.action_in_flight.store(false, Ordering::SeqCst);
+    ctx.loop_acting.store(false, Ordering::SeqCst);
     held.state = Some(state);
     result.map(|_| outcome)
 }
@@ -352,21 +386,44 @@ pub(super) async fn act(
         status: "intent".to_string(),
         ..history(ctx, d.action.as_str(), &name, d.from, d.to, lease.token)
     };
-    if d.action != Action::None {
+    // Dry-run sets nothing, so it records no desired capacity to compare against later.
+    if d.action != Action::None && !dry {
         state.last_desired.insert(name.clone(), d.to);
     }
     ctx.store.commit(lease, state, Some(&intent)).await?;
 
+    // Each AWS write goes out only while the lease is fresh by our own monotonic clock: a
+    // replica paused after the commit (and replaced) must not act late.
+    let fresh = || {
+        if lease.fresh(ctx.cfg.state.lease_ttl) {
+            Ok(())
+        } else {
+            Err(Error::Fenced {
+                ours: lease.token,
+                current: 0,
+            })
+        }
+    };
     let mut result = Ok(());
     for id in &d.rollback {
+        if let Err(e) = fresh() {
+            result = Err(e);
+            break;
+        }
         if let Err(e) = ctx.actuator.terminate(id, false).await {
             result = Err(e);
         }
     }
     if result.is_ok() {
         result = match (d.action, &d.victim) {
-            (Action::ScaleUp, _) => ctx.actuator.set_desired(&name, d.to).await,
-            (Action::ScaleDown, Some(v)) => ctx.actuator.terminate(&v.instance_id, true).await,
+            (Action::ScaleUp, _) => match fresh() {
+                Ok(()) => ctx.actuator.set_desired(&name, d.to).await,
+                Err(e) => Err(e),
+            },
+            (Action::ScaleDown, Some(v)) => match fresh() {
+                Ok(()) => ctx.actuator.terminate(&v.instance_id, true).await,
+                Err(e) => Err(e),
+            },
             _ => Ok(()),
         };
     }

@@ -106,6 +106,17 @@ pub(super) fn build_observation(
     for id in &booting {
         state.first_seen.entry(id.to_string()).or_insert(now);
     }
+    // And which live instances have been Ready nodes at least once.
+    let live: std::collections::HashSet<&str> = asgs
+        .iter()
+        .flat_map(|g| g.instances.iter())
+        .filter(|(_, l, _)| matches!(l, Lifecycle::Launching | Lifecycle::InService))
+        .map(|(id, _, _)| id.as_str())
+        .collect();
+    state.ever_ready.retain(|id, _| live.contains(id.as_str()));
+    for id in live.intersection(&ready) {
+        state.ever_ready.entry(id.to_string()).or_insert(now);
+    }
     let groups = ctx
         .cfg
         .node_groups
@@ -118,6 +129,7 @@ pub(super) fn build_observation(
                 g.max,
                 allocatable(ctx, gi, asg, snap),
                 &state.first_seen,
+                &state.ever_ready,
                 now,
             ))
         })

@@ -6,8 +6,8 @@ use crate::state::HistoryRecord;
 
 /// At start-up, compares what we last set with what the ASG says, and records any drift.
 pub async fn reconcile(ctx: &Context) -> Result<()> {
-    let (_, _, now_f) = now_parts();
     let mut held = ctx.held.lock().await;
+    let (_, _, now_f) = now_parts();
     let Some(lease) = lease(ctx, &mut held, now_f).await? else {
         return Ok(());
     };

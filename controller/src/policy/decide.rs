@@ -27,6 +27,7 @@ fn booting(obs: &Observation, cfg: &PolicyConfig, now: i64) -> Boot {
         in_flight: 0,
         rollback: Vec::new(),
     };
+    let mut overdue: Vec<(i64, String)> = Vec::new();
     for g in &obs.groups {
         let live: Vec<_> = g
             .instances
@@ -34,19 +35,22 @@ fn booting(obs: &Observation, cfg: &PolicyConfig, now: i64) -> Boot {
             .filter(|i| matches!(i.lifecycle, Lifecycle::Launching | Lifecycle::InService))
             .collect();
         for i in &live {
-            if ready.contains(i.id.as_str()) {
+            if ready.contains(i.id.as_str()) || i.ever_ready {
                 continue;
             }
             if now - i.first_seen > limit {
-                // Terminated without lowering desired capacity: the ASG launches a fresh
-                // replacement, which is capacity in flight like the instance it replaces.
-                boot.rollback.push(i.id.clone());
+                overdue.push((i.first_seen, i.id.clone()));
             }
             boot.in_flight += 1;
         }
         // Desired capacity the group has not launched yet is on its way too.
         boot.in_flight += g.desired.saturating_sub(live.len() as u32);
     }
+    // One rollback per decision, the oldest first: terminated without lowering desired
+    // capacity, so the ASG launches a fresh replacement (still counted in flight above).
+    overdue.sort();
+    boot.rollback
+        .extend(overdue.into_iter().take(1).map(|(_, id)| id));
     boot
 }
 
@@ -125,6 +129,56 @@ pub fn decide(obs: &Observation, mem: &Memory, cfg: &PolicyConfig, now: i64) -> 
     (decision, next)
 }
 
+/// Nodes to add for pending pods, or `None` when no new node could help them (all larger than
+/// a node): then the usage signals still decide, one oversized pod must not mute them.
+fn for_pending(
+    obs: &Observation,
+    cfg: &PolicyConfig,
+    in_flight: u32,
+    up_cooldown: Option<i64>,
+    reasons: &mut Vec<String>,
+) -> Option<u32> {
+    let pending = obs.pending.len() as u32;
+    let step = if pending > 5 { 2 } else { 1 };
+    let mut wanted = step;
+    if cfg.pending_pods_binpack {
+        let node = obs
+            .groups
+            .iter()
+            .find(|g| g.desired < g.max)
+            .or(obs.groups.first())
+            .map(|g| g.node_allocatable)
+            .unwrap_or_default();
+        let requests: Vec<_> = obs.pending.iter().map(|p| p.requests).collect();
+        let (need, too_big) = binpack::nodes_needed(&requests, node);
+        if too_big > 0 {
+            reasons.push(format!(
+                "{too_big} pending pods request more than one node offers; no scale-up helps them"
+            ));
+        }
+        if need == 0 {
+            return None;
+        }
+        wanted = wanted.max(need);
+    }
+    if in_flight >= wanted {
+        reasons.push(format!(
+            "{pending} pending pods wait for {in_flight} nodes already booting"
+        ));
+        return Some(0);
+    }
+    if let Some(left) = up_cooldown.filter(|_| cfg.cooldown_applies_to_pending) {
+        reasons.push(format!(
+            "{pending} pending pods, but scale-up cooldown has {left}s left"
+        ));
+        return Some(0);
+    }
+    reasons.push(format!(
+        "{pending} pending pods need {wanted} nodes, {in_flight} already booting"
+    ));
+    Some(wanted - in_flight)
+}
+
 /// How many nodes to add (0 for none), with the reasons.
 fn scale_up_count(
     obs: &Observation,
@@ -136,46 +190,11 @@ fn scale_up_count(
     reasons: &mut Vec<String>,
 ) -> u32 {
     let up_cooldown = cooling(mem.last_scale_up, cfg.after_scale_up, now);
-    if cfg.pending_pods && !obs.pending.is_empty() {
-        let pending = obs.pending.len() as u32;
-        let step = if pending > 5 { 2 } else { 1 };
-        let mut wanted = step;
-        if cfg.pending_pods_binpack {
-            let node = obs
-                .groups
-                .iter()
-                .find(|g| g.desired < g.max)
-                .or(obs.groups.first())
-                .map(|g| g.node_allocatable)
-                .unwrap_or_default();
-            let requests: Vec<_> = obs.pending.iter().map(|p| p.requests).collect();
-            let (need, too_big) = binpack::nodes_needed(&requests, node);
-            if too_big > 0 {
-                reasons.push(format!(
-                    "{too_big} pending pods request more than one node offers; no scale-up helps them"
-                ));
-            }
-            if need == 0 {
-                return 0;
-            }
-            wanted = wanted.max(need);
-        }
-        if in_flight >= wanted {
-            reasons.push(format!(
-                "{pending} pending pods wait for {in_flight} nodes already booting"
-            ));
-            return 0;
-        }
-        if let Some(left) = up_cooldown.filter(|_| cfg.cooldown_applies_to_pending) {
-            reasons.push(format!(
-                "{pending} pending pods, but scale-up cooldown has {left}s left"
-            ));
-            return 0;
-        }
-        reasons.push(format!(
-            "{pending} pending pods need {wanted} nodes, {in_flight} already booting"
-        ));
-        return wanted - in_flight;
+    if cfg.pending_pods
+        && !obs.pending.is_empty()
+        && let Some(add) = for_pending(obs, cfg, in_flight, up_cooldown, reasons)
+    {
+        return add;
     }
 
     let mut why = Vec::new();
@@ -233,6 +252,17 @@ fn scale_down(
     }
     if in_flight > 0 || !d.rollback.is_empty() {
         return block(next, d, format!("{in_flight} nodes still booting"));
+    }
+    // One removal at a time: while a node drains, its pods still need room that the fit check
+    // below cannot see (they are on a cordoned node).
+    let draining = obs
+        .groups
+        .iter()
+        .flat_map(|g| &g.instances)
+        .filter(|i| i.lifecycle == Lifecycle::Terminating)
+        .count();
+    if draining > 0 {
+        return block(next, d, format!("{draining} nodes still draining"));
     }
     let (cpu, memory) = match (&obs.usage.cpu, &obs.usage.memory) {
         (Reading::Value(c), Reading::Value(m)) => (*c, *m),

@@ -171,6 +171,11 @@ pub struct Instance {
     pub lifecycle: Lifecycle,
     /// When the controller first saw it launching (unix seconds); rollback counts from here.
     pub first_seen: i64,
+    /// It was a Ready node once: if it is NotReady now, it is broken, not booting — neither
+    /// capacity in flight nor a rollback candidate (a cluster-wide fault must not make the
+    /// controller replace the whole fleet).
+    #[serde(default)]
+    pub ever_ready: bool,
 }
 
 /// A worker Auto Scaling group as observed.

@@ -40,6 +40,7 @@ fn obs(nodes: Vec<Node>, pending: Vec<Pod>, cpu: f64, memory: f64) -> Observatio
             id: n.instance_id.clone().unwrap_or_default(),
             lifecycle: Lifecycle::InService,
             first_seen: 0,
+            ever_ready: true,
         })
         .collect::<Vec<_>>();
     Observation {
@@ -103,6 +104,7 @@ fn nodes_in_flight_absorb_pending_pods() {
             id: format!("i-new{i}"),
             lifecycle: Lifecycle::Launching,
             first_seen: NOW - 30,
+            ever_ready: false,
         });
     }
     let (d, _) = decide(&o, &Memory::default(), &PolicyConfig::default(), NOW);
@@ -360,6 +362,7 @@ fn instances_that_never_become_ready_are_rolled_back() {
         id: "i-stuck".into(),
         lifecycle: Lifecycle::InService,
         first_seen: NOW - 901,
+        ever_ready: false,
     });
     let (d, _) = decide(&o, &Memory::default(), &cfg, NOW);
     assert_eq!(d.rollback, vec!["i-stuck".to_string()]);
@@ -411,4 +414,63 @@ fn a_tainted_node_is_no_room_for_moved_pods() {
     };
     let (d, _) = decide(&o, &m, &PolicyConfig::default(), NOW);
     assert_eq!(d.action, Action::None, "{:?}", d.reasons);
+}
+
+#[test]
+fn an_oversized_pending_pod_does_not_mute_the_usage_signals() {
+    let mut o = obs(
+        vec![node("a", vec![])],
+        vec![pod("default", "huge", 8.0)],
+        20.0,
+        80.0,
+    );
+    o.pending[0].requests.memory = 1.0;
+    let (d, _) = decide(&o, &Memory::default(), &PolicyConfig::default(), NOW);
+    assert_eq!(d.action, Action::ScaleUp, "{:?}", d.reasons);
+    assert!(d.reasons.join(";").contains("memory 80.0% above 75%"));
+}
+
+#[test]
+fn no_second_removal_while_a_node_drains() {
+    let mut o = low_cluster();
+    o.groups[0].instances.push(Instance {
+        id: "i-leaving".into(),
+        lifecycle: Lifecycle::Terminating,
+        first_seen: 0,
+        ever_ready: true,
+    });
+    let m = Memory {
+        low_since: Some(NOW - 3600),
+        ..Memory::default()
+    };
+    let (d, _) = decide(&o, &m, &PolicyConfig::default(), NOW);
+    assert_eq!(d.action, Action::None);
+    assert!(d.reasons.join(";").contains("1 nodes still draining"));
+}
+
+#[test]
+fn a_node_that_was_ready_and_went_not_ready_is_neither_booting_nor_rolled_back() {
+    let mut o = low_cluster();
+    o.nodes[0].ready = false;
+    o.groups[0].instances[0].first_seen = NOW - 10_000;
+    let (d, _) = decide(&o, &Memory::default(), &PolicyConfig::default(), NOW);
+    assert!(d.rollback.is_empty());
+    assert_eq!(d.in_flight, 0);
+}
+
+#[test]
+fn at_most_one_rollback_per_decision_oldest_first() {
+    let mut o = low_cluster();
+    o.groups[0].desired = 5;
+    for (id, seen) in [("i-new", NOW - 1000), ("i-old", NOW - 2000)] {
+        o.groups[0].instances.push(Instance {
+            id: id.into(),
+            lifecycle: Lifecycle::InService,
+            first_seen: seen,
+            ever_ready: false,
+        });
+    }
+    let (d, _) = decide(&o, &Memory::default(), &PolicyConfig::default(), NOW);
+    assert_eq!(d.rollback, vec!["i-old".to_string()]);
+    assert_eq!(d.in_flight, 2);
 }

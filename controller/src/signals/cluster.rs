@@ -29,7 +29,8 @@ pub struct ClusterWatch {
     pdbs: Store<PodDisruptionBudget>,
     /// Notified when a pod becomes unschedulable.
     pub unschedulable: Arc<Notify>,
-    healthy: Arc<AtomicBool>,
+    /// One flag per watch (nodes, pods, PDBs): all must be healthy, or the view is stale.
+    healthy: [Arc<AtomicBool>; 3],
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -99,15 +100,17 @@ where
     let (store, writer) = reflector::store::<K>();
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
-        .reflect(writer)
-        .applied_objects();
+        .reflect(writer);
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
             match item {
-                Ok(obj) => {
+                // Any event, even an empty initial list, shows this watch works.
+                Ok(event) => {
                     healthy.store(true, Ordering::Relaxed);
-                    on_apply(&obj);
+                    if let watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) = &event {
+                        on_apply(obj);
+                    }
                 }
                 Err(e) => {
                     healthy.store(false, Ordering::Relaxed);
@@ -121,17 +124,17 @@ where
 
 impl ClusterWatch {
     pub fn start(client: kube::Client) -> ClusterWatch {
-        let healthy = Arc::new(AtomicBool::new(false));
+        let healthy: [Arc<AtomicBool>; 3] = Default::default();
         let unschedulable = Arc::new(Notify::new());
         let notify = unschedulable.clone();
         let (nodes, t1) = spawn_reflector(
             kube::Api::<Node>::all(client.clone()),
-            healthy.clone(),
+            healthy[0].clone(),
             |_| {},
         );
         let (pods, t2) = spawn_reflector(
             kube::Api::<Pod>::all(client.clone()),
-            healthy.clone(),
+            healthy[1].clone(),
             move |p: &Pod| {
                 if is_unschedulable(p) {
                     notify.notify_one();
@@ -140,7 +143,7 @@ impl ClusterWatch {
         );
         let (pdbs, t3) = spawn_reflector(
             kube::Api::<PodDisruptionBudget>::all(client),
-            healthy.clone(),
+            healthy[2].clone(),
             |_| {},
         );
         ClusterWatch {
@@ -169,7 +172,7 @@ impl ClusterWatch {
 
     /// Whether the last watch event was a success (for /healthz).
     pub fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.healthy.iter().all(|h| h.load(Ordering::Relaxed))
     }
 
     pub fn snapshot(&self) -> ClusterSnapshot {

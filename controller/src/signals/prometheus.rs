@@ -81,14 +81,14 @@ impl Prometheus {
             if e.is_timeout() {
                 format!("timed out after {:?}", self.cfg.timeout)
             } else {
-                format!("unreachable: {e}")
+                format!("unreachable: {}", e.without_url())
             }
         })?;
         let status = resp.status();
         let body: Response = resp
             .json()
             .await
-            .map_err(|e| format!("HTTP {status}, unparsable answer: {e}"))?;
+            .map_err(|e| format!("HTTP {status}, unparsable answer: {}", e.without_url()))?;
         if body.status != "success" {
             return Err(format!(
                 "HTTP {status}: {}",

@@ -309,6 +309,7 @@ impl Cluster {
                 id: n.instance_id(),
                 lifecycle,
                 first_seen: n.launched,
+                ever_ready: matches!(n.state, NodeState::Ready | NodeState::Draining { .. }),
             });
             if matches!(n.state, NodeState::Booting { .. }) {
                 continue; // not registered with Kubernetes yet

@@ -33,6 +33,8 @@ pub(crate) fn text(item: &Item, key: &str) -> Option<String> {
 pub struct StoredState {
     pub memory: Memory,
     pub first_seen: HashMap<String, i64>,
+    /// Live instances that have been Ready nodes (since when).
+    pub ever_ready: HashMap<String, i64>,
     pub last_desired: HashMap<String, u32>,
 }
 
@@ -56,6 +58,7 @@ impl StoredState {
                 last_scale_down: int(item, "last_scale_down"),
             },
             first_seen: map("first_seen"),
+            ever_ready: map("ever_ready"),
             last_desired: map("last_desired")
                 .into_iter()
                 .map(|(k, v)| (k, v.max(0) as u32))
@@ -89,6 +92,14 @@ impl StoredState {
             "first_seen".into(),
             map(self
                 .first_seen
+                .iter()
+                .map(|(k, v)| (k.clone(), n(v)))
+                .collect()),
+        );
+        item.insert(
+            "ever_ready".into(),
+            map(self
+                .ever_ready
                 .iter()
                 .map(|(k, v)| (k.clone(), n(v)))
                 .collect()),
@@ -207,6 +218,7 @@ mod tests {
                 last_scale_down: Some(50),
             },
             first_seen: HashMap::from([("i-1".to_string(), 42)]),
+            ever_ready: HashMap::from([("i-2".to_string(), 7)]),
             last_desired: HashMap::from([("w".to_string(), 3)]),
         };
         assert_eq!(StoredState::from_item(&st.to_item(7)), st);
