@@ -257,6 +257,7 @@ pub(super) fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Confi
         after_scale_up: rp.cooldown.after_scale_up.0,
         after_scale_down: rp.cooldown.after_scale_down.0,
         max_node_provision_time: rp.max_node_provision_time.0,
+        check_interval: interval,
     };
 
     let listen = match raw.api.listen.parse::<SocketAddr>() {

@@ -56,7 +56,14 @@ pub(super) async fn observe(
         ));
     }
     ctx.health("kubernetes", true, "ok").await;
-    Ok((prom, asgs, ctx.cluster.snapshot()))
+    let snap = ctx.cluster.snapshot();
+    if !snap.unhelpable.is_empty() {
+        tracing::info!(
+            pods = ?snap.unhelpable,
+            "unschedulable pods that a new worker could not take either (node selector or extended resource); not scaling up for them"
+        );
+    }
+    Ok((prom, asgs, snap))
 }
 
 /// Allocatable of one node of the group: configured, else the largest Ready node's, else a default.

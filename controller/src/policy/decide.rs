@@ -76,10 +76,21 @@ pub fn decide(obs: &Observation, mem: &Memory, cfg: &PolicyConfig, now: i64) -> 
         ));
     }
 
-    next.high_cpu_checks = match obs.usage.cpu {
-        Reading::Value(v) if v > cfg.cpu_above => mem.high_cpu_checks + 1,
-        _ => 0,
-    };
+    // A dip resets the trend at once; a high reading counts once per check interval (with a
+    // little slack for timer jitter).
+    let spacing = (cfg.check_interval.as_secs_f64() * 0.8) as i64;
+    match obs.usage.cpu {
+        Reading::Value(v) if v > cfg.cpu_above => {
+            if mem.last_cpu_check.is_none_or(|t| now - t >= spacing) {
+                next.high_cpu_checks = mem.high_cpu_checks + 1;
+                next.last_cpu_check = Some(now);
+            }
+        }
+        _ => {
+            next.high_cpu_checks = 0;
+            next.last_cpu_check = None;
+        }
+    }
 
     let mut decision = Decision {
         action: Action::None,

@@ -209,6 +209,9 @@ pub struct Memory {
     pub low_since: Option<i64>,
     pub last_scale_up: Option<i64>,
     pub last_scale_down: Option<i64>,
+    /// When a high-CPU check last counted.
+    #[serde(default)]
+    pub last_cpu_check: Option<i64>,
 }
 
 /// Policy knobs. Defaults: see `Default` and README "Policy".
@@ -233,6 +236,14 @@ pub struct PolicyConfig {
     pub after_scale_up: Duration,
     pub after_scale_down: Duration,
     pub max_node_provision_time: Duration,
+    /// The controller's interval: CPU checks count at most once per interval, so the extra
+    /// cycles of the pending-pod fast path cannot make "3 consecutive checks" pass in a second.
+    #[serde(default = "default_check_interval")]
+    pub check_interval: Duration,
+}
+
+fn default_check_interval() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl Default for PolicyConfig {
@@ -251,6 +262,7 @@ impl Default for PolicyConfig {
             after_scale_up: Duration::from_secs(300),
             after_scale_down: Duration::from_secs(0),
             max_node_provision_time: Duration::from_secs(900),
+            check_interval: default_check_interval(),
         }
     }
 }

@@ -474,3 +474,24 @@ fn at_most_one_rollback_per_decision_oldest_first() {
     assert_eq!(d.rollback, vec!["i-old".to_string()]);
     assert_eq!(d.in_flight, 2);
 }
+
+#[test]
+fn fast_path_cycles_do_not_count_as_extra_cpu_checks() {
+    let o = obs(vec![node("a", vec![])], vec![], 85.0, 40.0);
+    let cfg = PolicyConfig::default();
+    // Four decisions within one second (fast path): one check.
+    let mut m = Memory::default();
+    for t in 0..4 {
+        let (d, next) = decide(&o, &m, &cfg, NOW + t);
+        assert_eq!(d.action, Action::None);
+        m = next;
+    }
+    assert_eq!(m.high_cpu_checks, 1);
+    let (_, m) = decide(&o, &m, &cfg, NOW + 30);
+    let (d, _) = decide(&o, &m, &cfg, NOW + 60);
+    assert_eq!(
+        d.action,
+        Action::ScaleUp,
+        "third check a full interval later"
+    );
+}

@@ -50,6 +50,10 @@ pub struct ClusterSnapshot {
     pub pending: Vec<policy::Pod>,
     /// Labels worth exporting, per node (same order as `nodes`).
     pub meta: Vec<NodeMeta>,
+    /// Unschedulable pods no node like the workers could take (`ns/name`): a node selector none
+    /// of them matches, or an extended resource (e.g. a GPU) none of them offers. More of the
+    /// same nodes would not help, so they do not drive scale-ups.
+    pub unhelpable: Vec<String>,
 }
 
 /// A node's instance type, zone and capacity type, from its well-known labels.
@@ -204,6 +208,7 @@ pub fn to_policy(nodes: &[Node], pods: &[Pod], pdbs: &[PodDisruptionBudget]) -> 
         nodes: nodes.iter().map(node_view).collect(),
         pending: Vec::new(),
         meta: nodes.iter().map(node_meta).collect(),
+        unhelpable: Vec::new(),
     };
     let index: BTreeMap<String, usize> = out
         .nodes
@@ -235,11 +240,60 @@ pub fn to_policy(nodes: &[Node], pods: &[Pod], pdbs: &[PodDisruptionBudget]) -> 
                     out.nodes[i].pods.push(view);
                 }
             }
-            None if is_unschedulable(p) => out.pending.push(view),
+            None if is_unschedulable(p) => {
+                if new_node_could_take(p, nodes) {
+                    out.pending.push(view);
+                } else {
+                    out.unhelpable
+                        .push(format!("{}/{}", view.namespace, view.name));
+                }
+            }
             None => {}
         }
     }
     out
+}
+
+/// Whether a new node like the existing workers could take `pod`: its node selector matches
+/// some worker's labels and every extended resource it requests is on some worker. With no
+/// worker to compare with (a group scaled to zero), assume yes.
+fn new_node_could_take(pod: &Pod, nodes: &[Node]) -> bool {
+    let workers: Vec<&Node> = nodes
+        .iter()
+        .filter(|n| {
+            let labels = n.metadata.labels.as_ref();
+            !labels.is_some_and(|l| {
+                l.contains_key("node-role.kubernetes.io/control-plane")
+                    || l.contains_key("node-role.kubernetes.io/master")
+            })
+        })
+        .collect();
+    if workers.is_empty() {
+        return true;
+    }
+    let Some(spec) = &pod.spec else { return true };
+    let selector = spec.node_selector.clone().unwrap_or_default();
+    let extended: Vec<String> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .filter_map(|c| c.resources.as_ref()?.requests.as_ref())
+        .flat_map(|r| r.keys().cloned())
+        .filter(|k| {
+            !matches!(k.as_str(), "cpu" | "memory" | "ephemeral-storage")
+                && !k.starts_with("hugepages-")
+        })
+        .collect();
+    workers.iter().any(|n| {
+        let labels = n.metadata.labels.clone().unwrap_or_default();
+        let alloc = n
+            .status
+            .as_ref()
+            .and_then(|s| s.allocatable.clone())
+            .unwrap_or_default();
+        selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && extended.iter().all(|k| alloc.contains_key(k))
+    })
 }
 
 /// `aws:///us-east-1a/i-0abc` → `i-0abc`.
@@ -511,6 +565,31 @@ mod tests {
             &[pdb],
         );
         assert!(snap.nodes[0].pods[0].not_safe_to_evict);
+    }
+
+    #[test]
+    fn pending_pods_no_worker_could_take_do_not_count() {
+        let unschedulable = json!({"status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}});
+        let mut gpu = pod("gpu", None, unschedulable.clone());
+        gpu.spec.as_mut().unwrap().containers[0]
+            .resources
+            .as_mut()
+            .unwrap()
+            .requests
+            .as_mut()
+            .unwrap()
+            .insert(
+                "nvidia.com/gpu".into(),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity("1".into()),
+            );
+        let mut picky = pod("picky", None, unschedulable.clone());
+        picky.spec.as_mut().unwrap().node_selector =
+            Some([("disk".to_string(), "ssd".to_string())].into());
+        let plain = pod("plain", None, unschedulable);
+        let snap = to_policy(&[node("a", json!({}))], &[gpu, picky, plain], &[]);
+        assert_eq!(snap.pending.len(), 1);
+        assert_eq!(snap.pending[0].name, "plain");
+        assert_eq!(snap.unhelpable, vec!["default/gpu", "default/picky"]);
     }
 
     #[test]

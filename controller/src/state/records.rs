@@ -56,6 +56,7 @@ impl StoredState {
                 low_since: int(item, "low_since"),
                 last_scale_up: int(item, "last_scale_up"),
                 last_scale_down: int(item, "last_scale_down"),
+                last_cpu_check: int(item, "last_cpu_check"),
             },
             first_seen: map("first_seen"),
             ever_ready: map("ever_ready"),
@@ -82,6 +83,7 @@ impl StoredState {
             ("low_since", self.memory.low_since),
             ("last_scale_up", self.memory.last_scale_up),
             ("last_scale_down", self.memory.last_scale_down),
+            ("last_cpu_check", self.memory.last_cpu_check),
         ] {
             if let Some(v) = v {
                 item.insert(key.to_string(), n(v));
@@ -216,6 +218,7 @@ mod tests {
                 low_since: Some(100),
                 last_scale_up: None,
                 last_scale_down: Some(50),
+                last_cpu_check: Some(60),
             },
             first_seen: HashMap::from([("i-1".to_string(), 42)]),
             ever_ready: HashMap::from([("i-2".to_string(), 7)]),
