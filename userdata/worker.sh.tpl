@@ -4,7 +4,8 @@
 # writes it into /etc/rancher/k3s/config.yaml with mode 0600.
 #
 # Steps: verified agent binary from S3 -> k3s (installed, not started) -> agent config ->
-# `smartscale-agent join` (completes the launch lifecycle hook) -> `smartscale-agent run` as a unit.
+# `smartscale-agent run` as a unit, started before the join -> `smartscale-agent join` (completes
+# the launch lifecycle hook once the node is Ready).
 set -euo pipefail
 umask 022
 
@@ -74,8 +75,17 @@ cat >/etc/systemd/system/smartscale-agent.service <<'SMARTSCALE_EOF'
 SMARTSCALE_EOF
 systemctl daemon-reload
 
+# The drain daemon starts before the join: from the moment k3s registers the Node, pods can land on
+# it, and whatever terminates the instance from then on (a scale-in right after the launch hook, a
+# spot interruption during the join, a join that fails after the Node joined) must find the daemon
+# there to drain them. Until k3s has written the kubelet kubeconfig, `run` exits with an error and
+# systemd starts it again every 5 s (Restart=on-failure, no start limit): a few error lines at boot.
+systemctl enable smartscale-agent.service
+systemctl start --no-block smartscale-agent.service
+
 log "joining the cluster"
 env AWS_REGION="$REGION" /usr/local/bin/smartscale-agent --config /etc/smartscale/agent.yaml join
 
+# Already running; this makes sure of it (a no-op unless someone stopped it meanwhile).
 systemctl enable --now smartscale-agent.service
 log "worker bootstrap complete"

@@ -216,7 +216,8 @@ pub struct Settings {
     pub on_drain_timeout: OnDrainTimeout,
     pub eviction_concurrency: usize,
     pub rebalance_enabled: bool,
-    /// Override of the heartbeat period; `None`: half the terminate hook's HeartbeatTimeout.
+    /// Override of the heartbeat period of both hooks (launch: while `join` waits; terminate: while
+    /// draining); `None`: half the hook's HeartbeatTimeout.
     pub heartbeat_interval: Option<Duration>,
 }
 

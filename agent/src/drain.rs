@@ -7,9 +7,11 @@
 //!   without a controller are evicted: the node is going away, their data with it.
 //! - A refused eviction (429 from a PodDisruptionBudget, or any error) is retried with
 //!   exponential backoff per pod, bounded by the deadline; other pods are not held up by it.
-//! - A pod whose grace period would outlast the deadline is evicted with the time that is left.
+//! - A pod whose grace period would outlast the deadline is evicted with the time that is left
+//!   (at least 1 s); one round of evictions is sent even when no time is left at all.
 //! - The drain ends when no evictable or terminating pod is left, or at the deadline, with the
-//!   list of pods still there and why.
+//!   list of pods still there and why. The deadline is a [`Deadline`]: a later notice (a spot
+//!   interruption during an ASG termination) may bring it forward while the drain runs.
 
 use crate::k8s::{self, TaintOutcome};
 use crate::metrics::Metrics;
@@ -40,6 +42,32 @@ impl Default for DrainOptions {
     }
 }
 
+/// A drain deadline that a later, more urgent notice may bring forward (never push back). Read
+/// at every step of the drain, so a change applies within one poll.
+#[derive(Debug)]
+pub struct Deadline(std::sync::Mutex<Instant>);
+
+impl Deadline {
+    pub fn new(at: Instant) -> Self {
+        Deadline(std::sync::Mutex::new(at))
+    }
+
+    pub fn get(&self) -> Instant {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the deadline to `at` if that is sooner; whether it moved.
+    pub fn bring_forward(&self, at: Instant) -> bool {
+        let mut current = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if at < *current {
+            *current = at;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// How a drain ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DrainReport {
@@ -62,6 +90,24 @@ pub async fn cordon_and_taint(
     node: &str,
     reason: &str,
     deadline: Instant,
+) -> Result<()> {
+    cordon_and_taint_until(
+        node_client,
+        taint_client,
+        node,
+        reason,
+        &Deadline::new(deadline),
+    )
+    .await
+}
+
+/// [`cordon_and_taint`] with a deadline that may be brought forward meanwhile.
+pub async fn cordon_and_taint_until(
+    node_client: &kube::Client,
+    taint_client: Option<&kube::Client>,
+    node: &str,
+    reason: &str,
+    deadline: &Deadline,
 ) -> Result<()> {
     retry_until(deadline, "cordon", || {
         k8s::cordon(node_client, node, reason)
@@ -88,7 +134,7 @@ pub async fn cordon_and_taint(
     Ok(())
 }
 
-async fn retry_until<T, F, Fut>(deadline: Instant, what: &str, mut op: F) -> Result<T>
+async fn retry_until<T, F, Fut>(deadline: &Deadline, what: &str, mut op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
@@ -97,7 +143,7 @@ where
     loop {
         match op().await {
             Ok(v) => return Ok(v),
-            Err(e) if e.is_permanent() || Instant::now() + backoff(tries) >= deadline => {
+            Err(e) if e.is_permanent() || Instant::now() + backoff(tries) >= deadline.get() => {
                 return Err(e);
             }
             Err(e) => {
@@ -218,11 +264,22 @@ async fn evict(client: &kube::Client, pod: &Pod, deadline: Instant) -> Attempt {
 
 /// Evicts every evictable pod on `node` and waits until they are gone, or until `deadline`.
 /// Errors only if the pods could never be listed at all.
-#[tracing::instrument(skip_all, fields(node))]
 pub async fn drain_pods(
     client: &kube::Client,
     node: &str,
     deadline: Instant,
+    opts: &DrainOptions,
+    metrics: &Metrics,
+) -> Result<DrainReport> {
+    drain_pods_until(client, node, &Deadline::new(deadline), opts, metrics).await
+}
+
+/// [`drain_pods`] with a deadline that may be brought forward while it runs.
+#[tracing::instrument(skip_all, fields(node))]
+pub async fn drain_pods_until(
+    client: &kube::Client,
+    node: &str,
+    deadline_cell: &Deadline,
     opts: &DrainOptions,
     metrics: &Metrics,
 ) -> Result<DrainReport> {
@@ -234,8 +291,12 @@ pub async fn drain_pods(
     let mut last_seen: Option<Vec<(String, Class)>> = None;
     let mut list_failing = false;
     let mut logged_skips = false;
+    // One round of evictions is sent even with no time left (a spot notice already due): each pod
+    // then gets at least a second of grace, instead of none.
+    let mut rounds = 0u32;
     loop {
         let now = Instant::now();
+        let deadline = deadline_cell.get();
         let pods = match pods_api.list(&list_params).await {
             Ok(list) => list.items,
             Err(e) => {
@@ -260,7 +321,7 @@ pub async fn drain_pods(
                     tracing::warn!(node, error = %k8s::describe(&e), "cannot list the node's pods; retrying");
                     list_failing = true;
                 }
-                tokio::time::sleep(opts.poll.min(deadline - now)).await;
+                tokio::time::sleep(opts.poll.min(deadline.saturating_duration_since(now))).await;
                 continue;
             }
         };
@@ -303,7 +364,7 @@ pub async fn drain_pods(
                 took,
             });
         }
-        if now >= deadline {
+        if now >= deadline && rounds > 0 {
             let left: Vec<String> = remaining
                 .iter()
                 .map(|(p, c)| {
@@ -339,6 +400,7 @@ pub async fn drain_pods(
             .buffer_unordered(opts.concurrency.max(1))
             .collect()
             .await;
+        rounds += 1;
         for (pod, attempt) in attempts {
             let uid = pod.metadata.uid.clone().unwrap_or_default();
             match attempt {
@@ -373,7 +435,7 @@ pub async fn drain_pods(
         let now = Instant::now();
         let wake = next_retry
             .map_or(now + opts.poll, |at| at.min(now + opts.poll))
-            .min(deadline)
+            .min(deadline_cell.get())
             .max(now);
         tokio::time::sleep_until(wake.into()).await;
     }
@@ -415,6 +477,16 @@ mod tests {
         assert_eq!(classify(&rs), Class::Evict);
         assert_eq!(classify(&bare_with_empty_dir), Class::Evict);
         assert_eq!(classify(&going), Class::Terminating);
+    }
+
+    #[test]
+    fn a_deadline_only_moves_forward() {
+        let t = Instant::now() + Duration::from_secs(600);
+        let d = Deadline::new(t);
+        assert!(!d.bring_forward(t + Duration::from_secs(1)));
+        assert_eq!(d.get(), t);
+        assert!(d.bring_forward(t - Duration::from_secs(510)));
+        assert_eq!(d.get(), t - Duration::from_secs(510));
     }
 
     #[test]

@@ -7,16 +7,29 @@
 //! ASG then replaces the instance), removes the k3s config it wrote (it holds the token), and
 //! ends with an error that says what failed.
 //!
+//! The launch action's clock started at launch, before this boot: `join` heartbeats it (every half
+//! HeartbeatTimeout, or `heartbeat_interval`) from the start, so a slow boot does not let it time
+//! out. If the action ends anyway (timed out, abandoned by someone else) before the Node is Ready
+//! and the instance is not in service, the join fails at once. CONTINUE is retried with backoff
+//! (heartbeats go on) within the action's remaining time; when AWS says no action waits any more,
+//! the instance's lifecycle state decides: in service → joined (an earlier answer of ours went
+//! through, or the hook's default result is CONTINUE), anything else → failed.
+//!
 //! The token exists in this process's memory and in the k3s config file only: never in a log
 //! line, never in a child's arguments or environment.
 
 use crate::aws::{self, Secret};
 use crate::config::{Config, Settings};
 use crate::imds::{Imds, InstanceInfo};
-use crate::lifecycle::{ActionResult, Completion, Lifecycle};
+use crate::lifecycle::{
+    self, ActionResult, COMPLETE_RETRY_FIRST, COMPLETE_RETRY_MAX, Completion, Heartbeats,
+    HookTiming, LAUNCHED_STATES, Lifecycle, MAX_GLOBAL_TIMEOUT, Retried, RetryPolicy,
+};
+use crate::metrics::Metrics;
 use crate::{Error, Result, k8s};
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Labels the agent always sets (docs/interfaces.md, "Node labels set by the agent").
@@ -27,6 +40,7 @@ pub const LABEL_NODE_GROUP: &str = "smartscale.io/node-group";
 
 #[tracing::instrument(skip_all)]
 pub async fn join(config: &Config) -> Result<()> {
+    let started = Instant::now();
     let imds = Imds::from_env()?;
     let instance = imds.instance().await?;
     tracing::info!(
@@ -42,7 +56,7 @@ pub async fn join(config: &Config) -> Result<()> {
     let asg = aws::asg_name(&sdk, &instance).await?;
     let launch = match (&asg, &settings.launch_hook_name) {
         (Some(asg), Some(hook)) => Some((
-            Lifecycle::new(&sdk, asg, &instance.instance_id),
+            Arc::new(Lifecycle::new(&sdk, asg, &instance.instance_id)),
             hook.clone(),
         )),
         _ => {
@@ -52,29 +66,36 @@ pub async fn join(config: &Config) -> Result<()> {
             None
         }
     };
+    let keepalive = match &launch {
+        Some((lifecycle, hook)) => {
+            Some(keep_alive(lifecycle, hook, settings.heartbeat_interval, started).await)
+        }
+        None => None,
+    };
 
-    match bootstrap(config, &settings, &instance, asg.as_deref(), &sdk).await {
+    let joined = tokio::select! {
+        r = bootstrap(config, &settings, &instance, asg.as_deref(), &sdk) => r,
+        e = launch_ended(launch.as_ref(), keepalive.as_ref()) => Err(e),
+    };
+    match joined {
         Ok(()) => {
-            if let Some((lifecycle, hook)) = &launch {
-                match lifecycle.complete(hook, ActionResult::Continue).await {
-                    Ok(Completion::Completed) => {}
-                    Ok(Completion::NoActiveAction(message)) => tracing::warn!(
-                        %message,
-                        "the launch lifecycle action was no longer waiting (timed out?); the node joined anyway"
-                    ),
-                    Err(e) => return Err(e),
-                }
+            if let (Some((lifecycle, hook)), Some(keepalive)) = (&launch, &keepalive) {
+                continue_launch(lifecycle, hook, keepalive).await?;
             }
             tracing::info!(node = %instance.hostname, "joined: node Ready");
             Ok(())
         }
         Err(e) => {
             tracing::error!(error = %e, "join failed");
+            drop(keepalive);
             remove_k3s_config(&config.k3s_config_path);
             if let Some((lifecycle, hook)) = &launch {
                 match lifecycle.complete(hook, ActionResult::Abandon).await {
-                    Ok(_) => {
+                    Ok(Completion::Completed) => {
                         tracing::info!(hook = %hook, "launch lifecycle action abandoned; the Auto Scaling group replaces this instance")
+                    }
+                    Ok(Completion::NoActiveAction(_)) => {
+                        tracing::info!(hook = %hook, "no launch lifecycle action left to abandon")
                     }
                     Err(abandon) => {
                         tracing::error!(error = %abandon, "could not abandon the launch lifecycle action; it times out to its default result")
@@ -83,6 +104,115 @@ pub async fn join(config: &Config) -> Result<()> {
             }
             Err(e)
         }
+    }
+}
+
+/// The launch action kept alive while `join` works.
+struct KeepAlive {
+    heartbeats: Heartbeats,
+    /// The action cannot outlive this: it began before this process, at most its global timeout ago.
+    until: Instant,
+}
+
+async fn keep_alive(
+    lifecycle: &Arc<Lifecycle>,
+    hook: &str,
+    configured: Option<Duration>,
+    started: Instant,
+) -> KeepAlive {
+    let timing = match lifecycle.timing(hook).await {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the launch hook's timeouts");
+            None
+        }
+    };
+    let interval = HookTiming::interval(timing, configured);
+    KeepAlive {
+        heartbeats: lifecycle.spawn_heartbeats(
+            hook,
+            interval,
+            timing.map(|t| t.heartbeat_timeout),
+            Arc::new(Metrics::new()),
+        ),
+        until: started + timing.map_or(MAX_GLOBAL_TIMEOUT, |t| t.global_timeout),
+    }
+}
+
+/// `CompleteLifecycleAction(launch hook, CONTINUE)`, retried with backoff while the heartbeats
+/// keep the action alive. If no action waits any more, the instance's lifecycle state tells
+/// whether the launch went through.
+async fn continue_launch(lifecycle: &Lifecycle, hook: &str, keepalive: &KeepAlive) -> Result<()> {
+    let outcome = lifecycle::complete_until(
+        "launch",
+        || lifecycle.complete(hook, ActionResult::Continue),
+        Some(keepalive.heartbeats.status()),
+        RetryPolicy {
+            first: COMPLETE_RETRY_FIRST,
+            max: COMPLETE_RETRY_MAX,
+            until: keepalive.until,
+        },
+    )
+    .await;
+    let why = match outcome {
+        Retried::Answered(Completion::Completed) => return Ok(()),
+        Retried::Answered(Completion::NoActiveAction(message)) => message,
+        Retried::Gone => "the heartbeats found no action waiting any more".to_string(),
+        Retried::GaveUp(e) => format!("gave up retrying CONTINUE: {e}"),
+    };
+    match lifecycle.instance_state().await {
+        Ok(Some(state)) if LAUNCHED_STATES.contains(&state.as_str()) => {
+            tracing::warn!(
+                %state,
+                %why,
+                "the launch lifecycle action was no longer waiting, but the instance is in service"
+            );
+            Ok(())
+        }
+        _ => Err(hook_gone(lifecycle, hook, why).await),
+    }
+}
+
+/// Resolves, with the error, once the launch action no longer waits while the node is not Ready
+/// yet and the instance is not in service (abandoned, or timed out to ABANDON): the group stopped
+/// waiting for this join. Never otherwise: an instance already in service (the hook's default
+/// result was CONTINUE, or `join` runs again on a running node) goes on joining.
+async fn launch_ended(
+    launch: Option<&(Arc<Lifecycle>, String)>,
+    keepalive: Option<&KeepAlive>,
+) -> Error {
+    let (Some((lifecycle, hook)), Some(keepalive)) = (launch, keepalive) else {
+        return std::future::pending().await;
+    };
+    lifecycle::gone(Some(keepalive.heartbeats.status())).await;
+    let state = lifecycle.instance_state().await;
+    if let Ok(Some(state)) = &state
+        && LAUNCHED_STATES.contains(&state.as_str())
+    {
+        tracing::warn!(
+            %state,
+            "no launch lifecycle action waits any more, but the instance is in service; going on with the join"
+        );
+        return std::future::pending().await;
+    }
+    gone_error(hook, "it ended before the node was Ready".into(), state)
+}
+
+/// The error for a launch action that no longer waits, with the instance's lifecycle state.
+async fn hook_gone(lifecycle: &Lifecycle, hook: &str, why: String) -> Error {
+    gone_error(hook, why, lifecycle.instance_state().await)
+}
+
+fn gone_error(hook: &str, why: String, state: Result<Option<String>>) -> Error {
+    let state = match state {
+        Ok(Some(state)) => state,
+        Ok(None) => "no longer in its Auto Scaling group".to_string(),
+        Err(e) => format!("unknown ({e})"),
+    };
+    Error::LaunchHookGone {
+        hook: hook.to_string(),
+        why,
+        state,
     }
 }
 

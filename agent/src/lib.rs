@@ -66,6 +66,18 @@ pub enum Error {
         timeout: String,
         last: String,
     },
+    #[error(
+        "the launch lifecycle action ({hook}) no longer waits ({why}); the instance is {state}: the Auto Scaling group stopped waiting for this join (abandoned or timed out)"
+    )]
+    LaunchHookGone {
+        hook: String,
+        why: String,
+        state: String,
+    },
+    #[error(
+        "drain of node {node} interrupted (SIGINT or SIGTERM); the node stays cordoned (`kubectl uncordon {node}` to undo) and nothing will resume this drain"
+    )]
+    Interrupted { node: String },
     #[error("drain of node {node} ended with {} pod(s) left: {}", left.len(), left.join(", "))]
     DrainIncomplete { node: String, left: Vec<String> },
     #[error("metrics endpoint {address}: {source}")]

@@ -1,22 +1,44 @@
 //! Answering the Auto Scaling group's lifecycle hooks for this instance, by instance id (the
 //! agent never sees the action token): `CompleteLifecycleAction` with CONTINUE or ABANDON, and
-//! `RecordLifecycleActionHeartbeat` every half heartbeat timeout while the drain runs.
+//! `RecordLifecycleActionHeartbeat` every half heartbeat timeout while `join` waits for the Node
+//! and while the drain runs, until the action is answered.
 //!
-//! Exactly once: [`Lifecycle::complete`] is called once per action by the pipeline, which also
-//! records it on disk before acting on anything else. The SDK retries transient failures; if a
-//! retried call finds no action any more ("No active Lifecycle Action"), the first attempt went
-//! through (or the hook timed out): that is [`Completion::NoActiveAction`], not an error.
+//! Exactly once: the pipeline records a completion on disk and never sends it again. The SDK
+//! retries transient failures; if a retried call finds no action any more ("No active Lifecycle
+//! Action"), the first attempt went through (or the hook timed out): that is
+//! [`Completion::NoActiveAction`], not an error. Other failures (throttling beyond the SDK's
+//! retries, AccessDenied, a wrong hook name) are retried by [`complete_until`] with backoff while
+//! the heartbeats keep the action alive, until the action ends or its time is up.
 
 use crate::aws::describe;
 use crate::metrics::Metrics;
 use crate::{Error, Result};
 use aws_sdk_autoscaling::error::ProvideErrorMetadata;
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// When the hook's heartbeat timeout cannot be read: safe for any hook (AWS's minimum is 30 s).
 pub const FALLBACK_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
+/// No lifecycle action outlives this (AWS: GlobalTimeout is at most 48 hours): the bound when the
+/// hook's own global timeout cannot be read.
+pub const MAX_GLOBAL_TIMEOUT: Duration = Duration::from_secs(48 * 3600);
+/// Backoff between retries of `CompleteLifecycleAction`.
+pub const COMPLETE_RETRY_FIRST: Duration = Duration::from_secs(1);
+pub const COMPLETE_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Lifecycle states of an instance whose launch went through: its launch action is over and the
+/// group keeps it (`join` succeeded even if its own CONTINUE answer was lost).
+pub const LAUNCHED_STATES: &[&str] = &[
+    "InService",
+    "Pending:Proceed",
+    "Warmed:Pending:Proceed",
+    "Warmed:Running",
+    "Warmed:Stopped",
+    "Warmed:Hibernated",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ActionResult {
@@ -45,6 +67,16 @@ pub enum Completion {
 pub struct HookTiming {
     pub heartbeat_timeout: Duration,
     pub global_timeout: Duration,
+}
+
+impl HookTiming {
+    /// The heartbeat period: `configured`, else half the heartbeat timeout, else
+    /// [`FALLBACK_HEARTBEAT_INTERVAL`].
+    pub fn interval(timing: Option<HookTiming>, configured: Option<Duration>) -> Duration {
+        configured
+            .or(timing.map(|t| t.heartbeat_timeout / 2))
+            .unwrap_or(FALLBACK_HEARTBEAT_INTERVAL)
+    }
 }
 
 /// This instance's lifecycle actions in its Auto Scaling group.
@@ -124,6 +156,26 @@ impl Lifecycle {
         }
     }
 
+    /// This instance's lifecycle state in its group (`InService`, `Terminating:Wait`, …;
+    /// `DescribeAutoScalingInstances`), `None` if the group no longer lists it.
+    pub async fn instance_state(&self) -> Result<Option<String>> {
+        let out = self
+            .client
+            .describe_auto_scaling_instances()
+            .instance_ids(&self.instance_id)
+            .send()
+            .await
+            .map_err(|e| Error::AutoScaling {
+                action: "DescribeAutoScalingInstances",
+                message: describe(&e),
+            })?;
+        Ok(out
+            .auto_scaling_instances()
+            .first()
+            .and_then(|i| i.lifecycle_state())
+            .map(str::to_string))
+    }
+
     /// The hook's heartbeat and global timeouts.
     pub async fn timing(&self, hook: &str) -> Result<HookTiming> {
         let out = self
@@ -157,15 +209,18 @@ impl Lifecycle {
     }
 
     /// Heartbeats every `interval` (first one at once) until the returned guard is dropped or
-    /// no action is waiting any more.
+    /// no action is waiting any more. `heartbeat_timeout` (if known) tells how long each accepted
+    /// heartbeat keeps the action alive ([`HeartbeatState::alive_until`]).
     pub fn spawn_heartbeats(
         self: &Arc<Self>,
         hook: &str,
         interval: Duration,
+        heartbeat_timeout: Option<Duration>,
         metrics: Arc<Metrics>,
     ) -> Heartbeats {
         let this = self.clone();
         let hook = hook.to_string();
+        let (state, status) = watch::channel(HeartbeatState::default());
         let task = tokio::spawn(async move {
             tracing::info!(
                 hook,
@@ -174,38 +229,282 @@ impl Lifecycle {
             );
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failing = false;
             loop {
                 ticker.tick().await;
                 match this.heartbeat(&hook).await {
                     Ok(true) => {
                         metrics.heartbeat();
                         tracing::debug!(hook, "heartbeat recorded");
+                        if std::mem::take(&mut failing) {
+                            tracing::info!(hook, "heartbeats accepted again");
+                        }
+                        let until = heartbeat_timeout.map(|t| Instant::now() + t);
+                        state.send_modify(|s| s.alive_until = until);
                     }
                     Ok(false) => {
                         tracing::warn!(
                             hook,
                             "no lifecycle action is waiting any more; heartbeats stop"
                         );
+                        state.send_modify(|s| s.gone = true);
                         return;
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "heartbeat failed; trying again next period")
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "heartbeat failed; trying again every period")
                     }
+                    Err(e) => tracing::debug!(error = %e, "heartbeat failed again"),
                 }
             }
         });
-        Heartbeats { task }
+        Heartbeats { task, status }
     }
+}
+
+/// What the heartbeats know about the action they keep alive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeartbeatState {
+    /// AWS answered that no action waits any more (completed, abandoned or timed out).
+    pub gone: bool,
+    /// The last accepted heartbeat keeps the action alive until then (if the hook's heartbeat
+    /// timeout is known).
+    pub alive_until: Option<Instant>,
 }
 
 /// Running heartbeats; dropping it stops them.
 #[derive(Debug)]
 pub struct Heartbeats {
     task: JoinHandle<()>,
+    status: watch::Receiver<HeartbeatState>,
+}
+
+impl Heartbeats {
+    /// A view of the heartbeats' state, for [`complete_until`] and [`gone`].
+    pub fn status(&self) -> watch::Receiver<HeartbeatState> {
+        self.status.clone()
+    }
 }
 
 impl Drop for Heartbeats {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Resolves once the heartbeats learn that no action waits any more; never without them.
+pub async fn gone(status: Option<watch::Receiver<HeartbeatState>>) {
+    match status {
+        Some(mut s) => {
+            if s.wait_for(|s| s.gone).await.is_err() {
+                // The heartbeats stopped (dropped) without learning anything.
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// How [`complete_until`] retries.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub first: Duration,
+    pub max: Duration,
+    /// Give up here: the action cannot outlive it.
+    pub until: Instant,
+}
+
+/// How a retried completion ended.
+#[derive(Debug)]
+pub enum Retried {
+    Answered(Completion),
+    /// The heartbeats learned that no action waits any more (it ended: perhaps an earlier
+    /// attempt of ours went through with its answer lost, perhaps it timed out).
+    Gone,
+    /// `until` passed, or the last accepted heartbeat's keep-alive ran out, with this last error.
+    GaveUp(Error),
+}
+
+/// Calls `attempt` (one `CompleteLifecycleAction`) until AWS answers it, retrying failures with
+/// exponential backoff. Stops early when the heartbeats in `status` learn the action is gone,
+/// and gives up at `policy.until` or when the last accepted heartbeat's keep-alive has run out
+/// (the action has timed out then).
+pub async fn complete_until<F, Fut>(
+    what: &str,
+    mut attempt: F,
+    status: Option<watch::Receiver<HeartbeatState>>,
+    policy: RetryPolicy,
+) -> Retried
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Completion>>,
+{
+    let mut wait = policy.first;
+    let mut tries = 0u32;
+    loop {
+        let error = match attempt().await {
+            Ok(c) => return Retried::Answered(c),
+            Err(e) => e,
+        };
+        tries += 1;
+        let state = status.as_ref().map(|s| *s.borrow()).unwrap_or_default();
+        if state.gone {
+            return Retried::Gone;
+        }
+        let now = Instant::now();
+        let until = state
+            .alive_until
+            .map_or(policy.until, |a| a.min(policy.until));
+        if now >= until {
+            return Retried::GaveUp(error);
+        }
+        let pause = wait.min(until - now);
+        tracing::warn!(
+            error = %error,
+            tries,
+            retry_in_ms = pause.as_millis() as u64,
+            give_up_in_s = (until - now).as_secs(),
+            "could not complete the {what} lifecycle action; retrying"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = gone(status.clone()) => return Retried::Gone,
+        }
+        wait = (wait * 2).min(policy.max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn denied() -> Error {
+        Error::AutoScaling {
+            action: "CompleteLifecycleAction",
+            message: "AccessDenied".into(),
+        }
+    }
+
+    fn policy(until: Duration) -> RetryPolicy {
+        RetryPolicy {
+            first: Duration::from_millis(10),
+            max: Duration::from_millis(40),
+            until: Instant::now() + until,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_completion_is_retried_until_aws_takes_it() {
+        let calls = AtomicU32::new(0);
+        let out = complete_until(
+            "test",
+            || async {
+                match calls.fetch_add(1, Ordering::SeqCst) {
+                    0..=2 => Err(denied()),
+                    _ => Ok(Completion::Completed),
+                }
+            },
+            None,
+            policy(Duration::from_secs(10)),
+        )
+        .await;
+        assert!(
+            matches!(out, Retried::Answered(Completion::Completed)),
+            "{out:?}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_permanent_error_gives_up_at_the_global_timeout() {
+        let started = Instant::now();
+        let calls = AtomicU32::new(0);
+        let out = complete_until(
+            "test",
+            || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(denied())
+            },
+            None,
+            policy(Duration::from_millis(300)),
+        )
+        .await;
+        let took = started.elapsed();
+        assert!(
+            matches!(out, Retried::GaveUp(Error::AutoScaling { .. })),
+            "{out:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(300),
+            "gave up early: {took:?}"
+        );
+        assert!(took < Duration::from_secs(3), "gave up late: {took:?}");
+        assert!(calls.load(Ordering::SeqCst) >= 3);
+    }
+
+    #[tokio::test]
+    async fn heartbeats_that_find_no_action_stop_the_retries() {
+        let (state, status) = watch::channel(HeartbeatState::default());
+        let out = tokio::time::timeout(Duration::from_secs(5), async {
+            let retried = complete_until(
+                "test",
+                || async { Err(denied()) },
+                Some(status),
+                policy(Duration::from_secs(60)),
+            );
+            tokio::pin!(retried);
+            // Still retrying while the action is alive...
+            assert!(
+                tokio::time::timeout(Duration::from_millis(200), &mut retried)
+                    .await
+                    .is_err()
+            );
+            state.send_modify(|s| s.gone = true);
+            retried.await
+        })
+        .await
+        .expect("stops once the action is gone");
+        assert!(matches!(out, Retried::Gone), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn an_expired_keep_alive_ends_the_retries() {
+        // The last accepted heartbeat kept the action alive until 100 ms from now; heartbeats fail
+        // since (say AccessDenied too): the action has timed out then, long before `until`.
+        let (_state, status) = watch::channel(HeartbeatState {
+            gone: false,
+            alive_until: Some(Instant::now() + Duration::from_millis(100)),
+        });
+        let started = Instant::now();
+        let out = complete_until(
+            "test",
+            || async { Err(denied()) },
+            Some(status),
+            policy(Duration::from_secs(60)),
+        )
+        .await;
+        assert!(matches!(out, Retried::GaveUp(_)), "{out:?}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn heartbeat_interval_is_configured_or_half_the_timeout() {
+        let t = HookTiming {
+            heartbeat_timeout: Duration::from_secs(300),
+            global_timeout: Duration::from_secs(30000),
+        };
+        assert_eq!(
+            HookTiming::interval(Some(t), None),
+            Duration::from_secs(150)
+        );
+        assert_eq!(
+            HookTiming::interval(Some(t), Some(Duration::from_secs(5))),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            HookTiming::interval(None, None),
+            FALLBACK_HEARTBEAT_INTERVAL
+        );
     }
 }

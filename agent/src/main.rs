@@ -74,7 +74,16 @@ fn main() -> ExitCode {
             Command::Run => run::run(config).await,
             Command::Drain { reason } => {
                 let ctx = Arc::new(Context::build(config).await?);
-                let report = Pipeline::new(ctx).drain_once(&reason).await?;
+                let node = ctx.node.clone();
+                let pipeline = Pipeline::new(ctx);
+                // Ctrl-C or SIGTERM drops the drain: it removes its record on the way out, so
+                // no later notice takes it for a drain in progress.
+                let report = tokio::select! {
+                    r = pipeline.drain_once(&reason) => r?,
+                    () = smartscale_common::shutdown::signal() => {
+                        return Err(Error::Interrupted { node });
+                    }
+                };
                 tracing::info!(evicted = report.evicted, "drain finished");
                 Ok(())
             }

@@ -31,11 +31,14 @@ pub async fn run(config: Config) -> Result<()> {
         }
     }
     let (tx, rx) = mpsc::channel(8);
+    // The pipeline hands back the sources of a pass that failed, to be reported again.
+    let (rearm_tx, rearm_rx) = mpsc::unbounded_channel();
     let watcher = sources::watch(
         ctx.imds.clone(),
         watched,
         ctx.config.poll_interval,
         tx,
+        rearm_rx,
         ctx.metrics.clone(),
     );
     let pipeline = Pipeline::new(ctx.clone());
@@ -46,7 +49,7 @@ pub async fn run(config: Config) -> Result<()> {
             tracing::info!("stopping without draining (a stop is not a termination)");
             Ok(())
         }
-        r = pipeline.run(rx) => r,
+        r = pipeline.run(rx, rearm_tx) => r,
         () = watcher => Ok(()),
     };
     let _ = stop.send(true);

@@ -1,7 +1,9 @@
 //! `smartscale-agent run` and `drain` against the test world: the ASG termination hook, spot
 //! interruption, PodDisruptionBudgets held past the heartbeat timeout (both `on_drain_timeout`
 //! policies), a kill mid-drain (the hook completed exactly once), a manual drain, and an API
-//! server that does not answer.
+//! server that does not answer. Then what went wrong once: a stale manual-drain record, a manual
+//! drain stopped early, an API server away for longer than the heartbeat timeout, a failed pass,
+//! a refused completion, and a spot notice during an ASG termination.
 //!
 //! Each test has one worker: an instance of the AWS model's group, its fake IMDS, a fake API
 //! server where its Node is registered, and the agent with the node's own kubelet identity.
@@ -193,6 +195,32 @@ impl Worker {
     async fn metrics(&self) -> String {
         metrics_text(self.metrics_port).await
     }
+
+    /// Puts a [`Gate`] between the agent and the API server (the node's kubeconfig points at it).
+    fn gate_api(&self, gate: &Gate) {
+        let kubeconfig = self
+            .api
+            .kubeconfig(Some(NODE_TOKEN))
+            .replace(&self.api.url(), &gate.url);
+        std::fs::write(self.dir.path().join("kubelet.kubeconfig"), kubeconfig)
+            .expect("node kubeconfig through the gate");
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn marker_path(&self) -> PathBuf {
+        smartscale_agent::pipeline::marker_path(&self.state_dir())
+    }
+
+    fn free_pods(&self) -> Vec<String> {
+        self.evictable
+            .iter()
+            .filter(|p| p.contains("free"))
+            .cloned()
+            .collect()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,36 +348,15 @@ async fn spot_interruption_cordons_and_drains_before_the_deadline() {
     .await;
 }
 
-/// Advances the model clock by 10 s after each heartbeat the model answers, `steps` times or
-/// until the instance stops waiting; returns how far. Tied to heartbeats rather than to wall time,
-/// so a slow machine cannot make the clock outrun them: what is shown is that heartbeats keep the
-/// action alive past its 30 s HeartbeatTimeout, not how fast they come.
+/// Advances the model clock by 10 s after each heartbeat while the instance is
+/// `Terminating:Wait` (see [`support::advance_after_heartbeats`]); returns how far.
 async fn advance_after_heartbeats(w: &Worker, steps: usize) -> f64 {
     let proxy = w
         .proxy
         .as_ref()
         .expect("these tests count heartbeats through the proxy");
-    let mut advanced = 0.0;
-    for _ in 0..steps {
-        let seen = proxy.count("RecordLifecycleActionHeartbeat").1;
-        let waiting = eventually(
-            "a heartbeat or the end of the wait",
-            Duration::from_secs(20),
-            || async {
-                if w.lifecycle().await != "Terminating:Wait" {
-                    return Some(false);
-                }
-                (proxy.count("RecordLifecycleActionHeartbeat").1 > seen).then_some(true)
-            },
-        )
-        .await;
-        if !waiting {
-            break;
-        }
-        w.model.advance_clock(10.0).await.expect("advance clock");
-        advanced += 10.0;
-    }
-    advanced
+    support::advance_after_heartbeats(&w.model, proxy, &w.instance_id, "Terminating:Wait", steps)
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -606,6 +613,393 @@ async fn an_api_server_that_does_not_answer_is_a_clear_error() {
             assert!(!status.success(), "{log}");
             assert!(log.contains("the Kubernetes API server does not answer for node"), "{log}");
         }
+    })
+    .await;
+}
+
+fn unix_now() -> u64 {
+    jiff::Timestamp::now().as_second() as u64
+}
+
+/// An operator ran `drain`, stopped it early and uncordoned the node; its record stayed (the
+/// agent was killed). A week later the ASG terminates the instance: the pipeline must not take the
+/// record's long-past deadline (evicting nothing and completing the hook at once), but drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_manual_drain_record_does_not_cut_a_termination_short() {
+    let _serial = serial().await;
+    bounded(LIMIT, async {
+        let mut w = worker(GroupSpec::default(), &[("drain_timeout", "60s")], true, "").await;
+        w.add_pods(3, false).await;
+        let week_ago = unix_now() - 7 * 86_400;
+        let stale = smartscale_agent::pipeline::Marker {
+            source: "manual".into(),
+            detail: "kernel upgrade".into(),
+            started_at: week_ago,
+            deadline: week_ago + 600,
+            hook: false,
+            hook_since: None,
+            drained: false,
+            hook_completed: false,
+        };
+        let write_stale = || {
+            std::fs::create_dir_all(w.state_dir()).expect("state dir");
+            std::fs::write(
+                w.marker_path(),
+                serde_json::to_vec(&stale).expect("marker json"),
+            )
+            .expect("stale marker");
+        };
+        // At start-up, a manual drain older than its window is not resumed (even though the node
+        // is still cordoned), and its record goes.
+        kube::Api::<k8s_openapi::api::core::v1::Node>::all(w.admin.clone())
+            .patch(
+                &w.node,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(serde_json::json!({"spec": {"unschedulable": true}})),
+            )
+            .await
+            .expect("cordon");
+        write_stale();
+        let agent = w.run_agent("agent.log").await;
+        eventually(
+            "the stale record removed",
+            Duration::from_secs(5),
+            || async { (!w.marker_path().exists()).then_some(()) },
+        )
+        .await;
+        let log = agent.log();
+        assert!(
+            log.contains("ended unfinished longer ago than its drain window; not resuming it"),
+            "{log}"
+        );
+        assert!(!log.contains("resuming a manual drain"), "{log}");
+        // The daemon has been running all week when the record is left.
+        write_stale();
+
+        w.terminate().await;
+        wait_lifecycle(
+            &w.model,
+            &w.instance_id,
+            &["Terminated"],
+            Duration::from_secs(30),
+        )
+        .await;
+        agent
+            .wait_log("lifecycle action completed", Duration::from_secs(5))
+            .await;
+        let log = agent.log();
+        w.assert_evicted_properly(&w.evictable);
+        assert!(
+            log.contains("not resuming the unfinished drain on record"),
+            "{log}"
+        );
+        assert!(
+            !log.contains("resuming the drain a previous agent started"),
+            "{log}"
+        );
+        assert!(log.contains("node drained"), "{log}");
+        assert!(!log.contains("drain deadline passed"), "{log}");
+        assert_eq!(
+            w.proxy
+                .as_ref()
+                .expect("proxy")
+                .count("CompleteLifecycleAction"),
+            (1, 1)
+        );
+    })
+    .await;
+}
+
+/// `drain` stopped with Ctrl-C, and `drain` that cannot cordon: neither leaves a record behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_drain_that_stops_early_leaves_no_record() {
+    let _serial = serial().await;
+    bounded(LIMIT, async {
+        let mut w = worker(GroupSpec::default(), &[("drain_timeout", "60s")], false, "").await;
+        w.add_pods(1, true).await;
+
+        let mut agent = w.agent(&["drain", "--reason", "kernel upgrade"], "drain.log");
+        agent
+            .wait_log("eviction blocked", Duration::from_secs(20))
+            .await;
+        assert!(w.marker_path().exists(), "the drain records its progress");
+        agent.signal(SIGINT);
+        let status = agent.wait_exit(Duration::from_secs(10)).await;
+        let log = agent.log();
+        assert!(!status.success(), "{log}");
+        assert!(
+            !w.marker_path().exists(),
+            "the interrupted drain left its record:\n{log}"
+        );
+        assert!(log.contains("interrupted (SIGINT or SIGTERM)"), "{log}");
+        assert!(
+            log.contains("the manual drain ended early; removed its record"),
+            "{log}"
+        );
+        // The operator decides about the cordon.
+        assert!(smartscale_agent::k8s::is_cordoned(&node_obj(
+            &w.api, &w.node
+        )));
+
+        // The Node is gone: the cordon fails (404), the drain stops, nothing stays behind.
+        kube::Api::<k8s_openapi::api::core::v1::Node>::all(w.admin.clone())
+            .delete(&w.node, &Default::default())
+            .await
+            .expect("delete node");
+        let mut again = w.agent(&["drain"], "drain-2.log");
+        let status = again.wait_exit(Duration::from_secs(30)).await;
+        let log = again.log();
+        assert!(!status.success(), "{log}");
+        assert!(log.contains("cordoning node"), "{log}");
+        assert!(
+            !w.marker_path().exists(),
+            "the failed drain left its record: {log}"
+        );
+    })
+    .await;
+}
+
+/// The API server is away for longer than the hook's HeartbeatTimeout when the termination
+/// comes: the cordon retries, and the heartbeats (started before it) keep the hook alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_the_hook_alive_while_the_api_server_is_away() {
+    let _serial = serial().await;
+    bounded(LIMIT, async {
+        let settings = [("drain_timeout", "60s"), ("heartbeat_interval", "500ms")];
+        let mut w = worker(GroupSpec::default(), &settings, true, "").await;
+        w.add_pods(2, false).await;
+        let gate = Gate::start(&w.api.url()).await;
+        w.gate_api(&gate);
+        let agent = w.run_agent("agent.log").await;
+
+        gate.set_open(false);
+        w.terminate().await;
+        agent
+            .wait_log(
+                "cordon failed; retrying until the deadline",
+                Duration::from_secs(10),
+            )
+            .await;
+        // 40 s of model time, past the 30 s HeartbeatTimeout, without a cordon.
+        assert_eq!(
+            advance_after_heartbeats(&w, 4).await,
+            40.0,
+            "{}",
+            agent.log()
+        );
+        assert_eq!(w.lifecycle().await, "Terminating:Wait", "{}", agent.log());
+        assert!(!smartscale_agent::k8s::is_cordoned(&node_obj(
+            &w.api, &w.node
+        )));
+
+        gate.set_open(true);
+        wait_lifecycle(
+            &w.model,
+            &w.instance_id,
+            &["Terminated"],
+            Duration::from_secs(30),
+        )
+        .await;
+        w.assert_evicted_properly(&w.evictable);
+        let log = agent.log();
+        let at = |needle: &str| {
+            log.find(needle)
+                .unwrap_or_else(|| panic!("no `{needle}` in:\n{log}"))
+        };
+        assert!(at("heartbeating the lifecycle action") < at("node cordoned"));
+    })
+    .await;
+}
+
+/// A pass that fails (here its record cannot be read: the state directory is broken) is retried
+/// with the notice IMDS still shows, once the cause is gone, without waiting for a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_pass_is_retried_while_the_notice_is_there() {
+    let _serial = serial().await;
+    bounded(LIMIT, async {
+        let mut w = worker(GroupSpec::default(), &[("drain_timeout", "60s")], true, "").await;
+        w.add_pods(2, false).await;
+        let agent = w.run_agent("agent.log").await;
+        // A directory where the record should be: reading and writing it fail.
+        std::fs::create_dir_all(w.marker_path().join("in-the-way")).expect("block the marker");
+
+        w.terminate().await;
+        agent
+            .wait_log("termination pipeline failed", Duration::from_secs(10))
+            .await;
+        assert_eq!(w.lifecycle().await, "Terminating:Wait");
+        std::fs::remove_dir_all(w.marker_path()).expect("unblock the marker");
+
+        wait_lifecycle(
+            &w.model,
+            &w.instance_id,
+            &["Terminated"],
+            Duration::from_secs(30),
+        )
+        .await;
+        w.assert_evicted_properly(&w.evictable);
+        agent
+            .wait_log("lifecycle action completed", Duration::from_secs(5))
+            .await;
+        let log = agent.log();
+        assert!(log.contains("termination notice still there"), "{log}");
+        assert_eq!(
+            w.proxy
+                .as_ref()
+                .expect("proxy")
+                .count("CompleteLifecycleAction"),
+            (1, 1)
+        );
+        // One notice, however often it was handed over.
+        let metrics = w.metrics().await;
+        assert_eq!(
+            sample(
+                &metrics,
+                "smartscale_agent_events_total{source=\"target_lifecycle\"}"
+            ),
+            Some(1.0),
+            "{metrics}"
+        );
+    })
+    .await;
+}
+
+/// CompleteLifecycleAction refused (AccessDenied) after the drain: the agent retries, and its
+/// heartbeats keep the hook alive meanwhile, past the heartbeat timeout; once allowed, it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_completion_is_retried_while_heartbeats_keep_the_hook() {
+    let _serial = serial().await;
+    bounded(LIMIT, async {
+        let settings = [("drain_timeout", "60s"), ("heartbeat_interval", "500ms")];
+        let mut w = worker(GroupSpec::default(), &settings, true, "").await;
+        w.add_pods(2, false).await;
+        let proxy = w.proxy.as_ref().expect("proxy");
+        proxy.deny("CompleteLifecycleAction", u32::MAX);
+        let agent = w.run_agent("agent.log").await;
+
+        w.terminate().await;
+        eventually("a refused completion", Duration::from_secs(20), || async {
+            (proxy.count("CompleteLifecycleAction").0 > 0).then_some(())
+        })
+        .await;
+        // 40 s of model time after the drain, past the 30 s HeartbeatTimeout: still waiting.
+        assert_eq!(
+            advance_after_heartbeats(&w, 4).await,
+            40.0,
+            "{}",
+            agent.log()
+        );
+        assert_eq!(w.lifecycle().await, "Terminating:Wait", "{}", agent.log());
+        assert_eq!(proxy.count("CompleteLifecycleAction").1, 0);
+
+        proxy.allow("CompleteLifecycleAction");
+        wait_lifecycle(
+            &w.model,
+            &w.instance_id,
+            &["Terminated"],
+            Duration::from_secs(45),
+        )
+        .await;
+        agent
+            .wait_log("lifecycle action completed", Duration::from_secs(5))
+            .await;
+        let (tries, answered) = proxy.count("CompleteLifecycleAction");
+        assert!(tries >= 2, "{tries}");
+        assert_eq!(answered, 1);
+        w.assert_evicted_properly(&w.evictable);
+        assert!(
+            agent
+                .log()
+                .contains("could not complete the terminate lifecycle action; retrying"),
+            "{}",
+            agent.log()
+        );
+    })
+    .await;
+}
+
+/// A spot interruption during an ASG termination's drain: its 2-minute notice brings the drain's
+/// deadline forward (here a notice with 3 s left), the hook is completed before the instance goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spot_notice_during_a_termination_brings_the_deadline_forward() {
+    let _serial = serial().await;
+    bounded(LIMIT, async {
+        let spec = GroupSpec {
+            spot: true,
+            ..GroupSpec::default()
+        };
+        let settings = [("drain_timeout", "10m"), ("heartbeat_interval", "1s")];
+        let mut w = worker(spec, &settings, true, "").await;
+        w.add_pods(2, true).await;
+        let agent = w.run_agent("agent.log").await;
+
+        w.terminate().await;
+        agent
+            .wait_log("eviction blocked", Duration::from_secs(20))
+            .await;
+        let injected = Instant::now();
+        w.imds.inject_spot_instance_action(
+            "terminate",
+            jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3),
+        );
+        wait_lifecycle(
+            &w.model,
+            &w.instance_id,
+            &["Terminated"],
+            Duration::from_secs(20),
+        )
+        .await;
+        let took = injected.elapsed();
+        eprintln!("completed {} ms after the spot notice", took.as_millis());
+        assert!(took < Duration::from_secs(15), "took {took:?}");
+        let log = agent.log();
+        assert!(
+            log.contains("a later notice brings the drain deadline forward"),
+            "{log}"
+        );
+        assert!(
+            log.contains("drain deadline passed with 1 pod(s) left on the node"),
+            "{log}"
+        );
+        w.assert_evicted_properly(&w.free_pods());
+    })
+    .await;
+}
+
+/// A spot notice whose action time has already passed leaves no drain time (not the full 90 s):
+/// one round of evictions goes out, then the drain ends at once with what is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spot_notice_already_due_leaves_no_drain_time() {
+    let _serial = serial().await;
+    bounded(LIMIT, async {
+        let spec = GroupSpec {
+            spot: true,
+            terminate_hook: false,
+            ..GroupSpec::default()
+        };
+        let mut w = worker(spec, &[], false, "").await;
+        w.add_pods(2, true).await;
+        let agent = w.run_agent("agent.log").await;
+
+        w.imds.inject_spot_instance_action(
+            "terminate",
+            jiff::Timestamp::now() - jiff::SignedDuration::from_secs(10),
+        );
+        let t0 = Instant::now();
+        agent
+            .wait_log("drain deadline passed with", Duration::from_secs(10))
+            .await;
+        let took = t0.elapsed();
+        eprintln!(
+            "spot notice already due: drain ended after {} ms",
+            took.as_millis()
+        );
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+        assert!(smartscale_agent::k8s::is_cordoned(&node_obj(
+            &w.api, &w.node
+        )));
+        w.assert_evicted_properly(&w.free_pods());
+        assert!(agent.log().contains("default/guarded-0"), "{}", agent.log());
     })
     .await;
 }

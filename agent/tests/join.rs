@@ -1,6 +1,8 @@
 //! `smartscale-agent join` against the test world: the launch hook is completed only when the
 //! Node is Ready; a wrong token, an unreachable server, a missing secret or IMDS down end in
-//! ABANDON (where the instance is known) and a clear error; the token stays secret.
+//! ABANDON (where the instance is known) and a clear error; the token stays secret. A slow boot is
+//! kept alive by heartbeats, a launch action that ends during the join fails it, and a refused
+//! CONTINUE is retried.
 //!
 //! k3s is played by this test binary itself (`fake_k3s_joiner`, run by the agent as its
 //! `k3s_start_command`): it reads the k3s config the agent wrote, checks its mode and token as a
@@ -34,6 +36,9 @@ struct JoinerSpec {
     expected_token: String,
     node_token: String,
     kubeconfig_out: PathBuf,
+    /// A slow boot: start only once this file exists.
+    #[serde(default)]
+    wait_for: Option<PathBuf>,
 }
 
 /// The k3s agent config keys the agent writes.
@@ -69,6 +74,11 @@ async fn fake_k3s(spec_path: &Path) -> i32 {
         serde_json::from_slice(&std::fs::read(spec_path).expect("spec")).expect("spec json");
     // Long enough for the test's /proc scan to see this process.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    if let Some(go) = &spec.wait_for {
+        while !go.exists() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let meta = std::fs::metadata(&spec.k3s_config).expect("k3s config exists");
     if meta.permissions().mode() & 0o777 != 0o600 {
         eprintln!(
@@ -259,11 +269,21 @@ impl Boot {
 
     /// Runs `join` with the fake k3s and `join_timeout`; returns the agent (exited) and its time.
     async fn join(&self, join_timeout: &str) -> (Agent, std::process::ExitStatus, Duration) {
+        let mut agent = self.spawn_join(join_timeout, self.model.endpoint(), None);
+        let status = agent.wait_exit(Duration::from_secs(60)).await;
+        let took = agent.started.elapsed();
+        (agent, status, took)
+    }
+
+    /// Starts `join` with the fake k3s, AWS at `aws_endpoint`; the fake k3s waits for `wait_for`
+    /// to exist, if given (a slow boot).
+    fn spawn_join(&self, join_timeout: &str, aws_endpoint: &str, wait_for: Option<&Path>) -> Agent {
         let spec = JoinerSpec {
             k3s_config: self.k3s_config(),
             expected_token: TOKEN.into(),
             node_token: NODE_TOKEN.into(),
             kubeconfig_out: self.dir.path().join("kubelet.kubeconfig"),
+            wait_for: wait_for.map(Path::to_path_buf),
         };
         let spec_path = self.dir.path().join("joiner.json");
         std::fs::write(&spec_path, serde_json::to_vec(&spec).expect("spec")).expect("write spec");
@@ -280,13 +300,16 @@ impl Boot {
             self.dir.path(),
             &format!("join_timeout: {join_timeout}\nk3s_start_command: {command}\n"),
         );
-        let mut env = agent_env(self.model.endpoint(), &self.imds.endpoint());
+        let mut env = agent_env(aws_endpoint, &self.imds.endpoint());
         env.push((JOINER_ENV.into(), spec_path.display().to_string()));
         env.push(("RUST_LOG".into(), "trace".into()));
-        let mut agent = Agent::spawn(&config, &["join"], &env, &self.dir.path().join("agent.log"));
-        let status = agent.wait_exit(Duration::from_secs(60)).await;
-        let took = agent.started.elapsed();
-        (agent, status, took)
+        Agent::spawn(&config, &["join"], &env, &self.dir.path().join("agent.log"))
+    }
+
+    async fn lifecycle(&self) -> String {
+        instance(&self.model, &self.instance_id)
+            .await
+            .lifecycle_state
     }
 }
 
@@ -489,6 +512,104 @@ async fn imds_down_is_a_clear_error_and_writes_nothing() {
                 .lifecycle_state,
             "Pending:Wait"
         );
+    })
+    .await;
+}
+
+/// The launch action's clock started before the boot: a boot slower than its HeartbeatTimeout
+/// (here 50 s of model time against 30 s) is kept alive by join's heartbeats, and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_boot_is_kept_alive_by_heartbeats() {
+    let _serial = serial().await;
+    bounded(LIMIT, async {
+        let boot = boot(Some(TOKEN), None).await;
+        put_settings(&boot.model, &[("heartbeat_interval", "500ms")]).await;
+        let proxy = CountingProxy::start(boot.model.endpoint()).await;
+        let go = boot.dir.path().join("k3s-may-start");
+        let mut agent = boot.spawn_join("60s", &proxy.url, Some(&go));
+
+        let advanced =
+            advance_after_heartbeats(&boot.model, &proxy, &boot.instance_id, "Pending:Wait", 5)
+                .await;
+        assert_eq!(advanced, 50.0, "{}", agent.log());
+        assert_eq!(boot.lifecycle().await, "Pending:Wait", "{}", agent.log());
+
+        std::fs::write(&go, b"").expect("let k3s start");
+        let status = agent.wait_exit(Duration::from_secs(30)).await;
+        let log = agent.log();
+        assert!(status.success(), "{log}");
+        assert_eq!(boot.lifecycle().await, "InService");
+        assert!(log.contains("lifecycle action completed"), "{log}");
+        assert_eq!(proxy.count("CompleteLifecycleAction"), (1, 1));
+        assert!(smartscale_agent::k8s::is_ready(&node_obj(
+            &boot.api, &boot.node
+        )));
+    })
+    .await;
+}
+
+/// The launch action ends while join still waits (here it times out: the model clock passes its
+/// HeartbeatTimeout at once): join fails at once rather than joining a node the group gave up on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_action_that_ends_during_the_join_fails_it() {
+    let _serial = serial().await;
+    bounded(LIMIT, async {
+        let boot = boot(Some(TOKEN), None).await;
+        put_settings(&boot.model, &[("heartbeat_interval", "500ms")]).await;
+        let proxy = CountingProxy::start(boot.model.endpoint()).await;
+        let go = boot.dir.path().join("k3s-may-start");
+        let mut agent = boot.spawn_join("60s", &proxy.url, Some(&go));
+        eventually("a first heartbeat", Duration::from_secs(20), || async {
+            (proxy.count("RecordLifecycleActionHeartbeat").1 > 0).then_some(())
+        })
+        .await;
+
+        boot.model.advance_clock(40.0).await.expect("advance clock");
+        wait_lifecycle(
+            &boot.model,
+            &boot.instance_id,
+            &["Terminating", "Terminating:Proceed", "Terminated"],
+            Duration::from_secs(10),
+        )
+        .await;
+        // The node could join now; too late.
+        std::fs::write(&go, b"").expect("let k3s start");
+        let status = agent.wait_exit(Duration::from_secs(20)).await;
+        let log = agent.log();
+        agent.print_summary();
+        assert!(!status.success(), "{log}");
+        assert!(
+            log.contains("the launch lifecycle action (launch-hook) no longer waits"),
+            "{log}"
+        );
+        assert!(!log.contains("joined: node Ready"), "{log}");
+        assert!(
+            !boot.k3s_config().exists(),
+            "the k3s config was left behind"
+        );
+    })
+    .await;
+}
+
+/// CONTINUE refused twice (AccessDenied) once the node is Ready: retried, not answered with a
+/// failure (the bootstrap script would ABANDON a Ready node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_continue_is_retried() {
+    let _serial = serial().await;
+    bounded(LIMIT, async {
+        let boot = boot(Some(TOKEN), None).await;
+        let proxy = CountingProxy::start(boot.model.endpoint()).await;
+        proxy.deny("CompleteLifecycleAction", 2);
+        let mut agent = boot.spawn_join("30s", &proxy.url, None);
+        let status = agent.wait_exit(Duration::from_secs(30)).await;
+        let log = agent.log();
+        assert!(status.success(), "{log}");
+        assert!(
+            log.contains("could not complete the launch lifecycle action; retrying"),
+            "{log}"
+        );
+        assert_eq!(proxy.count("CompleteLifecycleAction"), (3, 1));
+        assert_eq!(boot.lifecycle().await, "InService");
     })
     .await;
 }

@@ -86,16 +86,22 @@ pub async fn check(source: Source, imds: &Imds) -> Result<Option<Event>> {
 }
 
 /// Poll `sources` every `interval` and send each source's first notice to `events` (once per
-/// source: the pipeline is idempotent, but there is no reason to repeat). Runs until `events`
-/// is closed. IMDS failures are logged once per outage, not once per poll.
+/// source: the pipeline is idempotent, but there is no reason to repeat). A source sent back on
+/// `rearm` (the pipeline failed on its notice) is watched again, so a notice IMDS still shows is
+/// sent again at the next poll (and not counted again in `smartscale_agent_events_total`). Runs
+/// until `events` is closed. IMDS failures are logged once per outage, not once per poll.
 pub async fn watch(
     imds: Arc<Imds>,
     sources: Vec<Source>,
     interval: Duration,
     events: mpsc::Sender<Event>,
+    mut rearm: mpsc::UnboundedReceiver<Source>,
     metrics: Arc<Metrics>,
 ) {
+    let watched = sources.clone();
     let mut pending = sources;
+    let mut counted: Vec<Source> = Vec::new();
+    let mut rearm_open = true;
     let mut failing = false;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -104,8 +110,35 @@ pub async fn watch(
         interval_ms = interval.as_millis() as u64,
         "watching IMDS for termination notices"
     );
-    while !pending.is_empty() {
-        ticker.tick().await;
+    loop {
+        let again = async {
+            if rearm_open {
+                rearm.recv().await
+            } else {
+                std::future::pending().await
+            }
+        };
+        if pending.is_empty() {
+            // Every source has fired: wait for one to be re-armed, or for the pipeline to go.
+            tokio::select! {
+                source = again => match source {
+                    Some(s) => rearm_source(&watched, &mut pending, s),
+                    None => rearm_open = false,
+                },
+                () = events.closed() => return,
+            }
+            continue;
+        }
+        tokio::select! {
+            _ = ticker.tick() => {}
+            source = again => {
+                match source {
+                    Some(s) => rearm_source(&watched, &mut pending, s),
+                    None => rearm_open = false,
+                }
+                continue;
+            }
+        }
         let answers = futures::future::join_all(pending.iter().map(|s| check(*s, &imds))).await;
         let mut errors: Vec<Error> = Vec::new();
         let mut fired = Vec::new();
@@ -128,14 +161,24 @@ pub async fn watch(
             _ => {}
         }
         for (source, event) in fired {
-            tracing::info!(source = source.label(), detail = %event.detail, "termination notice");
-            metrics.event(source);
+            if counted.contains(&source) {
+                tracing::info!(source = source.label(), detail = %event.detail, "termination notice still there; handing it to the pipeline again");
+            } else {
+                tracing::info!(source = source.label(), detail = %event.detail, "termination notice");
+                metrics.event(source);
+                counted.push(source);
+            }
             pending.retain(|s| *s != source);
             if events.send(event).await.is_err() {
                 return;
             }
         }
     }
-    // Every source has fired; nothing more to watch. Stay until the pipeline drops the receiver.
-    events.closed().await;
+}
+
+fn rearm_source(watched: &[Source], pending: &mut Vec<Source>, source: Source) {
+    if watched.contains(&source) && !pending.contains(&source) {
+        tracing::debug!(source = source.label(), "watching the source again");
+        pending.push(source);
+    }
 }

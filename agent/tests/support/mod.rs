@@ -1,6 +1,7 @@
 //! What the agent's end-to-end tests share: the test world set up for one worker instance, the
-//! agent binary as a child process with its log, polling with deadlines, pod fixtures, and a
-//! counting proxy in front of the AWS model (to prove a lifecycle action is completed once).
+//! agent binary as a child process with its log, polling with deadlines, pod fixtures, a
+//! counting proxy in front of the AWS model (to prove a lifecycle action is completed once, and to
+//! refuse chosen actions), and a gate in front of the API server (to take it away and back).
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -522,6 +523,7 @@ impl Agent {
 
 pub const SIGKILL: i32 = libc::SIGKILL;
 pub const SIGTERM: i32 = libc::SIGTERM;
+pub const SIGINT: i32 = libc::SIGINT;
 
 pub async fn metrics_text(port: u16) -> String {
     reqwest::Client::builder()
@@ -555,6 +557,7 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
 pub struct CountingProxy {
     pub url: String,
     counts: Arc<Mutex<BTreeMap<String, (u32, u32)>>>,
+    denied: Arc<Mutex<HashMap<String, u32>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -569,6 +572,8 @@ struct ProxyState {
     target: String,
     http: reqwest::Client,
     counts: Arc<Mutex<BTreeMap<String, (u32, u32)>>>,
+    /// Actions to answer with 403 AccessDenied instead of forwarding, and how many more times.
+    denied: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl CountingProxy {
@@ -578,6 +583,7 @@ impl CountingProxy {
             .expect("bind proxy");
         let url = format!("http://{}", listener.local_addr().expect("proxy addr"));
         let counts = Arc::new(Mutex::new(BTreeMap::new()));
+        let denied = Arc::new(Mutex::new(HashMap::new()));
         let state = ProxyState {
             target: target.trim_end_matches('/').to_string(),
             http: reqwest::Client::builder()
@@ -585,12 +591,34 @@ impl CountingProxy {
                 .build()
                 .expect("client"),
             counts: counts.clone(),
+            denied: denied.clone(),
         };
         let router = axum::Router::new().fallback(forward).with_state(state);
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
-        CountingProxy { url, counts, task }
+        CountingProxy {
+            url,
+            counts,
+            denied,
+            task,
+        }
+    }
+
+    /// Answer the next `times` requests for `action` with 403 AccessDenied (as IAM would without
+    /// the permission), without passing them on. `u32::MAX`: until [`CountingProxy::allow`].
+    pub fn deny(&self, action: &str, times: u32) {
+        self.denied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(action.to_string(), times);
+    }
+
+    pub fn allow(&self, action: &str) {
+        self.denied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(action);
     }
 
     /// (requests, successes) for one action.
@@ -615,6 +643,35 @@ async fn forward(
     let action = url::form_urlencoded::parse(&body)
         .find(|(k, _)| k == "Action")
         .map(|(_, v)| v.into_owned());
+    if let Some(action) = &action {
+        let deny = {
+            let mut denied = state.denied.lock().unwrap_or_else(|p| p.into_inner());
+            match denied.get_mut(action) {
+                Some(left) if *left > 0 => {
+                    *left = left.saturating_sub(u32::from(*left != u32::MAX));
+                    true
+                }
+                _ => false,
+            }
+        };
+        if deny {
+            state
+                .counts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(action.clone())
+                .or_default()
+                .0 += 1;
+            let body = format!(
+                "<ErrorResponse xmlns=\"https://autoscaling.amazonaws.com/doc/2011-01-01/\"><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>User: arn:aws:sts::123456789012:assumed-role/worker/i-test is not authorized to perform: autoscaling:{action} (denied by the test proxy)</Message></Error><RequestId>denied-by-test</RequestId></ErrorResponse>"
+            );
+            let mut response = (axum::http::StatusCode::FORBIDDEN, body).into_response();
+            response
+                .headers_mut()
+                .insert("content-type", "text/xml".parse().expect("header"));
+            return response;
+        }
+    }
     let mut out_headers = headers.clone();
     for h in ["host", "content-length", "connection", "transfer-encoding"] {
         out_headers.remove(h);
@@ -646,6 +703,99 @@ async fn forward(
         response.headers_mut().insert("content-type", ct);
     }
     response
+}
+
+/// Advances the model clock by 10 s after each heartbeat the model answers, `steps` times or
+/// until `instance` is no longer in `waiting` (`Pending:Wait`, `Terminating:Wait`); returns how
+/// far. Tied to heartbeats rather than to wall time, so a slow machine cannot make the clock
+/// outrun them: what is shown is that heartbeats keep the action alive past its 30 s
+/// HeartbeatTimeout, not how fast they come.
+pub async fn advance_after_heartbeats(
+    model: &AwsModel,
+    proxy: &CountingProxy,
+    instance_id: &str,
+    waiting: &str,
+    steps: usize,
+) -> f64 {
+    let mut advanced = 0.0;
+    for _ in 0..steps {
+        let seen = proxy.count("RecordLifecycleActionHeartbeat").1;
+        let still = eventually(
+            "a heartbeat or the end of the wait",
+            Duration::from_secs(20),
+            || async {
+                if instance(model, instance_id).await.lifecycle_state != waiting {
+                    return Some(false);
+                }
+                (proxy.count("RecordLifecycleActionHeartbeat").1 > seen).then_some(true)
+            },
+        )
+        .await;
+        if !still {
+            break;
+        }
+        model.advance_clock(10.0).await.expect("advance clock");
+        advanced += 10.0;
+    }
+    advanced
+}
+
+// ---------------------------------------------------------------- API server gate
+
+/// A TCP gate in front of the fake API server: open, it passes connections through; closed, it
+/// cuts the open ones and drops every new one at once (the API server is away, as in an outage).
+pub struct Gate {
+    pub url: String,
+    open: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Gate {
+    /// A gate to `target` (`http://127.0.0.1:PORT`), open.
+    pub async fn start(target: &str) -> Gate {
+        let upstream: std::net::SocketAddr = target
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .expect("target address");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind gate");
+        let url = format!("http://{}", listener.local_addr().expect("gate addr"));
+        let (open, open_rx) = tokio::sync::watch::channel(true);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !*open_rx.borrow() {
+                    drop(inbound);
+                    continue;
+                }
+                let mut closed = open_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = closed.wait_for(|open| !*open) => {}
+                    }
+                });
+            }
+        });
+        Gate { url, open, task }
+    }
+
+    pub fn set_open(&self, open: bool) {
+        self.open.send_replace(open);
+    }
 }
 
 /// `line` without terminal colour codes.
