@@ -6,10 +6,12 @@
 //! - [`prometheus`]: real Prometheus fixtures (backfilled history or a live synthetic exporter).
 //! - [`world`]: all of them wired into one small cluster for end-to-end tests.
 
+pub mod aemm;
 pub mod apiserver;
 pub mod aws;
 pub mod error;
 pub mod imds;
+pub mod kubernetes;
 pub mod process;
 pub mod prometheus;
 pub mod world;
