@@ -472,11 +472,15 @@ async fn lookup(state: &ImdsState, path: &str) -> Result<Option<String>> {
     };
     let iso = |t: Timestamp| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
     let private_ip = private_ip(&instance.instance_id);
-    let hostname = format!(
-        "ip-{}.{}.compute.internal",
-        private_ip.replace('.', "-"),
-        instance.region
-    );
+    // AWS's private DNS names: `ip-a-b-c-d.ec2.internal` in us-east-1, `….<region>.compute.internal`
+    // elsewhere (Amazon VPC User Guide, "DNS attributes for your VPC").
+    let hostname = match instance.region.as_str() {
+        "us-east-1" => format!("ip-{}.ec2.internal", private_ip.replace('.', "-")),
+        region => format!(
+            "ip-{}.{region}.compute.internal",
+            private_ip.replace('.', "-")
+        ),
+    };
 
     let mut listing: Vec<&str> = Vec::new();
     let body = match path.trim_end_matches('/') {
@@ -580,7 +584,47 @@ fn text(body: String) -> Response {
 }
 
 fn status_only(status: StatusCode) -> Response {
-    status.into_response()
+    match error_page(status) {
+        Some(page) => (
+            status,
+            [("content-type", "text/plain; charset=utf-8")],
+            page,
+        )
+            .into_response(),
+        None => status.into_response(),
+    }
+}
+
+/// The pages IMDS sends with a 400, 401 or 404, as amazon-ec2-metadata-mock reproduces them
+/// (byte for byte, with its trailing newline; the parity test compares them).
+fn error_page(status: StatusCode) -> Option<&'static str> {
+    match status {
+        StatusCode::NOT_FOUND => Some(concat!(
+            "<?xml version=\"1.0\" encoding=\"iso-8859-1\"?>\n",
+            "<!DOCTYPE html PUBLIC \"-//W3C//DTD XHTML 1.0 Transitional//EN\"\n",
+            "\t\"http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd\">\n",
+            "<html xmlns=\"http://www.w3.org/1999/xhtml\" xml:lang=\"en\" lang=\"en\">\n",
+            " <head>\n  <title>404 - Not Found</title>\n </head>\n",
+            " <body>\n  <h1>404 - Not Found</h1>\n </body>\n</html>\n",
+        )),
+        StatusCode::UNAUTHORIZED => Some(concat!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n",
+            "<!DOCTYPE html PUBLIC \"-//W3C//DTD XHTML 1.0 Transitional//EN\" ",
+            "\"http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd\">\n",
+            "<html xmlns=\"http://www.w3.org/1999/xhtml\" xml:lang=\"en\" lang=\"en\">\n",
+            "   <head>\n      <title>401 - Unauthorized</title>\n   </head>\n",
+            "   <body>\n      <h1>401 - Unauthorized</h1>\n   </body>\n</html>\n",
+        )),
+        StatusCode::BAD_REQUEST => Some(concat!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n",
+            "<!DOCTYPE html PUBLIC \"-//W3C//DTD XHTML 1.0 Transitional//EN\" ",
+            "\"http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd\">\n",
+            "<html xmlns=\"http://www.w3.org/1999/xhtml\" xml:lang=\"en\" lang=\"en\">\n",
+            "   <head>\n      <title>400 - Bad Request</title>\n   </head>\n",
+            "   <body>\n      <h1>400 - Bad Request</h1>\n   </body>\n</html>\n",
+        )),
+        _ => None,
+    }
 }
 
 /// One fake IMDS per instance of the AWS model, started as instances appear, and a directory
