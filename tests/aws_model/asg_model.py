@@ -1,17 +1,24 @@
-"""Auto Scaling lifecycle model patched into moto 5.2.5.
+"""Auto Scaling model patched into moto 5.2.5.
 
 moto keeps lifecycle hooks but never uses them: instances go straight to InService or
-vanish, every instance lands in the first subnet, spot overrides are ignored and
-several actions answer an unknown group with an HTML 500. This module replaces the
-few moto functions where those decisions are made, so the rest of moto (EC2 state,
-tags, ELB registration, serialisation) keeps working unchanged.
+vanish, every instance lands in the first subnet, spot overrides are ignored, several
+actions answer an unknown group with an HTML 500, and suspended processes, scale-in
+protection of pending work, AZ rebalancing, Capacity Rebalancing and launch failures do
+not exist. This module replaces the few moto functions where those decisions are made,
+so the rest of moto (EC2 state, tags, ELB registration, serialisation) keeps working.
 
-Everything here runs under LOCK; the server takes it around every Auto Scaling and
-EC2 request and in its background ticker.
+The group converges in `reconcile` (called after every change and by the 0.2 s ticker):
+Capacity Rebalancing replacements, then launches/terminations towards the desired
+capacity, then AZ rebalancing. Instances launched ahead of a termination (rebalancing)
+are counted on top of the desired capacity until they are InService.
+
+Everything here runs under LOCK; the server takes it around every Auto Scaling, EC2 and
+DynamoDB request and in its background ticker.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import threading
@@ -27,18 +34,45 @@ from moto.autoscaling import models as asm
 from moto.autoscaling import responses as asr
 from moto.autoscaling.exceptions import AutoscalingClientError, ValidationError
 from moto.core.exceptions import ServiceException
+from moto.ec2.exceptions import InvalidSubnetIdError
+
+from rules import RuleBook
 
 LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
 TERMINATING = "autoscaling:EC2_INSTANCE_TERMINATING"
 # States that count towards the desired capacity (Terminating:* and Standby do not).
 LIVE = ("Pending", "Pending:Wait", "Pending:Proceed", "InService")
 MAX_GLOBAL_TIMEOUT = 48 * 3600
+# Failed launches in a zone are retried after 10 s, doubling per failure, at most 5 min
+# (AWS documents retries, not their schedule; this is the model's).
+RETRY_BASE_SECONDS = 10.0
+RETRY_MAX_SECONDS = 300.0
+PROTECTED_NOTE = "Could not scale to desired capacity because all remaining instances are protected from scale-in."
+IN_PROGRESS = "Scaling activity {} is in progress and blocks this action"
 
 LOCK = threading.RLock()
 _offset = 0.0
 # instance id -> moto InstanceState; keeps instances that already left their group,
 # so the control endpoint can still answer "Terminated" for them.
 REGISTRY: dict[str, asm.InstanceState] = {}
+LAUNCH_FAILURES = RuleBook("launch-failure")
+AUTOSCALING_FAULTS = RuleBook("autoscaling-fault")
+
+
+@dataclass
+class NextIp:
+    """A private IP the next launch of a group (or in a zone) gets."""
+
+    ip: str
+    group: str | None
+    zone: str | None
+    region: str | None
+
+    def to_json(self) -> dict:
+        return {"ip": self.ip, "group": self.group, "zone": self.zone, "region": self.region}
+
+
+NEXT_IPS: list[NextIp] = []
 
 
 # ---------------------------------------------------------------- clock
@@ -62,6 +96,9 @@ def wipe() -> None:
     global _offset
     _offset = 0.0
     REGISTRY.clear()
+    LAUNCH_FAILURES.clear()
+    AUTOSCALING_FAULTS.clear()
+    NEXT_IPS.clear()
 
 
 def _ts(t: float | None = None) -> datetime:
@@ -119,10 +156,16 @@ def _group_of(backend, instance_id: str):
     return None, None
 
 
-def _activity(group, description: str, cause: str, status: str = "InProgress"):
+def _suspended(group) -> set[str]:
+    return set(group._suspended_processes)
+
+
+def _activity(group, description: str, cause: str, status: str = "InProgress", details: dict | None = None):
     act = asm.Activity(description, cause, group, start_time=_ts(), end_time=None, status_code=status)
     act.end_time = None  # moto stamps it at creation; AWS only sets it when the activity ends
     act.progress = 0 if status != "Successful" else 100
+    if details:
+        act.details = json.dumps(details)
     backend = group.autoscaling_backend
     if not hasattr(backend, "ss_activities"):
         backend.ss_activities = []
@@ -138,6 +181,14 @@ def _finish_activity(act, status: str = "Successful", message: str | None = None
     act.progress = 100
     if message:
         act.status_message = message
+
+
+def _in_progress(group):
+    """The newest activity of the group that has not ended, if any."""
+    for act in reversed(getattr(group.autoscaling_backend, "ss_activities", [])):
+        if act.auto_scaling_group is group and act.end_time is None:
+            return act
+    return None
 
 
 def _refresh_load_balancers(group) -> None:
@@ -191,13 +242,60 @@ def _send(arn: str, message: dict) -> bool:
     try:
         sqs_backends[parts[4]][parts[3]].send_message(parts[5], json.dumps(message))
         return True
-    except Exception:
+    except Exception:  # moto raises its own QueueDoesNotExist and friends; all mean "unreachable"
         return False
 
 
 def register(st, region: str) -> None:
     st.region = region
     REGISTRY[st.instance.id] = st
+
+
+# ---------------------------------------------------------------- instance attributes
+
+def _market(st) -> str:
+    return getattr(st, "market", "on-demand")
+
+
+def _protected(st) -> bool:
+    # "Instance scale-in protection starts when the instance state is InService."
+    return bool(st.protected_from_scale_in) and st.lifecycle_state == "InService"
+
+
+def _launched_at(st) -> float:
+    t = getattr(st, "ss_launched_at", None)
+    if t is None:  # attached by moto (AttachInstances): its EC2 launch time
+        t = st.instance.launch_time.replace(tzinfo=timezone.utc).timestamp()
+    return t
+
+
+def _surplus(st) -> bool:
+    """Launched ahead of a termination (rebalancing) and not in service yet."""
+    return getattr(st, "ss_purpose", None) is not None and st.lifecycle_state != "InService" and st.lifecycle_state in LIVE
+
+
+def _replacement_of(st):
+    """The live Capacity Rebalancing replacement launched for `st`, if any."""
+    rid = getattr(st, "ss_replaced_by", None)
+    new = REGISTRY.get(rid) if rid else None
+    return new if new is not None and new.lifecycle_state in LIVE else None
+
+
+def _replacement_ready(st) -> bool:
+    new = _replacement_of(st)
+    return new is not None and new.lifecycle_state == "InService"
+
+
+def _target(group) -> int:
+    """Live instances the group aims for: desired capacity plus instances launched ahead of
+    a rebalancing termination (still launching, or already replacing an at-risk instance)."""
+    extra = sum(1 for s in _live(group) if _surplus(s) or _replacement_ready(s))
+    return (group.desired_capacity or 0) + extra
+
+
+def _margin(group) -> int:
+    # Rebalancing may exceed MaxSize "by a margin of 10 percent or one instance, whichever is greater".
+    return max(1, math.ceil((group.max_size or 0) * 0.1))
 
 
 # ---------------------------------------------------------------- placement and purchase option
@@ -211,12 +309,38 @@ def _zones(group) -> list[tuple[str, str | None]]:
     return [(az, None) for az in group.availability_zones]
 
 
-def _pick_zone(group) -> tuple[str, str | None]:
-    # AWS balances across AZs: launch into the AZ (then subnet) with the fewest live instances.
+def _zone_names(group) -> list[str]:
+    return list(dict.fromkeys(az for az, _ in _zones(group)))
+
+
+def _subnet_for(group, az: str, subnet: str | None):
+    """The subnet a launch into `az` uses: the configured one, else the zone's default subnet."""
+    ec2 = group.autoscaling_backend.ec2_backend
+    if subnet:
+        return ec2.get_subnet(subnet)
+    return ec2.get_default_subnets().get(az)
+
+
+def _backoff(group) -> dict[str, dict]:
+    if not hasattr(group, "ss_backoff"):
+        group.ss_backoff = {}
+    return group.ss_backoff
+
+
+def _zone_ready(group, az: str) -> bool:
+    entry = _backoff(group).get(az)
+    return entry is None or entry["retry_at"] <= now()
+
+
+def _zone_order(group, prefer: str | None = None) -> list[tuple[str, str | None]]:
+    # AWS balances across AZs: launch into the AZ (then subnet) with the fewest live instances,
+    # skipping zones whose last launch failed until their retry time.
     live = _live(group)
     per_az = Counter(s.instance.placement.zone for s in live)
     per_subnet = Counter(s.instance.subnet_id for s in live)
-    return min(_zones(group), key=lambda z: (per_az[z[0]], per_subnet[z[1]]))
+    choices = [z for z in _zones(group) if _zone_ready(group, z[0])]
+    choices.sort(key=lambda z: (z[0] != prefer, per_az[z[0]], per_subnet[z[1]]))
+    return choices
 
 
 def _distribution(group) -> tuple[int, int] | None:
@@ -237,44 +361,227 @@ def _on_demand_target(group, desired: int) -> int:
     return base + math.ceil((desired - base) * pct / 100)
 
 
-def _market(st) -> str:
-    return getattr(st, "market", "on-demand")
+def _overrides(group) -> list[str]:
+    if not group.mixed_instances_policy:
+        return []
+    return [
+        o["InstanceType"]
+        for o in (group.mixed_instances_policy.get("LaunchTemplate") or {}).get("Overrides") or []
+        if o.get("InstanceType")
+    ]
 
 
-def _pick_type_and_market(group) -> tuple[str, str]:
-    overrides = []
-    if group.mixed_instances_policy:
-        overrides = [
-            o["InstanceType"]
-            for o in (group.mixed_instances_policy.get("LaunchTemplate") or {}).get("Overrides") or []
-            if o.get("InstanceType")
-        ]
+def _pick_types_and_market(group, avoid: str | None = None) -> tuple[list[str], str]:
+    """Instance types to try, in order, and the purchase option of the next launch."""
+    overrides = _overrides(group)
     if overrides:  # round-robin over the overrides, as a diversified allocation would
         turn = getattr(group, "ss_turn", 0)
         group.ss_turn = turn + 1
-        instance_type = overrides[turn % len(overrides)]
+        first = overrides[turn % len(overrides)]
+        types = [first] + [t for t in overrides if t != first]
+        if avoid in types and len(types) > 1:  # a replacement prefers another Spot pool
+            types = [t for t in types if t != avoid] + [avoid]
     else:
-        instance_type = group.instance_type
+        types = [group.instance_type]
     market = "on-demand"
     if _distribution(group) is not None:
         on_demand = sum(1 for s in _live(group) if _market(s) == "on-demand")
         if on_demand >= _on_demand_target(group, group.desired_capacity or 0):
             market = "spot"
-    return instance_type, market
+    return types, market
+
+
+def _launch_spec(group) -> tuple:
+    """What the next instance is launched from: ("lc", name) or ("lt", template id, version)."""
+    if group.launch_config:
+        return ("lc", group.launch_config.name)
+    template = group.ec2_launch_template
+    if template is None:
+        return ("none",)
+    version = template.get_version(getattr(group, "launch_template_version", None) or "$Default")
+    return ("lt", template.id, int(version.number))
+
+
+# ---------------------------------------------------------------- private IPs
+
+def _ip_in_use(subnet, ip: str):
+    return subnet._subnet_ips.get(ip)
+
+
+def _next_ip(group, az: str, subnet_id: str | None) -> NextIp | None:
+    """The pending private IP for a launch of `group` into (az, subnet), if one applies."""
+    region = group.autoscaling_backend.region_name
+    subnet = _subnet_for(group, az, subnet_id)
+    if subnet is None:
+        return None
+    for entry in NEXT_IPS:
+        mine = (entry.group == group.name and entry.region in (None, region)) or entry.zone == az
+        if mine and ipaddress.ip_address(entry.ip) in subnet.cidr and not _ip_in_use(subnet, entry.ip):
+            return entry
+    return None
+
+
+def _ip_zones(group) -> list[tuple[str, str | None]]:
+    """The zone choices that a pending private IP pins the next launch to (empty: none pending)."""
+    for az, subnet in _zones(group):
+        if _zone_ready(group, az) and _next_ip(group, az, subnet):
+            return [(az, subnet)]
+    return []
+
+
+def _release_ip(group, st) -> None:
+    # moto frees a terminated instance's IP only when the object is garbage-collected (never,
+    # here). Free it now, without queueing it for automatic reuse, so only an explicit
+    # next-private-ip gives it out again.
+    instance = st.instance
+    try:
+        subnet = group.autoscaling_backend.ec2_backend.get_subnet(instance.subnet_id)
+    except InvalidSubnetIdError:
+        return
+    for ip in list(getattr(instance, "_private_ips", ())):
+        subnet._subnet_ips.pop(ip, None)
+    if hasattr(instance, "_private_ips"):
+        instance._private_ips.clear()
+
+
+def groups_named(name: str, region: str | None) -> list:
+    return [
+        g for backend in all_backends() for n, g in backend.autoscaling_groups.items()
+        if n == name and region in (None, backend.region_name)
+    ]
+
+
+def _subnets_of(group) -> list:
+    return [s for s in (_subnet_for(group, az, sn) for az, sn in _zones(group)) if s is not None]
+
+
+def set_next_ip(ip: str, group_name: str | None, zone: str | None, region: str | None) -> NextIp:
+    """Queue `ip` for the next launch of a group or in a zone; ValueError says what is wrong."""
+    address = ipaddress.ip_address(ip)
+    if group_name is not None:
+        groups = groups_named(group_name, region)
+        if not groups:
+            where = f" in {region}" if region else ""
+            raise ValueError(f"no Auto Scaling group named {group_name}{where}")
+        if len(groups) > 1:
+            regions = ", ".join(sorted(g.autoscaling_backend.region_name for g in groups))
+            raise ValueError(f"group {group_name} exists in regions {regions}: give \"region\"")
+        group = groups[0]
+        subnets = _subnets_of(group)
+        region = group.autoscaling_backend.region_name
+        scope = f"group {group_name}'s subnets"
+    else:
+        region = zone[:-1]
+        subnets = [
+            s for b in all_backends() if b.region_name == region
+            for s in b.ec2_backend.describe_subnets() if s.availability_zone == zone
+        ]
+        scope = f"the subnets of {zone}"
+    home = next((s for s in subnets if address in s.cidr), None)
+    if home is None:
+        listed = ", ".join(f"{s.id} {s.cidr_block} ({s.availability_zone})" for s in subnets) or "none"
+        raise ValueError(f"{ip} is in none of {scope}: {listed}")
+    holder = _ip_in_use(home, ip)
+    if holder is not None:
+        raise ValueError(f"{ip} is in use by {getattr(holder, 'id', holder)}")
+    entry = NextIp(ip=str(address), group=group_name, zone=zone, region=region)
+    NEXT_IPS.append(entry)
+    return entry
+
+
+# ---------------------------------------------------------------- launch failures
+
+def _region_zones(group) -> list[str]:
+    return sorted(z.name for z in group.autoscaling_backend.ec2_backend.describe_availability_zones())
+
+
+def _failure_text(group, rule, az: str, instance_type: str, market: str) -> str:
+    """EC2's error message for a failed launch, as the scaling activity reports it."""
+    if rule.message:
+        return rule.message
+    region = group.autoscaling_backend.region_name
+    others = [
+        z for z in _region_zones(group)
+        if z != az and LAUNCH_FAILURES.peek(_launch_context(group, z, instance_type, market, region)) is None
+    ]
+    choosing = f" or choosing {', '.join(others)}" if others else ""
+    if rule.code == "InsufficientInstanceCapacity" and market == "spot":
+        return "Could not launch Spot Instances. InsufficientInstanceCapacity - There is no Spot capacity available that matches your request."
+    if rule.code == "InsufficientInstanceCapacity":
+        return (
+            f"We currently do not have sufficient {instance_type} capacity in the Availability Zone you requested "
+            f"({az}). Our system will be working on provisioning additional capacity. You can currently get "
+            f"{instance_type} capacity by not specifying an Availability Zone in your request{choosing}."
+        )
+    if rule.code == "Unsupported":
+        return (
+            f"Your requested instance type ({instance_type}) is not supported in your requested Availability Zone "
+            f"({az}). Please retry your request by not specifying an Availability Zone{choosing}."
+        )
+    running = sum(1 for s in REGISTRY.values() if s.instance.state == "running" and getattr(s, "region", None) == region)
+    return (
+        f"You have requested more instances (1) than your current instance limit of {running} allows for the "
+        "specified instance type. Please visit http://aws.amazon.com/contact-us/ec2-request to request an "
+        "adjustment to this limit."
+    )
+
+
+LAUNCH_FAILURE_CODES = ("InsufficientInstanceCapacity", "Unsupported", "InstanceLimitExceeded")
+
+
+def _launch_context(group, az: str, instance_type: str, market: str, region: str) -> dict:
+    return {"group": group.name, "region": region, "zone": az, "instance_type": instance_type, "market": market}
+
+
+def _record_failure(group, az: str, subnet, text: str, cause: str) -> None:
+    """A Failed launch activity, and the zone's retry time pushed back."""
+    message = f"{text} Launching EC2 instance failed."
+    act = _activity(group, f"Launching a new EC2 instance.  Status Reason: {message}", cause,
+                    details={"Subnet ID": getattr(subnet, "id", None), "Availability Zone": az})
+    _finish_activity(act, "Failed", message)
+    entry = _backoff(group).setdefault(az, {"failures": 0, "retry_at": 0.0})
+    entry["failures"] += 1
+    entry["retry_at"] = now() + min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (entry["failures"] - 1))
 
 
 # ---------------------------------------------------------------- launch / terminate
 
-def _launch_one(group, cause: str) -> None:
+def _launch_one(group, cause: str, *, zone: str | None = None, prefer: str | None = None,
+                purpose: str | None = None, replaces=None):
+    """Launch one instance; None if every zone tried failed (each failure is an activity).
+
+    zone: only that zone (AZ rebalancing); prefer: that zone first (a replacement).
+    """
+    region = group.autoscaling_backend.region_name
+    choices = _ip_zones(group) if zone is None else []
+    if not choices:
+        choices = _zone_order(group, prefer)
+        if zone is not None:
+            choices = [c for c in choices if c[0] == zone][:1]
+    types, market = _pick_types_and_market(group, avoid=replaces.instance.instance_type if replaces else None)
+    if replaces is not None:
+        market = "spot"  # Capacity Rebalancing launches a Spot Instance
+    for az, subnet_id in choices:
+        subnet = _subnet_for(group, az, subnet_id)
+        failed = None
+        for instance_type in types:
+            rule = LAUNCH_FAILURES.take(_launch_context(group, az, instance_type, market, region))
+            if rule is None:
+                return _run(group, az, subnet, instance_type, market, cause, purpose, replaces)
+            failed = failed or (rule, instance_type)  # a fleet tries the other pools in the zone
+        _record_failure(group, az, subnet, _failure_text(group, failed[0], az, failed[1], market), cause)
+    return None
+
+
+def _run(group, az: str, subnet, instance_type: str, market: str, cause: str, purpose, replaces):
     backend = group.autoscaling_backend
-    az, subnet = _pick_zone(group)
-    instance_type, market = _pick_type_and_market(group)
     tags = group.get_propagated_tags()
     tags[asm.ASG_NAME_TAG] = group.name
     tags.update(group.instance_tags)
     launch_template = None
     if group.ec2_launch_template:
         launch_template = {"LaunchTemplateId": group.ec2_launch_template.id}
+    pinned = _next_ip(group, az, subnet.id) if subnet is not None else None
     reservation = backend.ec2_backend.run_instances(
         group.image_id,
         1,
@@ -283,25 +590,36 @@ def _launch_one(group, cause: str) -> None:
         instance_type=instance_type,
         tags={"instance": tags},
         placement=az,
-        subnet_id=subnet,
+        subnet_id=subnet.id if subnet is not None else None,
+        private_ip=pinned.ip if pinned else None,
         launch_config=group.launch_config,
         launch_template=launch_template,
         is_instance_type_default=False,
         associate_public_ip=group.launch_config.associate_public_ip_address if group.launch_config else None,
         lifecycle="spot" if market == "spot" else None,  # EC2 DescribeInstances: InstanceLifecycle=spot
     )
+    if pinned:
+        NEXT_IPS.remove(pinned)
     instance = reservation.instances[0]
     # Set afterwards: passed to run_instances it trips moto's offering tables for newer regions.
     instance.region_name = backend.region_name  # used in the instance's DNS names
     instance.autoscaling_group = group
+    instance.launch_time = _ts().replace(tzinfo=None)  # model time (moto keeps naive UTC)
+    _backoff(group).pop(az, None)
     st = asm.InstanceState(
         instance, lifecycle_state="Pending", protected_from_scale_in=group.new_instances_protected_from_scale_in
     )
     st.market = market
     st.actions = {}
+    st.ss_launched_at = now()
+    st.ss_launch = _launch_spec(group)
+    st.ss_purpose = purpose
+    if replaces is not None:
+        replaces.ss_replaced_by = instance.id
     group.instance_states.append(st)
     register(st, backend.region_name)
-    st.activity = _activity(group, f"Launching a new EC2 instance: {instance.id}", cause)
+    st.activity = _activity(group, f"Launching a new EC2 instance: {instance.id}", cause,
+                            details={"Subnet ID": instance.subnet_id, "Availability Zone": az})
     hooks = _hooks(group, LAUNCHING)
     if hooks:
         st.lifecycle_state = "Pending:Wait"
@@ -309,6 +627,7 @@ def _launch_one(group, cause: str) -> None:
         _start_wait(group, st, hooks)
     else:
         _enter_service(group, st)
+    return st
 
 
 def _enter_service(group, st) -> None:
@@ -323,7 +642,8 @@ def _begin_termination(group, st, cause: str, use_hooks: bool = True):
     launch = getattr(st, "activity", None)
     if launch is not None and launch.end_time is None:
         _finish_activity(launch, "Cancelled", "Instance was taken out of service before its launch completed.")
-    st.activity = _activity(group, f"Terminating EC2 instance: {st.instance.id}", cause)
+    st.activity = _activity(group, f"Terminating EC2 instance: {st.instance.id}", cause,
+                            details={"Subnet ID": st.instance.subnet_id, "Availability Zone": st.instance.placement.zone})
     hooks = _hooks(group, TERMINATING) if use_hooks else []
     if hooks:
         st.lifecycle_state = "Terminating:Wait"
@@ -341,52 +661,269 @@ def _finish_termination(group, st) -> None:
         group.instance_states.remove(st)
     if st.instance.state != "terminated":
         group.autoscaling_backend.ec2_backend.terminate_instances([st.instance.id])
+    _release_ip(group, st)
     st.lifecycle_state = "Terminated"
     _finish_activity(getattr(st, "activity", None))
     _refresh_load_balancers(group)
 
 
-def _pick_victims(group, count: int) -> list:
-    """Default termination policy, simplified: keep the on-demand/spot split, then take
-    from the AZ with the most instances, oldest first."""
-    victims: list = []
-    desired = group.desired_capacity or 0
-    for _ in range(count):
-        remaining = [s for s in _live(group) if s not in victims]
-        candidates = [s for s in remaining if not s.protected_from_scale_in]
-        if not candidates:
+# ---------------------------------------------------------------- termination policies
+
+def _template_age(group, st) -> tuple[int, int, int]:
+    """Smaller is older: launch configurations first, then non-current templates, then old versions."""
+    spec = getattr(st, "ss_launch", ("none",))
+    if spec[0] == "lc":
+        current = group.launch_config.name if group.launch_config else None
+        return (1, int(spec[1] == current), 0)
+    if spec[0] == "lt":
+        current = group.ec2_launch_template.id if group.ec2_launch_template else None
+        return (2, int(spec[1] == current), spec[2])
+    return (0, 0, 0)  # attached instances: launched from neither
+
+
+def _keep_min(candidates: list, key) -> list:
+    best = min(key(c) for c in candidates)
+    return [c for c in candidates if key(c) == best]
+
+
+def _oldest_launch(group, candidates: list) -> list:
+    return _keep_min(candidates, lambda s: _template_age(group, s))
+
+
+def _closest_to_hour(group, candidates: list) -> list:
+    t = now()
+    return _keep_min(candidates, lambda s: -((t - _launched_at(s)) % 3600))
+
+
+def _default_policy(group, candidates: list) -> list:
+    return _closest_to_hour(group, _oldest_launch(group, candidates))
+
+
+TERMINATION_POLICIES = {
+    "Default": _default_policy,
+    "OldestLaunchTemplate": _oldest_launch,
+    "OldestLaunchConfiguration": _oldest_launch,
+    "ClosestToNextInstanceHour": _closest_to_hour,
+    "OldestInstance": lambda group, c: _keep_min(c, _launched_at),
+    "NewestInstance": lambda group, c: _keep_min(c, lambda s: -_launched_at(s)),
+    "AllocationStrategy": lambda group, c: c,  # allocation strategies are not modelled
+}
+
+
+def _apply_policies(group, candidates: list):
+    for name in group.termination_policies or ["Default"]:
+        candidates = TERMINATION_POLICIES.get(name, lambda g, c: c)(group, candidates)
+        if len(candidates) == 1:
             break
-        if _distribution(group) is not None:
-            target = _on_demand_target(group, desired)
-            on_demand = sum(1 for s in remaining if _market(s) == "on-demand")
-            over = "on-demand" if on_demand > target else "spot" if len(remaining) - on_demand > desired - target else None
-            candidates = [s for s in candidates if _market(s) == over] or candidates
-        per_az = Counter(s.instance.placement.zone for s in remaining)
-        victims.append(max(candidates, key=lambda s: per_az[s.instance.placement.zone]))
+    return candidates[0]  # AWS picks at random among ties; the model takes the earliest
+
+
+def _over_market(group, remaining: list) -> str | None:
+    """Which purchase option a scale-in should take from to keep the on-demand/spot split."""
+    if _distribution(group) is None:
+        return None
+    desired = group.desired_capacity or 0
+    target = _on_demand_target(group, desired)
+    on_demand = sum(1 for s in remaining if _market(s) == "on-demand")
+    if on_demand > target:
+        return "on-demand"
+    if len(remaining) - on_demand > desired - target:
+        return "spot"
+    return None
+
+
+def _pick_victim(group, exclude: list):
+    """Default termination behaviour: the AZ with the most instances that has an unprotected
+    one, then the group's termination policies within it. None if all are protected."""
+    remaining = [s for s in _live(group) if s not in exclude and not _surplus(s)]
+    candidates = [s for s in remaining if not _protected(s)]
+    if not candidates:
+        return None
+    zones = set(_zone_names(group))
+    outside = [s for s in candidates if s.instance.placement.zone not in zones]
+    if outside:  # the group no longer uses that zone
+        return _apply_policies(group, outside)
+    market = _over_market(group, remaining)
+    if market is not None:
+        kind = [s for s in candidates if _market(s) == market]
+        if kind:
+            candidates, remaining = kind, [s for s in remaining if _market(s) == market]
+    per_az = Counter(s.instance.placement.zone for s in remaining)
+    most = max(per_az[s.instance.placement.zone] for s in candidates)
+    return _apply_policies(group, [s for s in candidates if per_az[s.instance.placement.zone] == most])
+
+
+def _pick_victims(group, count: int) -> list:
+    victims: list = []
+    for _ in range(count):
+        victim = _pick_victim(group, victims)
+        if victim is None:
+            break
+        victims.append(victim)
     return victims
 
 
+# ---------------------------------------------------------------- reconcile
+
 def reconcile(group, reason: str = "") -> None:
-    """Launch or terminate until the live instances match the desired capacity."""
-    suspended = set(group._suspended_processes)
+    """Converge the group: Capacity Rebalancing, desired capacity, then AZ balance."""
+    if getattr(group, "ss_busy", False) or getattr(group, "ss_hold", False):
+        return
+    group.ss_busy = True
+    try:
+        for _ in range(6):  # launches without hooks go InService at once; let the next step see them
+            before = _fingerprint(group)
+            _capacity_rebalance(group)
+            _scale(group, reason)
+            _az_rebalance(group)
+            reason = ""
+            if _fingerprint(group) == before:
+                break
+    finally:
+        group.ss_busy = False
+    _refresh_load_balancers(group)
+
+
+def _fingerprint(group) -> tuple:
+    return (group.desired_capacity, tuple((s.instance.id, s.lifecycle_state) for s in group.instance_states))
+
+
+def _scale(group, reason: str) -> None:
+    """Launch or terminate until the live instances match the target capacity."""
     live = len(_live(group))
+    target = _target(group)
     desired = group.desired_capacity or 0
     ts = _iso()
-    if live < desired and "Launch" not in suspended:
+    if live < target and "Launch" not in _suspended(group):
         cause = (
             f"{reason}At {ts} an instance was started in response to a difference between desired "
             f"and actual capacity, increasing the capacity from {live} to {desired}."
         )
-        for _ in range(desired - live):
-            _launch_one(group, cause)
-    elif live > desired and "Terminate" not in suspended:
-        for st in _pick_victims(group, live - desired):
+        for _ in range(target - live):
+            if _launch_one(group, cause) is None:
+                break  # every zone failed or waits for its retry time
+    elif live > target and "Terminate" not in _suspended(group):
+        reason = reason or getattr(group, "ss_reason_next", "")
+        group.ss_reason_next = ""
+        victims = _pick_victims(group, live - target)
+        for st in victims:
             cause = (
                 f"{reason}At {ts} an instance was taken out of service in response to a difference "
                 f"between desired and actual capacity, shrinking the capacity from {live} to {desired}. "
                 f"At {ts} instance {st.instance.id} was selected for termination."
             )
             _begin_termination(group, st, cause)
+        if len(victims) < live - target:
+            _note_protected(group, reason)
+
+
+def _note_protected(group, reason: str) -> None:
+    """AWS records one Cancelled activity when protection stops a scale-in."""
+    key = (group.desired_capacity, tuple(sorted(s.instance.id for s in _live(group))))
+    if getattr(group, "ss_blocked", None) == key:
+        return
+    group.ss_blocked = key
+    act = _activity(group, PROTECTED_NOTE, f"{reason}At {_iso()} group reached equilibrium.")
+    _finish_activity(act, "Cancelled", PROTECTED_NOTE)
+
+
+def _az_rebalance(group) -> None:
+    """Launch in the short zones first; the scale-in that follows takes from the long ones."""
+    if {"AZRebalance", "Launch"} & _suspended(group):
+        return
+    live = _live(group)
+    if any(_surplus(s) for s in live) or len(live) != _target(group):
+        return  # a rebalance or a scaling activity is under way
+    plan = _rebalance_plan(group, live)
+    if not plan:
+        return
+    cause = (
+        f"At {_iso()} instances were launched to balance instances in zones {' '.join(dict.fromkeys(plan))} "
+        "with other zones resulting in more than desired number of instances in the group."
+    )
+    group.ss_reason_next = cause + "  "
+    for az in plan:
+        if _launch_one(group, cause, zone=az, purpose="az-rebalance") is None:
+            break
+    if not any(_surplus(s) for s in _live(group)) and len(_live(group)) == _target(group):
+        group.ss_reason_next = ""  # nothing launched: no termination will follow
+
+
+def _rebalance_plan(group, live: list) -> list[str]:
+    """Zones to launch in so that, after the long zones lose as many, no two zones differ by
+    more than one. Only unprotected instances can go; MaxSize may be exceeded by the margin."""
+    zones = _zone_names(group)
+    ready = [z for z in zones if _zone_ready(group, z)]
+    counts = Counter({z: 0 for z in zones})
+    counts.update(s.instance.placement.zone for s in live if s.instance.placement.zone in counts)
+    movable = Counter(s.instance.placement.zone for s in live if not _protected(s))
+    outside = sum(1 for s in live if s.instance.placement.zone not in counts and not _protected(s))
+    limit = (group.max_size or 0) + _margin(group)
+    plan: list[str] = []
+    while ready and len(live) + len(plan) < limit:
+        short = min(ready, key=lambda z: counts[z])
+        if outside:
+            outside -= 1
+        else:
+            long = max(zones, key=lambda z: counts[z] if movable[z] else -1)
+            if not movable[long] or counts[long] - counts[short] <= 1:
+                break
+            movable[long] -= 1
+            counts[long] -= 1
+        counts[short] += 1
+        plan.append(short)
+    return plan
+
+
+def _capacity_rebalance(group) -> None:
+    """Replace Spot Instances that got a rebalance recommendation: launch first, then
+    terminate the old one (through the terminate hooks) once the new one is InService."""
+    if not group.capacity_rebalance:
+        return
+    suspended = _suspended(group)
+    for st in list(_live(group)):
+        if getattr(st, "ss_recommended_at", None) is None:
+            continue
+        if _replacement_ready(st):
+            if "Terminate" not in suspended:
+                cause = (
+                    f"At {_iso()} instance {st.instance.id} was taken out of service in response to an EC2 "
+                    f"instance rebalance recommendation; its replacement {st.ss_replaced_by} is in service."
+                )
+                _begin_termination(group, st, cause)
+            continue
+        if _replacement_of(st) is not None or "Launch" in suspended:
+            continue
+        if len(_live(group)) + 1 > (group.max_size or 0) + _margin(group):
+            continue
+        cause = (
+            f"At {_iso()} an instance was launched in response to an EC2 instance rebalance recommendation "
+            f"for instance {st.instance.id}."
+        )
+        _launch_one(group, cause, prefer=st.instance.placement.zone, purpose="capacity-rebalance", replaces=st)
+
+
+def recommend_rebalance(instance_id: str) -> dict:
+    """EC2 emits a rebalance recommendation for a Spot Instance (control endpoint).
+
+    KeyError: unknown instance; ValueError: not a running Spot Instance of a group."""
+    st = REGISTRY[instance_id]
+    if _market(st) != "spot":
+        raise ValueError(f"{instance_id} is an On-Demand Instance; EC2 sends rebalance recommendations only to Spot Instances")
+    if st.lifecycle_state not in LIVE:
+        raise ValueError(f"{instance_id} is {st.lifecycle_state}; only a running instance gets a rebalance recommendation")
+    if getattr(st, "ss_recommended_at", None) is None:
+        st.ss_recommended_at = now()
+    group = st.auto_scaling_group
+    if group.name in group.autoscaling_backend.autoscaling_groups:
+        reconcile(group)
+    return _describe(st)
+
+
+def settle_all() -> None:
+    for backend in all_backends():
+        for group in list(backend.autoscaling_groups.values()):
+            reconcile(group)
 
 
 # ---------------------------------------------------------------- lifecycle actions
@@ -410,7 +947,6 @@ def _complete(group, st, hook_name: str, result: str, why: str) -> None:
                 f"launch lifecycle action ({why}).",
                 use_hooks=False,
             )
-            reconcile(group)
         elif not st.actions:
             st.lifecycle_state = "Pending:Proceed"
             _enter_service(group, st)
@@ -418,10 +954,12 @@ def _complete(group, st, hook_name: str, result: str, why: str) -> None:
         # CONTINUE and ABANDON both let the termination go on; ABANDON skips remaining hooks.
         if result == "ABANDON" or not st.actions:
             _finish_termination(group, st)
+    reconcile(group)
 
 
 def apply_due() -> None:
-    """Apply the DefaultResult of every lifecycle action whose timeout has passed."""
+    """Apply the DefaultResult of every lifecycle action whose timeout has passed, then let
+    every group converge (retries of failed launches, rebalancing, resumed processes)."""
     t = now()
     for backend in all_backends():
         for group in list(backend.autoscaling_groups.values()):
@@ -436,6 +974,7 @@ def apply_due() -> None:
                             action.default_result,
                             f"Lifecycle Action timed out ({kind} timeout) with {action.default_result} Result",
                         )
+    settle_all()
 
 
 def _find_action(backend, group_name: str, hook_name: str, token: str | None, instance_id: str | None):
@@ -471,7 +1010,6 @@ def _group_set_desired_capacity(self, new_capacity) -> None:
     elif old != self.desired_capacity:
         reason = f"At {_iso()} a user request explicitly set group desired capacity changing the desired capacity from {old} to {self.desired_capacity}.  "
     reconcile(self, reason)
-    _refresh_load_balancers(self)
 
 
 _orig_group_update = asm.FakeAutoScalingGroup.update
@@ -496,7 +1034,6 @@ def _group_update(self, **kwargs) -> None:
             f"from {old} to {self.desired_capacity}.  "
         )
     reconcile(self, reason)
-    _refresh_load_balancers(self)
 
 
 def _backend_terminate_instance(self, instance_id: str, should_decrement: bool):
@@ -504,7 +1041,8 @@ def _backend_terminate_instance(self, instance_id: str, should_decrement: bool):
     if st is None:
         raise ValidationError(f"Instance Id not found - No managed instance found for instance ID: {instance_id}")
     if st.lifecycle_state.startswith("Terminating"):
-        return st.activity  # already on its way out: nothing more to do
+        # Its termination is an activity in progress (MidLifecycleAction while a hook holds it).
+        raise AutoscalingClientError("ScalingActivityInProgress", IN_PROGRESS.format(st.activity.activity_id))
     original = group.desired_capacity
     if should_decrement:
         if group.desired_capacity <= group.min_size:
@@ -514,10 +1052,11 @@ def _backend_terminate_instance(self, instance_id: str, should_decrement: bool):
                 "flag to false or lower group's min size."
             )
         group.desired_capacity -= 1
+    # Scale-in protection does not stop a termination the user asks for.
     cause = f"At {_iso()} instance {instance_id} was taken out of service in response to a user request"
     cause += f", shrinking the capacity from {original} to {group.desired_capacity}." if should_decrement else "."
     activity = _begin_termination(group, st, cause)
-    reconcile(group)  # without decrement the group launches a replacement right away
+    reconcile(group)  # without decrement the group launches a replacement; with it, it may rebalance
     return activity
 
 
@@ -539,6 +1078,8 @@ def _backend_notify_terminate_instances(self, instance_ids: list[str]) -> None:
 
 _orig_detach = asm.AutoScalingBackend.detach_instances
 _orig_delete_group = asm.AutoScalingBackend.delete_auto_scaling_group
+_orig_resume = asm.AutoScalingBackend.resume_processes
+_orig_protect = asm.AutoScalingBackend.set_instance_protection
 
 
 def _backend_detach_instances(self, group_name, instance_ids, should_decrement):
@@ -553,7 +1094,7 @@ def _backend_detach_instances(self, group_name, instance_ids, should_decrement):
 def _backend_delete_group(self, group_name: str) -> None:
     group = self.autoscaling_groups.get(group_name)
     if group is not None:
-        # Like ForceDelete: instances go without waiting for terminate hooks, hooks go with the group.
+        # ForceDelete: instances go without waiting for terminate hooks, hooks go with the group.
         for st in list(group.instance_states):
             st.activity = _activity(group, f"Terminating EC2 instance: {st.instance.id}",
                                     f"At {_iso()} an instance was taken out of service because the group was deleted.")
@@ -562,6 +1103,16 @@ def _backend_delete_group(self, group_name: str) -> None:
             if hook.auto_scaling_group_name == group_name:
                 del self.lifecycle_hooks[key]
     _orig_delete_group(self, group_name)
+
+
+def _backend_resume(self, group_name: str, processes: list[str]) -> None:
+    _orig_resume(self, group_name, processes)
+    reconcile(self.autoscaling_groups[group_name])  # what was held back happens now
+
+
+def _backend_protect(self, group_name: str, instance_ids: list[str], protected) -> None:
+    _orig_protect(self, group_name, instance_ids, protected)
+    reconcile(self.autoscaling_groups[group_name])  # a held-back scale-in may proceed
 
 
 def _put_hook(backend, spec: dict, existing=None):
@@ -611,6 +1162,31 @@ def _put_hook(backend, spec: dict, existing=None):
     return hook
 
 
+# ---------------------------------------------------------------- injected Auto Scaling faults
+
+DEFAULT_FAULT_MESSAGES = {
+    "ScalingActivityInProgress": IN_PROGRESS,
+    "ResourceContention": (
+        "You already have a pending update to an Amazon EC2 Auto Scaling resource (for example, an Auto Scaling "
+        "group, instance, or load balancer)."
+    ),
+    "Throttling": "Rate exceeded",
+}
+
+
+def _injected_fault(action: str, region: str, group_name: str | None) -> None:
+    """Raise the next injected fault for this call, if one is armed."""
+    rule = AUTOSCALING_FAULTS.take({"action": action, "region": region, "group": group_name})
+    if rule is None:
+        return
+    message = rule.message or DEFAULT_FAULT_MESSAGES[rule.code]
+    if "{}" in message:  # name the group's activity in progress, as AWS does
+        groups = groups_named(group_name, region) if group_name else []
+        act = _in_progress(groups[0]) if groups else None
+        message = message.format(act.activity_id if act else str(uuid.uuid4()))
+    raise AutoscalingClientError(rule.code, message)
+
+
 # ---------------------------------------------------------------- patched moto responses
 
 # Actions whose AutoScalingGroupName is only a filter, or that handle a missing group themselves.
@@ -629,6 +1205,7 @@ def _resp_call_action(self):
     try:
         action = self._get_action()
         name = self._get_param("AutoScalingGroupName")
+        _injected_fault(action, self.region, name if isinstance(name, str) else None)
         if action not in _GROUP_OPTIONAL and isinstance(name, str) and name not in self.autoscaling_backend.autoscaling_groups:
             raise ValidationError("AutoScalingGroup name not found - null")
         return _orig_call_action(self)
@@ -678,6 +1255,16 @@ def _resp_update_group(self):
     desired = self._get_int_param("DesiredCapacity")
     if desired is not None:
         _check_size(group.min_size if min_size is None else min_size, group.max_size if max_size is None else max_size, desired)
+    # moto's update ignores these three; AWS applies them.
+    rebalance = self._get_bool_param("CapacityRebalance")
+    if rebalance is not None:
+        group.capacity_rebalance = rebalance
+    policies = self._get_param("TerminationPolicies")
+    if policies:
+        group.termination_policies = list(policies)
+    cooldown = self._get_int_param("DefaultCooldown")
+    if cooldown is not None:
+        group.default_cooldown = cooldown
     return _orig_update_group(self)
 
 
@@ -688,7 +1275,30 @@ def _resp_set_desired_capacity(self):
         raise ValidationError(f"New SetDesiredCapacity value {desired} is above max value {group.max_size} for the AutoScalingGroup.")
     if desired < group.min_size:
         raise ValidationError(f"New SetDesiredCapacity value {desired} is below min value {group.min_size} for the AutoScalingGroup.")
+    if self._get_bool_param("HonorCooldown", False):
+        act = _in_progress(group)
+        if act is not None:
+            raise AutoscalingClientError("ScalingActivityInProgress", IN_PROGRESS.format(act.activity_id))
     self.autoscaling_backend.set_desired_capacity(group.name, desired)
+    return asr.EmptyResult()
+
+
+def _resp_delete_group(self):
+    name = self._get_param("AutoScalingGroupName")
+    group = self.autoscaling_backend.autoscaling_groups.get(name)
+    if group is not None and not self._get_bool_param("ForceDelete", False):
+        if _in_progress(group) is not None:
+            raise AutoscalingClientError(
+                "ScalingActivityInProgress",
+                "You cannot delete an AutoScalingGroup while there are scaling activities in progress for that group.",
+            )
+        if group.instance_states:
+            raise AutoscalingClientError(
+                "ResourceInUse",
+                "You cannot delete an AutoScalingGroup while there are instances or pending Spot instance request(s) "
+                "still in the group.",
+            )
+    self.autoscaling_backend.delete_auto_scaling_group(name)
     return asr.EmptyResult()
 
 
@@ -767,11 +1377,14 @@ def install() -> None:
     B.notify_terminate_instances = _backend_notify_terminate_instances
     B.detach_instances = _backend_detach_instances
     B.delete_auto_scaling_group = _backend_delete_group
+    B.resume_processes = _backend_resume
+    B.set_instance_protection = _backend_protect
     R = asr.AutoScalingResponse
     R.call_action = _resp_call_action
     R.create_auto_scaling_group = _resp_create_group
     R.update_auto_scaling_group = _resp_update_group
     R.set_desired_capacity = _resp_set_desired_capacity
+    R.delete_auto_scaling_group = _resp_delete_group
     R.put_lifecycle_hook = _resp_put_lifecycle_hook
     R.delete_lifecycle_hook = _resp_delete_lifecycle_hook
     R.complete_lifecycle_action = _resp_complete_lifecycle_action
@@ -792,17 +1405,25 @@ def _describe(st) -> dict:
         target = "Standby"
     else:
         target = "InService"
+    recommended = getattr(st, "ss_recommended_at", None)
+    instance = st.instance
     return {
-        "instance_id": st.instance.id,
+        "instance_id": instance.id,
         "region": getattr(st, "region", None),
         "asg_name": st.auto_scaling_group_name,
-        "availability_zone": st.instance.placement.zone,
-        "subnet_id": st.instance.subnet_id,
-        "instance_type": st.instance.instance_type,
+        "availability_zone": instance.placement.zone,
+        "subnet_id": instance.subnet_id,
+        "instance_type": instance.instance_type,
         "market": _market(st),
         "lifecycle_state": state,
         "target_lifecycle_state": target,
-        "ec2_state": st.instance.state,
+        "ec2_state": instance.state,
+        "private_ip": instance.private_ip,
+        "private_dns_name": instance.private_dns_name if instance.private_ip else None,
+        "protected_from_scale_in": bool(st.protected_from_scale_in),
+        "launch_time": _iso_ms(_launched_at(st)),
+        # IMDS meta-data/events/recommendations/rebalance: {"noticeTime": this}
+        "rebalance_recommendation_time": _iso(recommended) if recommended is not None else None,
     }
 
 

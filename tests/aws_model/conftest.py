@@ -19,11 +19,17 @@ from botocore.config import Config
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVER = os.path.join(HERE, "smartscale_aws.py")
 
-# Regions with at least three AZs in moto; every test takes the next unused one.
+# Regions with at least three AZs in moto; every test takes the next unused (region,
+# account) pair: moto keeps both apart (x-moto-account-id picks the account).
 _REGIONS = [
     r for r in boto3.session.Session().get_available_regions("autoscaling") if r != "us-west-1"
 ]
-_next_region = iter(_REGIONS)
+DEFAULT_ACCOUNT = "123456789012"
+_ACCOUNTS = [DEFAULT_ACCOUNT, "000000000002", "000000000003"]
+_next_slot = iter([(region, account) for account in _ACCOUNTS for region in _REGIONS])
+# Control endpoints whose rules outlive a test unless cleared.
+RULE_ENDPOINTS = ("/_smartscale/launch-failures", "/_smartscale/autoscaling-faults",
+                  "/_smartscale/dynamodb-faults", "/_smartscale/next-private-ip")
 
 
 def start_server(port: int = 0):
@@ -67,16 +73,38 @@ def wait_for(predicate, timeout: float = 5.0, what: str = "condition"):
 
 
 class World:
-    def __init__(self, url: str, region: str):
-        self.url, self.region = url, region
-        kw = dict(
-            region_name=region, endpoint_url=url, aws_access_key_id="testing",
+    def __init__(self, url: str, region: str, account: str = DEFAULT_ACCOUNT):
+        self.url, self.region, self.account = url, region, account
+        self.asg = self.client("autoscaling")
+        self.ec2 = self.client("ec2")
+        self.sqs = self.client("sqs")
+        self.ddb = self.client("dynamodb")
+        self._lt = None
+
+    def client(self, service: str):
+        client = boto3.client(
+            service, region_name=self.region, endpoint_url=self.url, aws_access_key_id="testing",
             aws_secret_access_key="testing", config=Config(retries={"max_attempts": 1}),
         )
-        self.asg = boto3.client("autoscaling", **kw)
-        self.ec2 = boto3.client("ec2", **kw)
-        self.sqs = boto3.client("sqs", **kw)
-        self._lt = None
+        if self.account != DEFAULT_ACCOUNT:
+            def pick_account(request, **_):
+                request.headers["x-moto-account-id"] = self.account
+            client.meta.events.register("before-sign", pick_account)
+        return client
+
+    def raw(self, service: str, body: bytes, headers: dict | None = None):
+        """One signed-looking request straight to the server: (status, headers, body text)."""
+        all_headers = {
+            "Authorization": f"AWS4-HMAC-SHA256 Credential=testing/20240101/{self.region}/{service}/aws4_request, "
+                             "SignedHeaders=host, Signature=0",
+            "x-moto-account-id": self.account, **(headers or {}),
+        }
+        req = urllib.request.Request(self.url + "/", data=body, method="POST", headers=all_headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, dict(resp.headers), resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, dict(err.headers), err.read().decode()
 
     # --- control endpoints
     def http(self, method: str, path: str, body=None, raw: bytes | None = None):
@@ -186,9 +214,13 @@ class World:
 
 
 @pytest.fixture
-def world(server_url) -> World:
+def world(server_url):
     try:
-        region = next(_next_region)
+        region, account = next(_next_slot)
     except StopIteration:
-        pytest.fail("more tests than regions: give tests their own account instead")
-    return World(server_url, region)
+        pytest.fail("more tests than (region, account) pairs: add an account to _ACCOUNTS")
+    w = World(server_url, region, account)
+    yield w
+    for path in RULE_ENDPOINTS:  # injected rules are global: never let one leak into the next test
+        w.http("DELETE", path)
+    w.http("POST", "/_smartscale/dynamodb-ttl", {"delay_seconds": 0})

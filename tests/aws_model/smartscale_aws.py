@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""moto server plus SmartScale's Auto Scaling lifecycle model, on one port.
+"""moto server plus SmartScale's AWS model (Auto Scaling, DynamoDB TTL, faults), on one port.
 
     python tests/aws_model/smartscale_aws.py --host 127.0.0.1 --port 5000
 
-Serves every moto service like `moto_server`, with the lifecycle-hook model of
-asg_model.py patched into moto's Auto Scaling backend, and the JSON control
-endpoints of docs/interfaces.md ("Test world control endpoints") under /_smartscale/.
+Serves every moto service like `moto_server`, with the Auto Scaling model of
+asg_model.py patched into moto's backend, DynamoDB TTL deletion and injected faults
+(ddb_model.py), and the JSON control endpoints of docs/interfaces.md ("Test world
+control endpoints", control.py) under /_smartscale/.
 With --port 0 the first stdout line names the chosen port:
     listening on http://127.0.0.1:PORT
 """
@@ -13,8 +14,6 @@ With --port 0 the first stdout line names the chosen port:
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import signal
 import socket
@@ -25,73 +24,22 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from moto.moto_api._internal.models import moto_api_backend  # noqa: E402
 from moto.moto_server.werkzeug_app import (  # noqa: E402
     DomainDispatcherApplication,
     MotoRequestHandler,
     create_backend_app,
 )
 from werkzeug.serving import make_server  # noqa: E402
-from werkzeug.wrappers import Request, Response  # noqa: E402
+from werkzeug.wrappers import Request  # noqa: E402
 
 import asg_model as model  # noqa: E402
+import control  # noqa: E402
+import ddb_model  # noqa: E402
 
 # Services whose requests read or change what the model owns. Others (e.g. SQS long
 # polls) run without the lock so they cannot stall the clock.
-LOCKED_SERVICES = {"autoscaling", "ec2", "cloudformation", "moto_api"}
+LOCKED_SERVICES = {"autoscaling", "ec2", "cloudformation", "moto_api", "dynamodb"}
 TICK_SECONDS = 0.2
-
-
-def _json(status: int, body) -> Response:
-    return Response(json.dumps(body), status=status, mimetype="application/json")
-
-
-def _error(status: int, message: str) -> Response:
-    return _json(status, {"error": message})
-
-
-def control(request: Request) -> Response:
-    """The /_smartscale/ endpoints; the caller holds model.LOCK."""
-    path, method = request.path.rstrip("/"), request.method
-    routes = {
-        "/_smartscale/health": "GET",
-        "/_smartscale/clock": "GET",
-        "/_smartscale/clock/advance": "POST",
-        "/_smartscale/instances": "GET",
-        "/_smartscale/reset": "POST",
-    }
-    if path.startswith("/_smartscale/instances/"):
-        expected = "GET"
-    elif path in routes:
-        expected = routes[path]
-    else:
-        return _error(404, f"unknown control endpoint {request.path}")
-    if method != expected:
-        return _error(405, f"{request.path} expects {expected}")
-
-    if path == "/_smartscale/health":
-        return _json(200, {"ok": True})
-    if path == "/_smartscale/clock":
-        return _json(200, model.clock())
-    if path == "/_smartscale/clock/advance":
-        try:
-            body = json.loads(request.get_data(as_text=True) or "null")
-        except ValueError:
-            return _error(400, "body must be JSON like {\"seconds\": 300}")
-        seconds = body.get("seconds") if isinstance(body, dict) else None
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
-            return _error(400, "\"seconds\" must be a non-negative number")
-        model.advance(float(seconds))
-        return _json(200, model.clock())
-    if path == "/_smartscale/instances":
-        return _json(200, model.instances())
-    if path.startswith("/_smartscale/instances/"):
-        found = model.instance(path.rsplit("/", 1)[1])
-        return _json(200, found) if found else _error(404, "unknown instance")
-    # /_smartscale/reset
-    moto_api_backend.reset()
-    model.wipe()
-    return _json(200, {"ok": True})
 
 
 class App:
@@ -105,11 +53,16 @@ class App:
             _tick()
         if environ.get("PATH_INFO", "").startswith("/_smartscale"):
             with model.LOCK:
-                return control(Request(environ))(environ, start_response)
+                return control.handle(Request(environ))(environ, start_response)
         app = self.moto.get_application(environ)
         if getattr(app, "service", None) not in LOCKED_SERVICES:
             return app(environ, start_response)
         with model.LOCK:
+            fault = ddb_model.intercept(environ)
+            if fault is not None:  # an injected DynamoDB error, in DynamoDB's shape
+                status, headers, body = fault
+                start_response(f"{status} {'Internal Server Error' if status == 500 else 'Bad Request'}", headers)
+                return [body]
             # Materialise the body inside the lock: Flask may build it lazily.
             result = app(environ, start_response)
             try:
@@ -117,13 +70,14 @@ class App:
             finally:
                 getattr(result, "close", lambda: None)()
             if environ.get("PATH_INFO", "").startswith("/moto-api/reset") and environ.get("REQUEST_METHOD") == "POST":
-                model.wipe()  # moto forgot everything; the model must too
+                control.wipe()  # moto forgot everything; the model must too
             return chunks
 
 
 def _tick() -> None:
     try:
         model.apply_due()
+        ddb_model.sweep(model.now())
     except Exception:  # never let a model bug take the server or a request down
         traceback.print_exc()
 
