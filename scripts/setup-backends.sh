@@ -2,7 +2,11 @@
 # Install what the test world runs on, idempotently, and say what was done:
 #   - a Python venv with tests/aws_model/requirements.txt (moto[server] pinned) in
 #     ${SMARTSCALE_BACKENDS_DIR:-/tmp/smartscale-backends}/venv;
-#   - Debian's prometheus package (prometheus + promtool), if either is missing.
+#   - Debian's prometheus package (prometheus + promtool), if either is missing;
+#   - the real Kubernetes control plane (tests/controlplane: etcd, kube-apiserver,
+#     kube-controller-manager, kube-scheduler in one `kube-world` binary) built from the Go module
+#     proxy into ${SMARTSCALE_BACKENDS_DIR}/bin, cached by its go.mod/go.sum (cold: ~5 min on 2 cores),
+#     and amazon-ec2-metadata-mock (tests/aemm, ~40 s cold).
 # Nothing is started here: tests and `smartscale-testworld up` start their own processes.
 set -euo pipefail
 
@@ -52,4 +56,17 @@ else
     say "installed prometheus ($(prometheus --version 2>&1 | head -n1))"
 fi
 
-say "done: SMARTSCALE_BACKENDS_DIR=$backends (python: $venv/bin/python)"
+# --- Go programs: the Kubernetes control plane -----------------------------------------------
+# The version stamped into the binaries is the one go.mod pins (kubectl's version skew checks read it).
+kube_version=$(awk '$1 == "k8s.io/kubernetes" { print $2 }' "$repo/tests/controlplane/go.mod" | head -n1)
+[ -n "$kube_version" ] || die "tests/controlplane/go.mod does not require k8s.io/kubernetes"
+kube_minor=$(echo "$kube_version" | cut -d. -f2)
+ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags="$ldflags -X $pkg.gitVersion=$kube_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$kube_minor -X $pkg.gitTreeState=clean"
+done
+SMARTSCALE_BACKENDS_DIR=$backends "$repo/scripts/build-go-binary.sh" kube-world "$repo/tests/controlplane" . -- -ldflags="$ldflags"
+# The AWS-maintained IMDS mock (amazon-ec2-metadata-mock), pinned in tests/aemm/go.mod.
+SMARTSCALE_BACKENDS_DIR=$backends "$repo/scripts/build-go-binary.sh" aemm "$repo/tests/aemm" github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock
+
+say "done: SMARTSCALE_BACKENDS_DIR=$backends (python: $venv/bin/python; binaries: $backends/bin)"

@@ -471,16 +471,8 @@ async fn lookup(state: &ImdsState, path: &str) -> Result<Option<String>> {
         )
     };
     let iso = |t: Timestamp| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-    let private_ip = private_ip(&instance.instance_id);
-    // AWS's private DNS names: `ip-a-b-c-d.ec2.internal` in us-east-1, `….<region>.compute.internal`
-    // elsewhere (Amazon VPC User Guide, "DNS attributes for your VPC").
-    let hostname = match instance.region.as_str() {
-        "us-east-1" => format!("ip-{}.ec2.internal", private_ip.replace('.', "-")),
-        region => format!(
-            "ip-{}.{region}.compute.internal",
-            private_ip.replace('.', "-")
-        ),
-    };
+    let private_ip = private_ip(instance);
+    let hostname = local_hostname(instance);
 
     let mut listing: Vec<&str> = Vec::new();
     let body = match path.trim_end_matches('/') {
@@ -572,11 +564,23 @@ async fn lookup(state: &ImdsState, path: &str) -> Result<Option<String>> {
 }
 
 /// A stable private address derived from the instance id (moto assigns none we can see here).
-fn private_ip(instance_id: &str) -> String {
-    let hash = instance_id.bytes().fold(0u32, |hash, byte| {
+/// The instance's private IPv4 address (`local-ipv4`): derived from its id, stable.
+pub fn private_ip(instance: &ImdsInstance) -> String {
+    let hash = instance.instance_id.bytes().fold(0u32, |hash, byte| {
         hash.wrapping_mul(31).wrapping_add(u32::from(byte))
     });
     format!("10.0.{}.{}", (hash >> 8) % 250, hash % 250 + 4)
+}
+
+/// The instance's private DNS name (`local-hostname`), what K3s takes as the node name. AWS's
+/// names: `ip-a-b-c-d.ec2.internal` in us-east-1, `….<region>.compute.internal` elsewhere (Amazon
+/// VPC User Guide, "DNS attributes for your VPC").
+pub fn local_hostname(instance: &ImdsInstance) -> String {
+    let dashed = private_ip(instance).replace('.', "-");
+    match instance.region.as_str() {
+        "us-east-1" => format!("ip-{dashed}.ec2.internal"),
+        region => format!("ip-{dashed}.{region}.compute.internal"),
+    }
 }
 
 fn text(body: String) -> Response {

@@ -1,25 +1,48 @@
 //! A whole small cluster for end-to-end tests: the AWS model with a worker Auto Scaling group
-//! (and its lifecycle hooks) and a state table, the fake Kubernetes API with a control-plane
-//! node, and a "node sync" that plays the part of the agents and the cloud controller manager:
-//! an instance that launches registers as a Ready node (completing the launch hook), and a node
-//! whose instance is terminated is deleted.
+//! (and its lifecycle hooks) and a state table; the real Kubernetes control plane with a K3s
+//! server node (tainted `CriticalAddonsOnly`, running CoreDNS) and the controller's
+//! ServiceAccount and RBAC applied from `userdata/manifests/smartscale.yaml`, exactly as shipped;
+//! and an "instance sync" that plays what boots on each instance: a launched instance joins
+//! through the K3s server (its simulated kubelet registers the Node with its own client
+//! certificate), then the launch hook is completed once the Node is Ready, as the agent does.
+//! When an instance stops running, its kubelet goes silent. Nothing deletes Node objects (K3s's
+//! cloud provider never does): the real node lifecycle controller marks them NotReady.
 
-use crate::apiserver::{ApiServerOptions, FakeApiServer};
-use crate::aws::AwsModel;
+use crate::aws::{AwsModel, ModelInstance};
+use crate::kubernetes::{
+    ControlPlane, ControlPlaneOptions, Credential, JoinRefused, JoinRequest, K3sOptions,
+    K3sServer, manifests,
+};
 use crate::process::poll_until;
 use crate::{Error, Result};
 use aws_sdk_autoscaling::types::{LaunchTemplateSpecification, LifecycleHookSpecification};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
 };
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const LAUNCH_HOOK: &str = "smartscale-launch";
 pub const TERMINATE_HOOK: &str = "smartscale-terminate";
+/// The K3s server's node (not in the ASG).
+pub const SERVER_NODE: &str = "server";
+/// The token workers join with in the world.
+pub const AGENT_TOKEN: &str = "K10world::node:agent-token";
+/// The controller's ServiceAccount, from the shipped manifests.
+pub const CONTROLLER_SERVICE_ACCOUNT: &str = "smartscale-controller";
+const CONTROLLER_TOKEN_SECRET: &str = "smartscale-controller-token";
+
+/// The manifests the K3s server applies (the controller's identity and RBAC among them).
+pub fn shipped_manifests() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("userdata/manifests/smartscale.yaml")
+}
 
 /// What the world looks like at the start.
 #[derive(Debug, Clone)]
@@ -33,8 +56,12 @@ pub struct WorldOptions {
     /// Allocatable of each worker node (Kubernetes quantities).
     pub cpu: &'static str,
     pub memory: &'static str,
-    /// Register launched instances as nodes (what agents would do).
+    /// Join launched instances as nodes (what the agent would do at boot).
     pub auto_join: bool,
+    /// Time from a pod being bound to it being Running.
+    pub pod_start_delay: Duration,
+    /// kube-controller-manager's node monitor grace period (NotReady after a silent kubelet).
+    pub node_monitor_grace_period: Duration,
 }
 
 impl Default for WorldOptions {
@@ -49,17 +76,21 @@ impl Default for WorldOptions {
             cpu: "2",
             memory: "4Gi",
             auto_join: true,
+            pod_start_delay: Duration::from_millis(100),
+            node_monitor_grace_period: Duration::from_secs(50),
         }
     }
 }
 
 pub struct World {
     pub aws: AwsModel,
-    pub api: FakeApiServer,
+    pub plane: ControlPlane,
+    pub k3s: K3sServer,
     pub region: String,
     pub asg_name: String,
     pub table: String,
     pub dir: tempfile::TempDir,
+    /// An admin client (`system:masters`), for the test's own reads and writes.
     pub kube: kube::Client,
     pub autoscaling: aws_sdk_autoscaling::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
@@ -80,36 +111,44 @@ fn sdk_err(what: &str, e: impl std::fmt::Display) -> Error {
 
 /// A kube client for a kubeconfig file.
 pub async fn kube_client(kubeconfig: &Path) -> Result<kube::Client> {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
-        .map_err(|e| sdk_err("reading kubeconfig", e))?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await
-        .map_err(|e| sdk_err("kubeconfig", e))?;
-    kube::Client::try_from(cfg).map_err(|e| sdk_err("kube client", e))
+    crate::kubernetes::client_for(kubeconfig).await
+}
+
+/// The node name of an instance: its private DNS name, as K3s takes the hostname on EC2.
+pub fn node_name(instance: &ModelInstance) -> String {
+    crate::imds::local_hostname(&crate::imds::ImdsInstance::from_model(instance))
 }
 
 impl World {
     pub async fn start(opts: WorldOptions) -> Result<World> {
         let aws = AwsModel::start().await?;
-        let api = FakeApiServer::start(ApiServerOptions {
-            aws_model_url: Some(aws.endpoint().to_string()),
-            ..ApiServerOptions::default()
-        })
-        .await?;
         let dir = tempfile::Builder::new()
             .prefix("smartscale-world-")
             .tempdir()
             .map_err(|e| Error::io("creating the world's directory", e))?;
-        let kubeconfig = dir.path().join("kubeconfig");
-        api.write_kubeconfig(&kubeconfig, None)?;
-        let kube = kube_client(&kubeconfig).await?;
+        let plane = ControlPlane::start(ControlPlaneOptions {
+            node_monitor_grace_period: opts.node_monitor_grace_period,
+            dir: Some(dir.path().join("kubernetes")),
+            ..ControlPlaneOptions::default()
+        })
+        .await?;
+        let k3s = K3sServer::start(
+            &plane,
+            K3sOptions {
+                tokens: vec![AGENT_TOKEN.into()],
+                pod_start_delay: opts.pod_start_delay,
+                ..K3sOptions::default()
+            },
+        )?;
+        let kube = plane.admin().clone();
         let region = "us-east-1".to_string();
         let sdk = aws.sdk_config(&region);
         let autoscaling = aws_sdk_autoscaling::Client::new(&sdk);
         let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
-        let world = World {
+        let mut world = World {
             aws,
-            api,
+            plane,
+            k3s,
             region,
             asg_name: "smartscale-workers".into(),
             table: "smartscale-state".into(),
@@ -119,22 +158,23 @@ impl World {
             dynamodb,
             sync: None,
         };
-        world.setup().create(&opts).await?;
-        let mut world = world;
+        let controller_kubeconfig = world.kubeconfig();
+        world.setup().create(&opts, &controller_kubeconfig).await?;
         if opts.auto_join {
-            world.sync = Some(spawn_node_sync(
-                world.aws.client().clone(),
-                world.kube.clone(),
-                world.autoscaling.clone(),
-                world.asg_name.clone(),
-                opts.cpu,
-                opts.memory,
-            ));
+            world.sync = Some(spawn_instance_sync(InstanceSync {
+                model: world.aws.client().clone(),
+                k3s: world.k3s.clone(),
+                kube: world.kube.clone(),
+                autoscaling: world.autoscaling.clone(),
+                asg: world.asg_name.clone(),
+                cpu: opts.cpu,
+                memory: opts.memory,
+            }));
             let want = opts.workers as usize;
             world
                 .wait_nodes(
                     "the initial workers to be Ready",
-                    Duration::from_secs(20),
+                    Duration::from_secs(30),
                     |n| n == want,
                 )
                 .await?;
@@ -148,14 +188,23 @@ impl World {
             autoscaling: &self.autoscaling,
             dynamodb: &self.dynamodb,
             kube: &self.kube,
+            plane: &self.plane,
+            k3s: &self.k3s,
             region: &self.region,
             asg_name: &self.asg_name,
             table: &self.table,
         }
     }
 
+    /// The controller's kubeconfig: its ServiceAccount's token (the shipped RBAC decides what it
+    /// may do), TLS with the cluster CA.
     pub fn kubeconfig(&self) -> PathBuf {
-        self.dir.path().join("kubeconfig")
+        self.dir.path().join("controller.kubeconfig")
+    }
+
+    /// The admin kubeconfig (for kubectl as an operator).
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.plane.admin_kubeconfig()
     }
 
     /// Environment for a product process (controller or agent) to reach this world.
@@ -185,23 +234,44 @@ impl World {
         Ok(path)
     }
 
-    /// Registers a Ready node for an instance, as the agent's join would (for worlds without
-    /// `auto_join`).
+    /// Joins the node of `instance` (for worlds without `auto_join`), as its agent's join would:
+    /// through the K3s server, with the agent's labels and providerID. The launch hook is left to
+    /// the caller.
     pub async fn register_node(&self, instance: &str) -> Result<()> {
-        let node: Node = serde_json::from_value(json!({
-            "metadata": {"name": format!("worker-{instance}")},
-            "spec": {"providerID": format!("aws:///{}a/{instance}", self.region)},
-            "status": {
-                "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
-                "conditions": [{"type": "Ready", "status": "True"}]
-            }
-        }))
-        .map_err(|e| sdk_err("node JSON", e))?;
-        Api::<Node>::all(self.kube.clone())
-            .create(&PostParams::default(), &node)
+        let i = self
+            .aws
+            .instance(instance)
+            .await?
+            .ok_or_else(|| Error::Invalid(format!("no instance {instance} in the model")))?;
+        join_instance(&self.k3s, &i, "2", "4Gi")
             .await
-            .map_err(|e| sdk_err("registering a node", e))?;
-        Ok(())
+            .map_err(|e| Error::Invalid(format!("joining {instance}: {e}")))?;
+        let name = node_name(&i);
+        poll_until(
+            &format!("node {name} Ready"),
+            Duration::from_secs(10),
+            || async {
+                let n = Api::<Node>::all(self.kube.clone())
+                    .get_opt(&name)
+                    .await
+                    .map_err(|e| sdk_err("reading a node", e))?;
+                Ok(n.filter(is_ready).map(|_| ()))
+            },
+        )
+        .await
+    }
+
+    /// The instance id behind a node (from its providerID `aws:///<zone>/<id>`).
+    pub async fn instance_of(&self, node: &str) -> Result<String> {
+        let n = Api::<Node>::all(self.kube.clone())
+            .get(node)
+            .await
+            .map_err(|e| sdk_err(&format!("reading node {node}"), e))?;
+        n.spec
+            .and_then(|s| s.provider_id)
+            .and_then(|p| p.rsplit('/').next().map(str::to_string))
+            .filter(|id| id.starts_with("i-"))
+            .ok_or_else(|| Error::Invalid(format!("node {node} has no AWS providerID")))
     }
 
     /// Every `history#…` record the controller wrote for cluster `cluster_id`, oldest first.
@@ -239,7 +309,7 @@ impl World {
         }
     }
 
-    /// Worker nodes (not the control plane) that are Ready.
+    /// Worker nodes (not the K3s server) that are Ready.
     pub async fn ready_workers(&self) -> Result<Vec<Node>> {
         let nodes: Api<Node> = Api::all(self.kube.clone());
         let list = nodes
@@ -249,13 +319,8 @@ impl World {
         Ok(list
             .items
             .into_iter()
-            .filter(|n| n.metadata.name.as_deref() != Some("server"))
-            .filter(|n| {
-                n.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
+            .filter(|n| n.metadata.name.as_deref() != Some(SERVER_NODE))
+            .filter(is_ready)
             .collect())
     }
 
@@ -327,7 +392,8 @@ impl World {
             .collect())
     }
 
-    /// Creates a pod in `default` requesting `cpu` and `memory`, optionally pinned to a node.
+    /// Creates a bare pod in `default` requesting `cpu` and `memory`, optionally bound to a node
+    /// (as a DaemonSet or a user with `nodeName` would). The real scheduler places it otherwise.
     pub async fn create_pod(
         &self,
         name: &str,
@@ -355,6 +421,38 @@ impl World {
         Ok(())
     }
 
+    /// Creates a Deployment in `default` whose pods request `cpu`/`memory`; the real ReplicaSet
+    /// controller creates its pods and the real scheduler places them.
+    pub async fn create_deployment(
+        &self,
+        name: &str,
+        replicas: i32,
+        cpu: &str,
+        memory: &str,
+    ) -> Result<()> {
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {
+                        "terminationGracePeriodSeconds": 1,
+                        "containers": [{"name": "app", "image": "nginx",
+                            "resources": {"requests": {"cpu": cpu, "memory": memory}}}]
+                    }
+                }
+            }
+        }))
+        .map_err(|e| sdk_err("deployment JSON", e))?;
+        Api::<Deployment>::namespaced(self.kube.clone(), "default")
+            .create(&PostParams::default(), &d)
+            .await
+            .map_err(|e| sdk_err(&format!("creating deployment {name}"), e))?;
+        Ok(())
+    }
+
     /// Pods that the scheduler could not place.
     pub async fn unschedulable_pods(&self) -> Result<usize> {
         let list = Api::<Pod>::all(self.kube.clone())
@@ -364,28 +462,40 @@ impl World {
         Ok(list
             .items
             .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
             .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none())
             .count())
     }
 }
 
-/// Creates a small cluster in a running AWS model and API server: the state table, a
-/// control-plane node running the cluster DNS, and the worker group with its lifecycle hooks.
-/// `World` uses it, and so does `smartscale-testworld up`.
+pub fn is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Creates a small cluster in a running AWS model and control plane: the state table, the K3s
+/// server node with CoreDNS, the shipped manifests (the controller's ServiceAccount and RBAC),
+/// the controller's kubeconfig, and the worker group with its lifecycle hooks. `World` uses it,
+/// and so does `smartscale-testworld up`.
 pub struct Setup<'a> {
     pub model: &'a crate::aws::ModelClient,
     pub autoscaling: &'a aws_sdk_autoscaling::Client,
     pub dynamodb: &'a aws_sdk_dynamodb::Client,
     pub kube: &'a kube::Client,
+    pub plane: &'a ControlPlane,
+    pub k3s: &'a K3sServer,
     pub region: &'a str,
     pub asg_name: &'a str,
     pub table: &'a str,
 }
 
 impl Setup<'_> {
-    pub async fn create(&self, opts: &WorldOptions) -> Result<()> {
+    pub async fn create(&self, opts: &WorldOptions, controller_kubeconfig: &Path) -> Result<()> {
         self.create_table().await?;
-        self.create_control_plane().await?;
+        self.create_server_node().await?;
+        self.apply_manifests(controller_kubeconfig).await?;
         self.create_group(opts).await
     }
 
@@ -421,36 +531,96 @@ impl Setup<'_> {
         Ok(())
     }
 
-    /// The K3s server: a control-plane node (not in the ASG) running the cluster's DNS.
-    async fn create_control_plane(&self) -> Result<()> {
-        let nodes: Api<Node> = Api::all(self.kube.clone());
-        let node: Node = serde_json::from_value(json!({
-            "metadata": {"name": "server", "labels": {"node-role.kubernetes.io/control-plane": "true"}},
-            "spec": {"taints": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]},
-            "status": {
-                "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
-                "capacity": {"cpu": "2", "memory": "4Gi", "pods": "110"},
-                "conditions": [{"type": "Ready", "status": "True"}]
-            }
-        }))
-        .map_err(|e| sdk_err("node JSON", e))?;
-        nodes
-            .create(&PostParams::default(), &node)
+    /// The K3s server as a node: `CriticalAddonsOnly=true:NoExecute` (userdata/server.sh.tpl),
+    /// the control-plane role labels K3s puts on servers, providerID `k3s://server` (from K3s's
+    /// cloud controller: the server's kubelet gets no AWS providerID), and CoreDNS on it.
+    async fn create_server_node(&self) -> Result<()> {
+        let mut join = JoinRequest {
+            token: AGENT_TOKEN.into(),
+            node_name: SERVER_NODE.into(),
+            node_password: "server".into(),
+            provider_id: None,
+            labels: BTreeMap::new(),
+            taints: vec!["CriticalAddonsOnly=true:NoExecute".into()],
+            internal_ip: Some("10.0.0.10".into()),
+            cpu: Some("2".into()),
+            memory: Some("4Gi".into()),
+        };
+        join.labels.insert(
+            "topology.kubernetes.io/zone".into(),
+            format!("{}a", self.region),
+        );
+        self.k3s
+            .join(join)
             .await
-            .map_err(|e| sdk_err("creating the control-plane node", e))?;
-        let pods: Api<Pod> = Api::namespaced(self.kube.clone(), "kube-system");
-        let dns: Pod = serde_json::from_value(json!({
+            .map_err(|e| Error::Invalid(format!("joining the server node: {e}")))?;
+        // Role labels: a kubelet may not set node-role.kubernetes.io (NodeRestriction); K3s sets
+        // them as the server.
+        let nodes: Api<Node> = Api::all(self.kube.clone());
+        let labels = json!({"metadata": {"labels": {
+            "node-role.kubernetes.io/control-plane": "true",
+            "node-role.kubernetes.io/master": "true",
+        }}});
+        nodes
+            .patch(SERVER_NODE, &PatchParams::default(), &Patch::Merge(&labels))
+            .await
+            .map_err(|e| sdk_err("labelling the server node", e))?;
+        // CoreDNS as K3s ships it, in short: tolerates CriticalAddonsOnly and the control plane.
+        let dns: Deployment = serde_json::from_value(json!({
             "metadata": {"name": "coredns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
             "spec": {
-                "nodeName": "server",
-                "containers": [{"name": "coredns", "image": "coredns", "resources": {"requests": {"cpu": "100m", "memory": "70Mi"}}}]
+                "replicas": 1,
+                "selector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                "template": {
+                    "metadata": {"labels": {"k8s-app": "kube-dns"}},
+                    "spec": {
+                        "priorityClassName": "system-cluster-critical",
+                        "nodeSelector": {"node-role.kubernetes.io/control-plane": "true"},
+                        "tolerations": [
+                            {"key": "CriticalAddonsOnly", "operator": "Exists"},
+                            {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}
+                        ],
+                        "containers": [{"name": "coredns", "image": "rancher/mirrored-coredns-coredns:1.12.3",
+                            "resources": {"requests": {"cpu": "100m", "memory": "70Mi"}}}]
+                    }
+                }
             }
         }))
-        .map_err(|e| sdk_err("pod JSON", e))?;
-        pods.create(&PostParams::default(), &dns)
+        .map_err(|e| sdk_err("coredns JSON", e))?;
+        Api::<Deployment>::namespaced(self.kube.clone(), "kube-system")
+            .create(&PostParams::default(), &dns)
             .await
             .map_err(|e| sdk_err("creating coredns", e))?;
         Ok(())
+    }
+
+    /// Applies `userdata/manifests/smartscale.yaml` and writes the controller's kubeconfig from
+    /// its ServiceAccount token Secret, as the server's UserData does.
+    async fn apply_manifests(&self, controller_kubeconfig: &Path) -> Result<()> {
+        let path = shipped_manifests();
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let applied = manifests::apply(self.kube, &text).await?;
+        tracing::debug!(?applied, "shipped manifests applied");
+        let secrets: Api<Secret> = Api::namespaced(self.kube.clone(), "kube-system");
+        let token = poll_until(
+            "the controller's ServiceAccount token (the token controller fills the Secret)",
+            Duration::from_secs(30),
+            || async {
+                let secret = secrets
+                    .get_opt(CONTROLLER_TOKEN_SECRET)
+                    .await
+                    .map_err(|e| sdk_err("reading the token Secret", e))?;
+                Ok(secret
+                    .and_then(|s| s.data)
+                    .and_then(|d| d.get("token").cloned())
+                    .map(|t| String::from_utf8_lossy(&t.0).into_owned()))
+            },
+        )
+        .await?;
+        self.plane
+            .kubeconfig(Credential::Token(token))
+            .write(controller_kubeconfig)
     }
 
     async fn create_group(&self, o: &WorldOptions) -> Result<()> {
@@ -517,73 +687,109 @@ pub fn controller_config_text(
     )
 }
 
-/// Starts the node sync: plays the agents and the cloud controller manager (module comment).
-pub fn spawn_node_sync(
-    model: crate::aws::ModelClient,
-    kube: kube::Client,
-    autoscaling: aws_sdk_autoscaling::Client,
-    asg: String,
-    cpu: &'static str,
-    memory: &'static str,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(node_sync(model, kube, autoscaling, asg, cpu, memory))
+/// The join an instance's agent makes: the agent's labels (docs/interfaces.md, "Node labels set
+/// by the agent"), providerID `aws:///<zone>/<id>`, the node name from the private DNS name.
+async fn join_instance(
+    k3s: &K3sServer,
+    i: &ModelInstance,
+    cpu: &str,
+    memory: &str,
+) -> std::result::Result<(), JoinRefused> {
+    let mut labels = BTreeMap::new();
+    labels.insert("node.kubernetes.io/instance-type".into(), i.instance_type.clone());
+    labels.insert("topology.kubernetes.io/zone".into(), i.availability_zone.clone());
+    labels.insert("smartscale.io/capacity-type".into(), i.market.clone());
+    if let Some(asg) = &i.asg_name {
+        labels.insert("smartscale.io/node-group".into(), asg.clone());
+    }
+    let imds = crate::imds::ImdsInstance::from_model(i);
+    k3s.join(JoinRequest {
+        token: AGENT_TOKEN.into(),
+        node_name: node_name(i),
+        // K3s's node password is random per machine, kept in /etc/rancher/node/password.
+        node_password: i.instance_id.clone(),
+        provider_id: Some(format!("aws:///{}/{}", i.availability_zone, i.instance_id)),
+        labels,
+        taints: vec![],
+        internal_ip: Some(crate::imds::private_ip(&imds)),
+        cpu: Some(cpu.into()),
+        memory: Some(memory.into()),
+    })
+    .await
+    .map(|_| ())
 }
 
-async fn node_sync(
-    model: crate::aws::ModelClient,
-    kube: kube::Client,
-    autoscaling: aws_sdk_autoscaling::Client,
-    asg: String,
-    cpu: &'static str,
-    memory: &'static str,
-) {
-    let nodes: Api<Node> = Api::all(kube);
+/// What [`spawn_instance_sync`] follows and how nodes are sized.
+pub struct InstanceSync {
+    pub model: crate::aws::ModelClient,
+    pub k3s: K3sServer,
+    pub kube: kube::Client,
+    pub autoscaling: aws_sdk_autoscaling::Client,
+    pub asg: String,
+    pub cpu: &'static str,
+    pub memory: &'static str,
+}
+
+/// Starts the instance sync: plays what boots on each instance (module comment).
+pub fn spawn_instance_sync(sync: InstanceSync) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(instance_sync(sync))
+}
+
+async fn instance_sync(s: InstanceSync) {
+    let nodes: Api<Node> = Api::all(s.kube.clone());
+    // Instances whose join was tried (once each, as the agent's join is), and those that died.
+    let mut joined: BTreeSet<String> = BTreeSet::new();
+    let mut dead: BTreeSet<String> = BTreeSet::new();
     loop {
-        if let Ok(instances) = model.instances().await {
+        if let Ok(instances) = s.model.instances().await {
             for i in instances
                 .iter()
-                .filter(|i| i.asg_name.as_deref() == Some(asg.as_str()))
+                .filter(|i| i.asg_name.as_deref() == Some(s.asg.as_str()))
             {
-                let name = format!("worker-{}", i.instance_id);
-                let exists = nodes.get_opt(&name).await.ok().flatten().is_some();
-                let alive = matches!(i.lifecycle_state.as_str(), "Pending:Wait" | "InService");
-                if alive && !exists {
-                    let node: std::result::Result<Node, _> = serde_json::from_value(json!({
-                        "metadata": {"name": name, "labels": {
-                            "node.kubernetes.io/instance-type": i.instance_type,
-                            "topology.kubernetes.io/zone": i.availability_zone,
-                            "smartscale.io/capacity-type": i.market,
-                        }},
-                        "spec": {"providerID": format!("aws:///{}/{}", i.availability_zone, i.instance_id)},
-                        "status": {
-                            "allocatable": {"cpu": cpu, "memory": memory, "pods": "110"},
-                            "capacity": {"cpu": cpu, "memory": memory, "pods": "110"},
-                            "conditions": [{"type": "Ready", "status": "True"}]
-                        }
-                    }));
-                    if let Ok(node) = node
-                        && let Err(e) = nodes.create(&PostParams::default(), &node).await
-                    {
-                        tracing::warn!(error = %e, "node sync: create node");
-                    }
+                let name = node_name(i);
+                let running = matches!(i.ec2_state.as_str(), "pending" | "running");
+                let booted = matches!(i.lifecycle_state.as_str(), "Pending:Wait" | "InService");
+                if running
+                    && booted
+                    && joined.insert(i.instance_id.clone())
+                    && let Err(e) = join_instance(&s.k3s, i, s.cpu, s.memory).await
+                {
+                    // What the agent does when k3s cannot join: ABANDON the launch.
+                    tracing::warn!(instance = %i.instance_id, error = %e, "instance sync: join refused; abandoning the launch");
+                    let _ = complete_launch(&s, &i.instance_id, "ABANDON").await;
                 }
-                if i.lifecycle_state == "Pending:Wait" {
-                    let _ = autoscaling
-                        .complete_lifecycle_action()
-                        .auto_scaling_group_name(&asg)
-                        .lifecycle_hook_name(LAUNCH_HOOK)
-                        .instance_id(&i.instance_id)
-                        .lifecycle_action_result("CONTINUE")
-                        .send()
-                        .await;
+                if i.lifecycle_state == "Pending:Wait"
+                    && joined.contains(&i.instance_id)
+                    && nodes.get_opt(&name).await.ok().flatten().is_some_and(|n| is_ready(&n))
+                {
+                    let _ = complete_launch(&s, &i.instance_id, "CONTINUE").await;
                 }
-                if i.ec2_state == "terminated" && exists {
-                    let _ = nodes.delete(&name, &Default::default()).await;
+                if !running && !dead.contains(&i.instance_id) && joined.contains(&i.instance_id) {
+                    dead.insert(i.instance_id.clone());
+                    s.k3s.stop_kubelet(&name);
                 }
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+async fn complete_launch(s: &InstanceSync, instance: &str, result: &str) -> Result<()> {
+    s.autoscaling
+        .complete_lifecycle_action()
+        .auto_scaling_group_name(&s.asg)
+        .lifecycle_hook_name(LAUNCH_HOOK)
+        .instance_id(instance)
+        .lifecycle_action_result(result)
+        .send()
+        .await
+        .map_err(|e| {
+            sdk_err(
+                "CompleteLifecycleAction",
+                aws_sdk_autoscaling::error::DisplayErrorContext(e),
+            )
+        })?;
+    Ok(())
 }
 
 /// Path of a workspace binary (`smartscale-controller`, `smartscale-agent`) next to the test's

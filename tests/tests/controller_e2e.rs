@@ -253,9 +253,10 @@ async fn low_load_removes_the_least_utilised_eligible_worker_through_the_termina
         let d = once(&w, &cfg, &[]).await;
         assert_eq!(d["action"], "scale_down", "{d}");
         let victim = d["victim"].as_str().unwrap().to_string();
-        assert!(
-            workers[2].ends_with(&victim),
-            "victim {victim} should be {}",
+        assert_eq!(
+            victim,
+            w.instance_of(&workers[2]).await.unwrap(),
+            "the victim should be {}",
             workers[2]
         );
         let (desired, instances) = w.group().await.unwrap();

@@ -207,7 +207,9 @@ async fn up_serves_every_endpoint_and_stops_cleanly_on_sigterm() {
             .expect("body");
         assert_eq!(&id, instance_id);
 
-        // Kubernetes API through the kubeconfig (mode 0600).
+        // Kubernetes: the admin kubeconfig (mode 0600, TLS with a client certificate) works for
+        // real kubectl: the ready-made cluster's nodes are Ready, a Deployment applied with
+        // kubectl runs on the simulated nodes, and a drain moves its pods to the other worker.
         let kubeconfig = std::path::PathBuf::from(&exports["KUBECONFIG"]);
         let mode = std::fs::metadata(&kubeconfig)
             .expect("kubeconfig")
@@ -215,15 +217,70 @@ async fn up_serves_every_endpoint_and_stops_cleanly_on_sigterm() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "kubeconfig mode {mode:o}");
         let text = std::fs::read_to_string(&kubeconfig).expect("kubeconfig");
-        let server = text
-            .lines()
-            .find_map(|line| line.trim().strip_prefix("server: "))
-            .expect("server line")
-            .to_string();
-        let version: serde_json::Value =
-            serde_json::from_str(&get_ok(&format!("{server}/version")).await)
-                .expect("version JSON");
-        assert!(version["gitVersion"].is_string(), "{version}");
+        assert!(text.contains("server: https://127.0.0.1:"), "{text}");
+        assert!(text.contains("client-certificate-data"), "TLS client certificate");
+        let kubectl = |args: &[&str]| {
+            let out = std::process::Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(args)
+                .output()
+                .expect("run kubectl");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let workers: Vec<String> = poll_until(
+            "kubectl get nodes: the server and two Ready workers",
+            Duration::from_secs(30),
+            || async {
+                let (ok, out, _) = kubectl(&["get", "nodes", "--no-headers"]);
+                let ready: Vec<String> = out
+                    .lines()
+                    .filter(|l| l.split_whitespace().nth(1) == Some("Ready"))
+                    .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+                    .filter(|n| n != "server")
+                    .collect();
+                Ok((ok && ready.len() == 2 && out.contains("server")).then_some(ready))
+            },
+        )
+        .await
+        .expect("nodes");
+        let manifest = logs.path().join("web.yaml");
+        std::fs::write(
+            &manifest,
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: default}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers: [{name: web, image: nginx, resources: {requests: {cpu: 100m}}}]\n",
+        )
+        .expect("manifest");
+        let (ok, out, err) = kubectl(&["apply", "-f", manifest.to_str().expect("path")]);
+        assert!(ok, "kubectl apply: {out}{err}");
+        assert!(out.contains("deployment.apps/web created"), "{out}");
+        let running_on = |node: Option<&str>| {
+            let (_, out, _) = kubectl(&["get", "pods", "-l", "app=web", "-o", "wide", "--no-headers"]);
+            out.lines()
+                .filter(|l| l.split_whitespace().nth(2) == Some("Running"))
+                .filter(|l| node.is_none_or(|n| l.split_whitespace().any(|w| w == n)))
+                .count()
+        };
+        poll_until("2 web pods Running", Duration::from_secs(30), || async {
+            Ok((running_on(None) == 2).then_some(()))
+        })
+        .await
+        .expect("deployment runs");
+        let (ok, out, err) = kubectl(&[
+            "drain", &workers[0], "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=60s",
+        ]);
+        assert!(ok, "kubectl drain: {out}{err}");
+        assert!(out.contains("drained"), "{out}");
+        poll_until(
+            "both web pods Running on the other worker",
+            Duration::from_secs(30),
+            || async { Ok((running_on(Some(&workers[1])) == 2).then_some(())) },
+        )
+        .await
+        .expect("rescheduled by the real scheduler");
 
         // The ready-made cluster: a controller config the controller itself accepts.
         let config = comments
@@ -268,30 +325,17 @@ async fn up_serves_every_endpoint_and_stops_cleanly_on_sigterm() {
         .await
         .expect("up == 1");
 
-        // The exporter mirrors the fake cluster's nodes, and a person can set a node's load.
-        let node = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": "ip-10-0-1-10.ec2.internal"},
-            "spec": {"providerID": format!("aws:///{region}a/{instance_id}")},
-        });
-        let created = http()
-            .post(format!("{server}/api/v1/nodes"))
-            .json(&node)
-            .send()
-            .await
-            .expect("create node");
-        assert_eq!(created.status(), 201, "{:?}", created.text().await);
+        // The exporter mirrors the cluster's nodes, and a person can set a node's load.
         let control = exports["TESTWORLD_EXPORTER_URL"]
             .trim_end_matches("/metrics")
             .to_string();
-        // 404 until the mirror (every second) has copied the node.
+        let loaded = workers[1].clone();
         poll_until(
             "the exporter to accept the node's load",
             Duration::from_secs(10),
             || async {
                 let response = http()
-                    .post(format!("{control}/control/nodes/ip-10-0-1-10.ec2.internal"))
+                    .post(format!("{control}/control/nodes/{loaded}"))
                     .body(r#"{"busy_percent": 85}"#)
                     .send()
                     .await
@@ -301,15 +345,17 @@ async fn up_serves_every_endpoint_and_stops_cleanly_on_sigterm() {
         )
         .await
         .expect("set load");
-        // That node only: the ready-made cluster's nodes report their own load.
-        let cpu = r#"(1 - avg(rate(node_cpu_seconds_total{mode="idle",instance="ip-10-0-1-10.ec2.internal:9100"}[5s]))) * 100"#;
+        // That node only: the other nodes report their own load.
+        let cpu = format!(
+            r#"(1 - avg(rate(node_cpu_seconds_total{{mode="idle",instance="{loaded}:9100"}}[5s]))) * 100"#
+        );
         poll_until(
             "Prometheus to see the node at 85% CPU",
             Duration::from_secs(40),
             || async {
                 let url = url::Url::parse_with_params(
                     &format!("{prometheus}/api/v1/query"),
-                    [("query", cpu)],
+                    [("query", cpu.as_str())],
                 )
                 .map_err(|e| smartscale_testworld::Error::Invalid(e.to_string()))?;
                 let body: serde_json::Value = serde_json::from_str(&get_ok(url.as_str()).await)

@@ -1,10 +1,14 @@
 //! `smartscale-testworld up`: the whole test world on 127.0.0.1 for a person or a script.
 //!
 //! Starts the AWS model (moto + lifecycle hooks), one fake IMDS per instance (listed by a
-//! directory), the fake Kubernetes API (kubeconfig written with mode 0600), a synthetic exporter
-//! mirroring the fake cluster, and Prometheus scraping it; prints `export` lines; runs until
-//! SIGINT/SIGTERM, then stops every child by PID. Installs nothing: a missing dependency or a
-//! busy port is one line on stderr and exit status 1.
+//! directory), the real Kubernetes control plane (etcd, kube-apiserver with TLS and Node,RBAC
+//! authorization, kube-controller-manager, kube-scheduler) with a K3s server's join endpoint and
+//! simulated kubelets, a synthetic exporter mirroring the cluster, and Prometheus scraping it;
+//! prints `export` lines; runs until SIGINT/SIGTERM, then stops every child by PID. Installs
+//! nothing: a missing dependency or a busy port is one line on stderr and exit status 1.
+//!
+//! `smartscale-testworld k3s-agent`: the fake k3s the SmartScale agent starts at join in the
+//! test world (tests/src/kubernetes/k3s_agent.rs).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -14,8 +18,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use smartscale_testworld::apiserver::{ApiServerOptions, FakeApiServer};
+use kube::api::Api;
 use smartscale_testworld::aws::{self, AwsModel};
+use smartscale_testworld::kubernetes::k3s_agent::{self, K3sAgentArgs};
+use smartscale_testworld::kubernetes::{ControlPlane, ControlPlaneOptions, K3sOptions, K3sServer};
 use smartscale_testworld::imds::ImdsFleet;
 use smartscale_testworld::process;
 use smartscale_testworld::prometheus::{
@@ -52,9 +58,24 @@ enum Command {
         /// The region printed as AWS_REGION.
         #[arg(long, default_value = aws::DEFAULT_REGION)]
         region: String,
-        /// Start the services only: no worker group, state table or control-plane node.
+        /// Start the services only: no worker group, state table or server node.
         #[arg(long)]
         empty: bool,
+    },
+    /// The fake k3s agent: join through the world's K3s server with the config the SmartScale
+    /// agent wrote, write the kubelet kubeconfig, exit 0 (1 when the join is refused).
+    K3sAgent {
+        #[arg(long, default_value = "/etc/rancher/k3s/config.yaml")]
+        config: PathBuf,
+        #[arg(long)]
+        kubelet_kubeconfig: PathBuf,
+        /// K3s keeps it in /etc/rancher/node/password.
+        #[arg(long)]
+        node_password_file: PathBuf,
+        #[arg(long, default_value = "2")]
+        cpu: String,
+        #[arg(long, default_value = "4Gi")]
+        memory: String,
     },
 }
 
@@ -98,6 +119,19 @@ fn main() -> ExitCode {
             region,
             empty,
         } => runtime.block_on(up(port_base, state_dir, &region, empty)),
+        Command::K3sAgent {
+            config,
+            kubelet_kubeconfig,
+            node_password_file,
+            cpu,
+            memory,
+        } => runtime.block_on(k3s_agent::run(&K3sAgentArgs {
+            config,
+            kubelet_kubeconfig,
+            node_password_file,
+            cpu,
+            memory,
+        })),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -156,21 +190,27 @@ async fn up(
     let (_temp, state) = state_directory(state_dir)?;
     let mut model = AwsModel::start_with(ports.get(AWS_OFFSET), Some(&state)).await?;
     let fleet = ImdsFleet::start(model.client().clone(), ports.get(DIRECTORY_OFFSET)).await?;
-    let api = FakeApiServer::start(ApiServerOptions {
-        aws_model_url: Some(model.endpoint().to_string()),
-        pod_start_delay: Duration::from_secs(1),
-        port: ports.get(API_OFFSET),
-        ..ApiServerOptions::default()
+    let plane = ControlPlane::start(ControlPlaneOptions {
+        dir: Some(state.join("kubernetes")),
+        api_port: ports.0.map(|_| ports.get(API_OFFSET)),
+        ..ControlPlaneOptions::default()
     })
     .await?;
-    let kubeconfig = state.join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig, None)?;
-    let api = Arc::new(api);
+    let k3s = K3sServer::start(
+        &plane,
+        K3sOptions {
+            tokens: vec![world::AGENT_TOKEN.into()],
+            pod_start_delay: Duration::from_secs(1),
+            ..K3sOptions::default()
+        },
+    )?;
+    let (k3s_url, k3s_endpoint) = k3s.serve().await?;
+    let kubeconfig = plane.admin_kubeconfig();
 
     let exporter = Arc::new(
         SyntheticExporter::start(ClusterMetrics::default(), ports.get(EXPORTER_OFFSET)).await?,
     );
-    let mirror = tokio::spawn(mirror_cluster(api.clone(), exporter.clone()));
+    let mirror = tokio::spawn(mirror_cluster(plane.admin().clone(), exporter.clone()));
     let mut prometheus = Prometheus::start(PrometheusOptions {
         port: ports.get(PROMETHEUS_OFFSET),
         scrape_targets: vec![exporter.target()],
@@ -180,12 +220,13 @@ async fn up(
     .await?;
 
     // A small cluster to point the controller and agents at (unless --empty): the state table,
-    // a control-plane node, two workers in an ASG with lifecycle hooks that join as nodes, and a
-    // controller config for it.
+    // the K3s server node, the shipped manifests (the controller's ServiceAccount and RBAC), two
+    // workers in an ASG with lifecycle hooks that join as nodes, and a controller config for it.
+    let controller_kubeconfig = state.join("controller.kubeconfig");
     let (sync, controller_config) = if empty {
         (None, None)
     } else {
-        let kube = world::kube_client(&kubeconfig).await?;
+        let kube = plane.admin().clone();
         let sdk = model.sdk_config(region);
         let autoscaling = aws_sdk_autoscaling::Client::new(&sdk);
         let setup = Setup {
@@ -193,26 +234,30 @@ async fn up(
             autoscaling: &autoscaling,
             dynamodb: &aws_sdk_dynamodb::Client::new(&sdk),
             kube: &kube,
+            plane: &plane,
+            k3s: &k3s,
             region,
             asg_name: DEMO_ASG,
             table: DEMO_TABLE,
         };
         let opts = WorldOptions::default();
-        setup.create(&opts).await?;
-        let sync = world::spawn_node_sync(
-            model.client().clone(),
+        setup.create(&opts, &controller_kubeconfig).await?;
+        let sync = world::spawn_instance_sync(world::InstanceSync {
+            model: model.client().clone(),
+            k3s: k3s.clone(),
             kube,
             autoscaling,
-            DEMO_ASG.to_string(),
-            opts.cpu,
-            opts.memory,
-        );
+            asg: DEMO_ASG.to_string(),
+            cpu: opts.cpu,
+            memory: opts.memory,
+        });
         let path = state.join("controller.yaml");
         let text =
             world::controller_config_text("local", DEMO_TABLE, DEMO_ASG, prometheus.url(), "");
         std::fs::write(&path, text).map_err(|e| Error::io("writing controller.yaml", e))?;
         (Some(sync), Some(path))
     };
+    let mut plane = plane;
 
     print_exports(&Exports {
         aws_endpoint: model.endpoint(),
@@ -225,21 +270,23 @@ async fn up(
         aws_pid: model.pid(),
         prometheus_pid: prometheus.pid(),
         controller_config: controller_config.as_deref(),
+        controller_kubeconfig: controller_config.as_ref().map(|_| controller_kubeconfig.as_path()),
+        k3s_url: &k3s_url,
     })?;
 
-    let outcome = wait_for_stop(&mut model, &mut prometheus).await;
+    let outcome = wait_for_stop(&mut model, &mut prometheus, &mut plane).await;
 
     // Stop in reverse order of dependence; children by PID (SIGTERM, then SIGKILL).
     if let Some(sync) = sync {
         sync.abort();
     }
     mirror.abort();
+    k3s_endpoint.abort();
+    drop(k3s);
     prometheus.shutdown().await;
+    plane.shutdown().await;
     model.shutdown().await;
     fleet.shutdown().await;
-    if let Ok(api) = Arc::try_unwrap(api) {
-        api.shutdown().await;
-    }
     if let Ok(exporter) = Arc::try_unwrap(exporter) {
         exporter.shutdown().await;
     }
@@ -269,7 +316,11 @@ fn state_directory(requested: Option<PathBuf>) -> Result<(Option<tempfile::TempD
 }
 
 /// Run until SIGINT/SIGTERM (`Ok`) or until a child dies (`Err` with its log).
-async fn wait_for_stop(model: &mut AwsModel, prometheus: &mut Prometheus) -> Result<()> {
+async fn wait_for_stop(
+    model: &mut AwsModel,
+    prometheus: &mut Prometheus,
+    plane: &mut ControlPlane,
+) -> Result<()> {
     let mut interrupt =
         signal(SignalKind::interrupt()).map_err(|e| Error::io("listening for SIGINT", e))?;
     let mut terminate =
@@ -288,6 +339,7 @@ async fn wait_for_stop(model: &mut AwsModel, prometheus: &mut Prometheus) -> Res
             _ = health.tick() => {
                 model.check_running()?;
                 prometheus.check_running()?;
+                plane.check_running()?;
             }
         }
     }
@@ -304,6 +356,8 @@ struct Exports<'a> {
     aws_pid: u32,
     prometheus_pid: u32,
     controller_config: Option<&'a Path>,
+    controller_kubeconfig: Option<&'a Path>,
+    k3s_url: &'a str,
 }
 
 fn print_exports(e: &Exports<'_>) -> Result<()> {
@@ -311,7 +365,11 @@ fn print_exports(e: &Exports<'_>) -> Result<()> {
     let pid = std::process::id().to_string();
     // Our own variables are TESTWORLD_*: SMARTSCALE_* is the controller's config namespace, and it
     // rejects names that match no key.
-    let vars: [(&str, &str); 12] = [
+    let controller_kubeconfig = e
+        .controller_kubeconfig
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let vars: [(&str, &str); 14] = [
         ("AWS_ENDPOINT_URL", e.aws_endpoint),
         ("AWS_REGION", e.region),
         ("AWS_DEFAULT_REGION", e.region),
@@ -322,6 +380,8 @@ fn print_exports(e: &Exports<'_>) -> Result<()> {
         ("SMARTSCALE_PROMETHEUS_URL", e.prometheus),
         ("TESTWORLD_IMDS_DIRECTORY", e.imds_directory),
         ("TESTWORLD_EXPORTER_URL", e.exporter),
+        ("TESTWORLD_K3S_URL", e.k3s_url),
+        ("TESTWORLD_CONTROLLER_KUBECONFIG", &controller_kubeconfig),
         (
             "TESTWORLD_AWS_CONTROL",
             &format!("{}/_smartscale", e.aws_endpoint),
@@ -344,7 +404,8 @@ fn print_exports(e: &Exports<'_>) -> Result<()> {
     if let Some(cfg) = e.controller_config {
         out.push_str(&format!(
             "# A worker group `{DEMO_ASG}` (2 nodes, lifecycle hooks) and table `{DEMO_TABLE}` are ready; try:\n\
-             #   smartscale-controller --config {} once      (or `run`, then curl 127.0.0.1:8080/status)\n",
+             #   KUBECONFIG=\"$TESTWORLD_CONTROLLER_KUBECONFIG\" smartscale-controller --config {} once   (or `run`)\n\
+             # (KUBECONFIG is the admin's, for kubectl; the controller runs as its ServiceAccount.)\n",
             cfg.display()
         ));
     }
@@ -371,15 +432,21 @@ fn shell_quote(value: &str) -> String {
     }
 }
 
-/// Keep the exporter's series in step with the fake cluster: kube-state-metrics' view of its
+/// Keep the exporter's series in step with the cluster: kube-state-metrics' view of its
 /// nodes and pods, and a node-exporter per node (busy % and free memory are the exporter's own,
 /// set with [`SyntheticExporter::set_busy_percent`] and friends).
-async fn mirror_cluster(api: Arc<FakeApiServer>, exporter: Arc<SyntheticExporter>) {
+async fn mirror_cluster(admin: kube::Client, exporter: Arc<SyntheticExporter>) {
     let mut tick = tokio::time::interval(MIRROR_INTERVAL);
+    let (node_api, pod_api) = (Api::<Node>::all(admin.clone()), Api::<Pod>::all(admin));
     loop {
         tick.tick().await;
-        let nodes = api.nodes();
-        let pods = api.pods();
+        let (Ok(nodes), Ok(pods)) = (
+            node_api.list(&Default::default()).await,
+            pod_api.list(&Default::default()).await,
+        ) else {
+            continue;
+        };
+        let (nodes, pods) = (nodes.items, pods.items);
         exporter.update(|metrics| {
             let previous = std::mem::take(&mut metrics.nodes);
             metrics.nodes = nodes

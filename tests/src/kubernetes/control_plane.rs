@@ -28,6 +28,8 @@ pub const SERVICE_CIDR: &str = "10.43.0.0/16";
 
 /// How long the whole plane may take to become ready (a cold start on two busy cores).
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// Between SIGTERM and SIGKILL: the data is thrown away, so a long graceful stop buys nothing.
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// The `kube-world` binary: `$SMARTSCALE_KUBE_WORLD`, else `$SMARTSCALE_BACKENDS_DIR/bin/kube-world`.
 pub fn kube_world_binary() -> Result<PathBuf> {
@@ -59,6 +61,8 @@ pub struct ControlPlaneOptions {
     pub default_toleration_seconds: u32,
     /// Where the data, certificates and logs go; a temporary directory if `None`.
     pub dir: Option<PathBuf>,
+    /// The API server's port; a free one if `None`.
+    pub api_port: Option<u16>,
 }
 
 impl Default for ControlPlaneOptions {
@@ -67,6 +71,7 @@ impl Default for ControlPlaneOptions {
             node_monitor_grace_period: Duration::from_secs(50),
             default_toleration_seconds: 300,
             dir: None,
+            api_port: None,
         }
     }
 }
@@ -143,7 +148,7 @@ impl ControlPlane {
                     plane._temp = temp;
                     return Ok(plane);
                 }
-                Err(e) if e.to_string().contains("address already in use") => {
+                Err(e) if e.to_string().contains("address already in use") && opts.api_port.is_none() => {
                     tracing::warn!(attempt, "a control plane port was taken; retrying");
                     last = Some(e);
                 }
@@ -179,12 +184,15 @@ impl ControlPlane {
             "--unsafe-no-fsync",
             "--log-level=warn",
         ]);
-        let mut etcd = ChildProcess::spawn("etcd", etcd_cmd, logs.join("etcd.log"))?;
+        let mut etcd = ChildProcess::spawn("etcd", etcd_cmd, logs.join("etcd.log"))?.with_grace(STOP_GRACE);
         etcd.wait_for_http(&format!("{etcd_url}/health"), READY_TIMEOUT)
             .await?;
 
         // kube-apiserver with K3s's authentication and authorization settings.
-        let api_port = free_port()?;
+        let api_port = match opts.api_port {
+            Some(port) => port,
+            None => free_port()?,
+        };
         let url = format!("https://127.0.0.1:{api_port}");
         let audit_policy = dir.join("audit-policy.yaml");
         std::fs::write(&audit_policy, AUDIT_POLICY)
@@ -226,7 +234,8 @@ impl ControlPlane {
             "--audit-log-maxsize=0",
         ]);
         let mut apiserver =
-            ChildProcess::spawn("kube-apiserver", api_cmd, logs.join("kube-apiserver.log"))?;
+            ChildProcess::spawn("kube-apiserver", api_cmd, logs.join("kube-apiserver.log"))?
+                .with_grace(STOP_GRACE);
 
         let identity = |cn: &str, group: Option<&str>, file: &str| -> Result<PathBuf> {
             let cert = pki.client_cert(cn, group)?;
@@ -275,7 +284,8 @@ impl ControlPlane {
             "kube-controller-manager",
             kcm_cmd,
             logs.join("kube-controller-manager.log"),
-        )?;
+        )?
+        .with_grace(STOP_GRACE);
 
         let sched_port = free_port()?;
         let mut sched_cmd = component(bin, "kube-scheduler");
@@ -291,7 +301,8 @@ impl ControlPlane {
             "--profiling=false",
         ]);
         let mut scheduler =
-            ChildProcess::spawn("kube-scheduler", sched_cmd, logs.join("kube-scheduler.log"))?;
+            ChildProcess::spawn("kube-scheduler", sched_cmd, logs.join("kube-scheduler.log"))?
+                .with_grace(STOP_GRACE);
 
         wait_healthz(&mut controller_manager, kcm_port).await?;
         wait_healthz(&mut scheduler, sched_port).await?;

@@ -5,6 +5,7 @@
 
 pub mod control_plane;
 pub mod k3s;
+pub mod k3s_agent;
 pub mod kubeconfig;
 pub mod kubelet;
 pub mod manifests;
