@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from xml.sax.saxutils import escape
 
+import botocore.session
 from moto.autoscaling import models as asm
 from moto.autoscaling import responses as asr
 from moto.autoscaling.exceptions import AutoscalingClientError, ValidationError
@@ -1200,6 +1201,26 @@ _orig_create_group = asr.AutoScalingResponse.create_auto_scaling_group
 _orig_update_group = asr.AutoScalingResponse.update_auto_scaling_group
 
 
+_SERVICE = botocore.session.get_session().get_service_model("autoscaling")
+# Error code -> HTTP status, from the API model (ResourceContention is a 500, the rest 400).
+_ERROR_STATUS = {
+    shape.metadata["error"]["code"]: shape.metadata["error"].get("httpStatusCode", 400)
+    for shape in (_SERVICE.shape_for(name) for name in _SERVICE.shape_names)
+    if "error" in shape.metadata
+}
+
+
+def _error_response(code: str, message: str, kind: str = "Sender", status: int | None = None):
+    # AWS's Query error document. (moto's serializer writes <message> for modelled faults,
+    # which AWS SDKs other than botocore do not read.)
+    body = (
+        f'<ErrorResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/"><Error><Type>{kind}</Type>'
+        f"<Code>{escape(code)}</Code><Message>{escape(message)}</Message></Error>"
+        f"<RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>"
+    )
+    return status or _ERROR_STATUS.get(code, 400), {"Content-Type": "text/xml"}, body
+
+
 def _resp_call_action(self):
     # Turn what would be an HTML 500 into the XML errors AWS sends.
     try:
@@ -1210,16 +1231,10 @@ def _resp_call_action(self):
             raise ValidationError("AutoScalingGroup name not found - null")
         return _orig_call_action(self)
     except ServiceException as err:
-        status, headers, body = self.serialized(asr.ActionResult(err))
-        return status, headers, body
+        return _error_response(err.code, err.message)
     except Exception as err:  # a moto bug: still answer like AWS would, and log it
         traceback.print_exc()
-        body = (
-            '<ErrorResponse xmlns="https://autoscaling.amazonaws.com/doc/2011-01-01/"><Error><Type>Receiver</Type>'
-            f"<Code>InternalFailure</Code><Message>{escape(f'{type(err).__name__}: {err}'[:500])}</Message></Error>"
-            f"<RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>"
-        )
-        return 500, {"Content-Type": "text/xml"}, body
+        return _error_response("InternalFailure", f"{type(err).__name__}: {err}"[:500], "Receiver", 500)
 
 
 def _check_size(min_size, max_size, desired) -> None:

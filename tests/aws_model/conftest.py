@@ -84,7 +84,7 @@ class World:
     def client(self, service: str):
         client = boto3.client(
             service, region_name=self.region, endpoint_url=self.url, aws_access_key_id="testing",
-            aws_secret_access_key="testing", config=Config(retries={"max_attempts": 1}),
+            aws_secret_access_key="testing", config=Config(retries={"total_max_attempts": 1}),  # one attempt: injected faults stay visible
         )
         if self.account != DEFAULT_ACCOUNT:
             def pick_account(request, **_):

@@ -32,23 +32,27 @@ PREFIX = "com.amazonaws.dynamodb.v20120810#"
 FAULTS = RuleBook("dynamodb-fault")
 _settings = {"delay_seconds": 0.0}
 
-# code -> (__type, default message). ThrottlingException keeps the namespace DynamoDB
-# answers it with (its message shape is AvailabilityErrorMessage in the API model).
+# code -> (__type, HTTP status, default message). ThrottlingException keeps the namespace
+# DynamoDB answers it with (its message shape is AvailabilityErrorMessage in the API model).
 ERRORS = {
-    "TransactionCanceledException": (PREFIX + "TransactionCanceledException", None),
-    "TransactionConflictException": (PREFIX + "TransactionConflictException", "Transaction is ongoing for the item"),
+    "TransactionCanceledException": (PREFIX + "TransactionCanceledException", 400, None),
+    "TransactionConflictException": (PREFIX + "TransactionConflictException", 400, "Transaction is ongoing for the item"),
     "ProvisionedThroughputExceededException": (
         PREFIX + "ProvisionedThroughputExceededException",
+        400,
         "The level of configured provisioned throughput for the table was exceeded. "
         "Consider increasing your provisioning level with the UpdateTable API.",
     ),
-    "ThrottlingException": ("com.amazon.coral.availability#ThrottlingException", "Rate of requests exceeds the allowed throughput."),
+    "ThrottlingException": (
+        "com.amazon.coral.availability#ThrottlingException", 400, "Rate of requests exceeds the allowed throughput."
+    ),
     "RequestLimitExceeded": (
         PREFIX + "RequestLimitExceeded",
+        400,
         "Throughput exceeds the current throughput limit for your account. "
         "Please contact AWS Support at https://aws.amazon.com/support request a limit increase",
     ),
-    "InternalServerError": (PREFIX + "InternalServerError", "Internal server error"),
+    "InternalServerError": (PREFIX + "InternalServerError", 500, "Internal server error"),  # a fault: 500
 }
 _CREDENTIAL = re.compile(r"Credential=[^/]+/[^/]+/([^/]+)/")
 
@@ -90,7 +94,7 @@ def _system_delete(table) -> None:
     # A TTL deletion enters the stream tagged as a service delete, not a user one.
     shard = table.stream_shard
     if shard is not None and shard.items and shard.items[-1].record.get("eventName") == "REMOVE":
-        shard.items[-1].record["userIdentity"] = {"type": "Service", "principalId": "dynamodb.amazonaws.com"}
+        shard.items[-1].record["userIdentity"] = {"Type": "Service", "PrincipalId": "dynamodb.amazonaws.com"}
 
 
 def sweep(t: float) -> int:
@@ -134,7 +138,7 @@ def _tables_of(operation: str, body: dict) -> list[str]:
 
 
 def _body(rule, operation: str, request: dict, tables: list[str]) -> dict:
-    error_type, message = ERRORS[rule.code]
+    error_type, _, message = ERRORS[rule.code]
     if rule.code != "TransactionCanceledException":
         return {"__type": error_type, "message": rule.message or message}
     # One reason per item, in order; the item of the rule's table (else the first) conflicts.
@@ -147,11 +151,6 @@ def _body(rule, operation: str, request: dict, tables: list[str]) -> dict:
     codes = ", ".join(r["Code"] for r in reasons)
     text = rule.message or f"Transaction cancelled, please refer cancellation reasons for specific reasons [{codes}]"
     return {"__type": error_type, "CancellationReasons": reasons, "Message": text}
-
-
-def _status(code: str) -> int:
-    shape = _model.shape_for(code)
-    return 500 if shape.metadata.get("fault") else 400
 
 
 def intercept(environ: dict):
@@ -183,4 +182,4 @@ def intercept(environ: dict):
         ("x-amz-crc32", str(zlib.crc32(body) & 0xFFFFFFFF)),
         ("Content-Length", str(len(body))),
     ]
-    return _status(rule.code), headers, body
+    return ERRORS[rule.code][1], headers, body

@@ -10,7 +10,6 @@ import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 
@@ -551,17 +550,16 @@ def test_control_endpoints(world):
 
 
 def test_other_services_still_served(world):
-    kw = dict(region_name=world.region, endpoint_url=world.url, aws_access_key_id="testing", aws_secret_access_key="testing")
-    ddb = boto3.client("dynamodb", **kw)
+    ddb = world.client("dynamodb")
     ddb.create_table(TableName="state", BillingMode="PAY_PER_REQUEST",
                      KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
                      AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}])
     ddb.put_item(TableName="state", Item={"k": {"S": "a"}})
     assert ddb.get_item(TableName="state", Key={"k": {"S": "a"}})["Item"] == {"k": {"S": "a"}}
-    ssm = boto3.client("ssm", **kw)
+    ssm = world.client("ssm")
     ssm.put_parameter(Name="/smartscale/x", Value="1", Type="String")
     assert ssm.get_parameter(Name="/smartscale/x")["Parameter"]["Value"] == "1"
-    sm = boto3.client("secretsmanager", **kw)
+    sm = world.client("secretsmanager")
     sm.create_secret(Name="token", SecretString="s3cret")
     assert sm.get_secret_value(SecretId="token")["SecretString"] == "s3cret"
 
