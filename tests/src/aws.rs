@@ -1,6 +1,7 @@
-//! The AWS model: moto plus our lifecycle-hook layer (`aws_model/smartscale_aws.py`), run as a
-//! child process, and a client for its control endpoints (docs/interfaces.md, "Test world
-//! control endpoints").
+//! The AWS model: moto plus our layer (`aws_model/smartscale_aws.py`: lifecycle hooks, AZ and
+//! Capacity Rebalancing, launch failures, injected Auto Scaling and DynamoDB faults, DynamoDB
+//! TTL, controllable private IPs, a model clock), run as a child process, and a client for its
+//! control endpoints (docs/interfaces.md, "Test world control endpoints").
 //!
 //! Each test starts its own model or takes its own region: moto keeps regions apart, so tests
 //! sharing a server never see each other's groups.
@@ -82,6 +83,160 @@ pub struct ModelInstance {
     pub target_lifecycle_state: String,
     /// The EC2 state (`running`, `terminated`, ...).
     pub ec2_state: String,
+}
+
+/// An instance with everything the model's instance JSON carries: [`ModelInstance`] plus the
+/// address, protection, launch and rebalance-recommendation fields. (A separate type, so code
+/// that builds a [`ModelInstance`] by hand keeps compiling.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInstanceDetails {
+    #[serde(flatten)]
+    pub instance: ModelInstance,
+    /// The primary private IPv4 address (what IMDS serves at `meta-data/local-ipv4`).
+    #[serde(default)]
+    pub private_ip: Option<String>,
+    /// `ip-10-0-0-5.<region>.compute.internal` (`ec2.internal` in us-east-1): the hostname K3s
+    /// names the node after.
+    #[serde(default)]
+    pub private_dns_name: Option<String>,
+    /// The instance's scale-in protection flag, as `DescribeAutoScalingInstances` shows it.
+    #[serde(default)]
+    pub protected_from_scale_in: bool,
+    /// Launch time on the model clock, `2026-01-01T00:00:00.000Z`.
+    #[serde(default)]
+    pub launch_time: Option<String>,
+    /// When EC2 sent this Spot Instance a rebalance recommendation (`2026-01-01T00:00:00Z`, the
+    /// `noticeTime` IMDS serves at `meta-data/events/recommendations/rebalance`); `None` if never.
+    #[serde(default)]
+    pub rebalance_recommendation_time: Option<String>,
+}
+
+/// A launch-failure rule for `POST /_smartscale/launch-failures`: launches that match every
+/// criterion given (`None`: any) fail the way EC2 fails them, `count` times (`None`: until
+/// cleared). The scaling activity ends `Failed` with AWS's wording and the group retries the
+/// zone later (10 s, doubling to 5 min on the model clock), trying other zones and, for a
+/// MixedInstancesPolicy, the other instance types first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LaunchFailure {
+    pub instance_type: Option<String>,
+    pub zone: Option<String>,
+    /// `spot` or `on-demand`.
+    pub market: Option<String>,
+    pub group: Option<String>,
+    pub region: Option<String>,
+    /// `InsufficientInstanceCapacity` (the default), `Unsupported`, `InstanceLimitExceeded`, or
+    /// any other EC2 code together with `message`.
+    pub code: Option<String>,
+    pub count: Option<u32>,
+    /// Replaces EC2's message (" Launching EC2 instance failed." is appended, as AWS does).
+    pub message: Option<String>,
+}
+
+impl LaunchFailure {
+    /// `InsufficientInstanceCapacity` for every launch into `zone`, until cleared.
+    pub fn insufficient_capacity_in(zone: impl Into<String>) -> Self {
+        LaunchFailure {
+            zone: Some(zone.into()),
+            ..LaunchFailure::default()
+        }
+    }
+}
+
+/// An injected Auto Scaling error for `POST /_smartscale/autoscaling-faults`: the next
+/// `count` calls (`None`: until cleared) of `action` (optionally for one group or region)
+/// answer with `code` in AWS's Query error XML instead of running.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct AutoScalingFault {
+    /// An Auto Scaling API action, e.g. `SetDesiredCapacity`.
+    pub action: String,
+    /// `ScalingActivityInProgress` (the default), `ResourceContention` (HTTP 500), `Throttling`,
+    /// or another code the action can return (then `message` is required).
+    pub code: Option<String>,
+    pub count: Option<u32>,
+    pub group: Option<String>,
+    pub region: Option<String>,
+    pub message: Option<String>,
+}
+
+impl AutoScalingFault {
+    /// `ScalingActivityInProgress` for the next `count` calls of `action`.
+    pub fn in_progress(action: impl Into<String>, count: u32) -> Self {
+        AutoScalingFault {
+            action: action.into(),
+            count: Some(count),
+            ..AutoScalingFault::default()
+        }
+    }
+}
+
+/// An injected DynamoDB error for `POST /_smartscale/dynamodb-faults`, answered in DynamoDB's
+/// JSON shape (`__type`, `message`; `CancellationReasons` and `Message` for a cancelled
+/// transaction) before moto sees the call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DynamoDbFault {
+    /// A DynamoDB operation, e.g. `TransactWriteItems`, `PutItem`, `UpdateItem`, `GetItem`.
+    pub operation: String,
+    /// `TransactionCanceledException` (reasons `[{"Code": "TransactionConflict"}, {"Code":
+    /// "None"}, ...]`, one per item), `TransactionConflictException`,
+    /// `ProvisionedThroughputExceededException`, `ThrottlingException`, `RequestLimitExceeded`
+    /// or `InternalServerError` (HTTP 500); the operation must be able to return it.
+    pub code: String,
+    pub count: Option<u32>,
+    /// Only calls that touch this table.
+    pub table: Option<String>,
+    pub region: Option<String>,
+    pub message: Option<String>,
+}
+
+impl DynamoDbFault {
+    /// `code` for the next `count` calls of `operation`.
+    pub fn next(operation: impl Into<String>, code: impl Into<String>, count: u32) -> Self {
+        DynamoDbFault {
+            operation: operation.into(),
+            code: code.into(),
+            count: Some(count),
+            ..DynamoDbFault::default()
+        }
+    }
+}
+
+/// An armed rule, as the model lists it: its criteria (`instance_type`, `action`, `table`,
+/// ...) sit in `criteria`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct InjectedRule {
+    /// Pass to the `clear_*` method to remove just this rule.
+    pub id: String,
+    pub code: String,
+    /// Firings left; `None`: until cleared.
+    pub count: Option<u32>,
+    /// How often it has fired.
+    pub fired: u32,
+    pub message: Option<String>,
+    #[serde(flatten)]
+    pub criteria: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A private IP the next launch of a group (or into a zone) gets, so a replacement can
+/// re-use a terminated instance's address and hostname. Give exactly one of `group` and `zone`;
+/// `region` picks between groups of the same name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NextPrivateIp {
+    pub ip: String,
+    pub group: Option<String>,
+    pub zone: Option<String>,
+    pub region: Option<String>,
+}
+
+/// How long after an item's TTL the model's ticker deletes it (DynamoDB: "typically within 48
+/// hours"; the model: `delay_seconds`, 0 by default).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TtlSettings {
+    pub delay_seconds: f64,
+}
+
+#[derive(Deserialize)]
+struct Cleared {
+    cleared: u32,
 }
 
 /// The model's clock: `now` is model time (wall time + `offset`), in Unix seconds.
@@ -166,12 +321,126 @@ impl ModelClient {
         Self::decode(&url, response).await.map(Some)
     }
 
+    /// Every instance with all the fields the model reports (see [`ModelInstanceDetails`]).
+    pub async fn instances_details(&self) -> Result<Vec<ModelInstanceDetails>> {
+        self.json(self.http.get(self.url("/_smartscale/instances")))
+            .await
+    }
+
+    /// One instance with all its fields, `None` if the model does not know it.
+    pub async fn instance_details(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<ModelInstanceDetails>> {
+        let url = self.url(&format!("/_smartscale/instances/{instance_id}"));
+        let response = self.send(self.http.get(&url)).await?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        Self::decode(&url, response).await.map(Some)
+    }
+
     /// Forget everything: the model and all of moto's state, in every region.
     pub async fn reset(&self) -> Result<()> {
         let _: serde_json::Value = self
             .json(self.http.post(self.url("/_smartscale/reset")))
             .await?;
         Ok(())
+    }
+
+    /// `POST /_smartscale/instances/{id}/rebalance-recommendation`: EC2 tells this Spot Instance
+    /// it is at elevated risk of interruption. With CapacityRebalance on its group, the group
+    /// launches a replacement and, once that is InService, terminates this one through the
+    /// terminate hooks. Returns the instance (with `rebalance_recommendation_time` set).
+    pub async fn rebalance_recommendation(
+        &self,
+        instance_id: &str,
+    ) -> Result<ModelInstanceDetails> {
+        let path = format!("/_smartscale/instances/{instance_id}/rebalance-recommendation");
+        self.json(self.http.post(self.url(&path))).await
+    }
+
+    /// `POST /_smartscale/launch-failures`: arm a launch-failure rule.
+    pub async fn add_launch_failure(&self, failure: &LaunchFailure) -> Result<InjectedRule> {
+        self.post_json("/_smartscale/launch-failures", failure)
+            .await
+    }
+
+    /// `GET /_smartscale/launch-failures`: the armed launch-failure rules.
+    pub async fn launch_failures(&self) -> Result<Vec<InjectedRule>> {
+        self.json(self.http.get(self.url("/_smartscale/launch-failures")))
+            .await
+    }
+
+    /// `DELETE /_smartscale/launch-failures[/{id}]`: clear one rule (`Some(id)`) or all;
+    /// how many were cleared (0 for an unknown id).
+    pub async fn clear_launch_failures(&self, id: Option<&str>) -> Result<u32> {
+        self.clear("/_smartscale/launch-failures", id).await
+    }
+
+    /// `POST /_smartscale/autoscaling-faults`: make the next calls of an action fail.
+    pub async fn add_autoscaling_fault(&self, fault: &AutoScalingFault) -> Result<InjectedRule> {
+        self.post_json("/_smartscale/autoscaling-faults", fault)
+            .await
+    }
+
+    /// `GET /_smartscale/autoscaling-faults`: the armed Auto Scaling faults.
+    pub async fn autoscaling_faults(&self) -> Result<Vec<InjectedRule>> {
+        self.json(self.http.get(self.url("/_smartscale/autoscaling-faults")))
+            .await
+    }
+
+    /// `DELETE /_smartscale/autoscaling-faults[/{id}]`: clear one fault or all.
+    pub async fn clear_autoscaling_faults(&self, id: Option<&str>) -> Result<u32> {
+        self.clear("/_smartscale/autoscaling-faults", id).await
+    }
+
+    /// `POST /_smartscale/dynamodb-faults`: make the next calls of a DynamoDB operation fail.
+    pub async fn add_dynamodb_fault(&self, fault: &DynamoDbFault) -> Result<InjectedRule> {
+        self.post_json("/_smartscale/dynamodb-faults", fault).await
+    }
+
+    /// `GET /_smartscale/dynamodb-faults`: the armed DynamoDB faults.
+    pub async fn dynamodb_faults(&self) -> Result<Vec<InjectedRule>> {
+        self.json(self.http.get(self.url("/_smartscale/dynamodb-faults")))
+            .await
+    }
+
+    /// `DELETE /_smartscale/dynamodb-faults[/{id}]`: clear one fault or all.
+    pub async fn clear_dynamodb_faults(&self, id: Option<&str>) -> Result<u32> {
+        self.clear("/_smartscale/dynamodb-faults", id).await
+    }
+
+    /// `POST /_smartscale/dynamodb-ttl`: delete expired items `seconds` after their TTL.
+    pub async fn set_dynamodb_ttl_delay(&self, seconds: f64) -> Result<TtlSettings> {
+        let settings = TtlSettings {
+            delay_seconds: seconds,
+        };
+        self.post_json("/_smartscale/dynamodb-ttl", &settings).await
+    }
+
+    /// `GET /_smartscale/dynamodb-ttl`.
+    pub async fn dynamodb_ttl(&self) -> Result<TtlSettings> {
+        self.json(self.http.get(self.url("/_smartscale/dynamodb-ttl")))
+            .await
+    }
+
+    /// `POST /_smartscale/next-private-ip`: the next launch of the group (or into the zone) gets
+    /// `ip`. The address must lie in one of its subnets and be free (an [`Error::Http`] with the
+    /// model's reason otherwise, 409 if in use).
+    pub async fn set_next_private_ip(&self, next: &NextPrivateIp) -> Result<NextPrivateIp> {
+        self.post_json("/_smartscale/next-private-ip", next).await
+    }
+
+    /// `GET /_smartscale/next-private-ip`: addresses not used yet.
+    pub async fn next_private_ips(&self) -> Result<Vec<NextPrivateIp>> {
+        self.json(self.http.get(self.url("/_smartscale/next-private-ip")))
+            .await
+    }
+
+    /// `DELETE /_smartscale/next-private-ip`: drop the addresses not used yet.
+    pub async fn clear_next_private_ips(&self) -> Result<u32> {
+        self.clear("/_smartscale/next-private-ip", None).await
     }
 
     /// `GET /_smartscale/health` answered 200.
@@ -277,6 +546,28 @@ impl ModelClient {
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.endpoint)
+    }
+
+    async fn post_json<B: Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        self.json(self.http.post(self.url(path)).json(body)).await
+    }
+
+    /// DELETE a collection (`id: None`) or one rule of it; an unknown id clears nothing.
+    async fn clear(&self, path: &str, id: Option<&str>) -> Result<u32> {
+        let url = match id {
+            Some(id) => self.url(&format!("{path}/{id}")),
+            None => self.url(path),
+        };
+        let response = self.send(self.http.delete(&url)).await?;
+        if id.is_some() && response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(0);
+        }
+        let cleared: Cleared = Self::decode(&url, response).await?;
+        Ok(cleared.cleared)
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
@@ -454,8 +745,227 @@ impl AwsModel {
         self.client.reset().await
     }
 
+    /// See [`ModelClient::instances_details`].
+    pub async fn instances_details(&self) -> Result<Vec<ModelInstanceDetails>> {
+        self.client.instances_details().await
+    }
+
+    /// See [`ModelClient::instance_details`].
+    pub async fn instance_details(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<ModelInstanceDetails>> {
+        self.client.instance_details(instance_id).await
+    }
+
+    /// See [`ModelClient::rebalance_recommendation`].
+    pub async fn rebalance_recommendation(
+        &self,
+        instance_id: &str,
+    ) -> Result<ModelInstanceDetails> {
+        self.client.rebalance_recommendation(instance_id).await
+    }
+
+    /// See [`ModelClient::add_launch_failure`].
+    pub async fn add_launch_failure(&self, failure: &LaunchFailure) -> Result<InjectedRule> {
+        self.client.add_launch_failure(failure).await
+    }
+
+    /// See [`ModelClient::launch_failures`].
+    pub async fn launch_failures(&self) -> Result<Vec<InjectedRule>> {
+        self.client.launch_failures().await
+    }
+
+    /// See [`ModelClient::clear_launch_failures`].
+    pub async fn clear_launch_failures(&self, id: Option<&str>) -> Result<u32> {
+        self.client.clear_launch_failures(id).await
+    }
+
+    /// See [`ModelClient::add_autoscaling_fault`].
+    pub async fn add_autoscaling_fault(&self, fault: &AutoScalingFault) -> Result<InjectedRule> {
+        self.client.add_autoscaling_fault(fault).await
+    }
+
+    /// See [`ModelClient::autoscaling_faults`].
+    pub async fn autoscaling_faults(&self) -> Result<Vec<InjectedRule>> {
+        self.client.autoscaling_faults().await
+    }
+
+    /// See [`ModelClient::clear_autoscaling_faults`].
+    pub async fn clear_autoscaling_faults(&self, id: Option<&str>) -> Result<u32> {
+        self.client.clear_autoscaling_faults(id).await
+    }
+
+    /// See [`ModelClient::add_dynamodb_fault`].
+    pub async fn add_dynamodb_fault(&self, fault: &DynamoDbFault) -> Result<InjectedRule> {
+        self.client.add_dynamodb_fault(fault).await
+    }
+
+    /// See [`ModelClient::dynamodb_faults`].
+    pub async fn dynamodb_faults(&self) -> Result<Vec<InjectedRule>> {
+        self.client.dynamodb_faults().await
+    }
+
+    /// See [`ModelClient::clear_dynamodb_faults`].
+    pub async fn clear_dynamodb_faults(&self, id: Option<&str>) -> Result<u32> {
+        self.client.clear_dynamodb_faults(id).await
+    }
+
+    /// See [`ModelClient::set_dynamodb_ttl_delay`].
+    pub async fn set_dynamodb_ttl_delay(&self, seconds: f64) -> Result<TtlSettings> {
+        self.client.set_dynamodb_ttl_delay(seconds).await
+    }
+
+    /// See [`ModelClient::dynamodb_ttl`].
+    pub async fn dynamodb_ttl(&self) -> Result<TtlSettings> {
+        self.client.dynamodb_ttl().await
+    }
+
+    /// See [`ModelClient::set_next_private_ip`].
+    pub async fn set_next_private_ip(&self, next: &NextPrivateIp) -> Result<NextPrivateIp> {
+        self.client.set_next_private_ip(next).await
+    }
+
+    /// See [`ModelClient::next_private_ips`].
+    pub async fn next_private_ips(&self) -> Result<Vec<NextPrivateIp>> {
+        self.client.next_private_ips().await
+    }
+
+    /// See [`ModelClient::clear_next_private_ips`].
+    pub async fn clear_next_private_ips(&self) -> Result<u32> {
+        self.client.clear_next_private_ips().await
+    }
+
     /// Stop the process (SIGTERM, then SIGKILL) without blocking the runtime.
     pub async fn shutdown(self) {
         self.process.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_autoscaling::error::ProvideErrorMetadata;
+    use aws_sdk_autoscaling::types::LaunchTemplateSpecification;
+
+    const REGION: &str = "eu-west-3";
+
+    /// The control endpoints' JSON round-trips through these types, and the Rust SDK reads the
+    /// model's injected Query errors (the Python suite checks the behaviour itself).
+    #[tokio::test]
+    async fn control_endpoints_round_trip() {
+        let model = AwsModel::start().await.expect("start the AWS model");
+        let client = model.client();
+        client
+            .create_launch_template(REGION, "contract-lt", "ami-12c6146b", "t3.medium")
+            .await
+            .expect("CreateLaunchTemplate");
+        let asg = aws_sdk_autoscaling::Client::new(&model.sdk_config(REGION));
+        asg.create_auto_scaling_group()
+            .auto_scaling_group_name("contract")
+            .min_size(0)
+            .max_size(4)
+            .desired_capacity(1)
+            .launch_template(
+                LaunchTemplateSpecification::builder()
+                    .launch_template_name("contract-lt")
+                    .build(),
+            )
+            .availability_zones(format!("{REGION}a"))
+            .send()
+            .await
+            .expect("CreateAutoScalingGroup");
+        let first = client.instances_details().await.expect("instances")[0].clone();
+        assert_eq!(first.instance.asg_name.as_deref(), Some("contract"));
+        let ip = first.private_ip.clone().expect("a private IP");
+        assert!(
+            first
+                .private_dns_name
+                .expect("a DNS name")
+                .starts_with("ip-")
+        );
+        assert!(first.launch_time.is_some() && first.rebalance_recommendation_time.is_none());
+        let refused = client
+            .rebalance_recommendation(&first.instance.instance_id)
+            .await
+            .expect_err("an On-Demand Instance gets no rebalance recommendation");
+        assert!(refused.to_string().contains("409"), "{refused}");
+
+        let failure = LaunchFailure {
+            count: Some(1),
+            ..LaunchFailure::insufficient_capacity_in(format!("{REGION}a"))
+        };
+        let rule = client.add_launch_failure(&failure).await.expect("arm");
+        assert_eq!(
+            (rule.code.as_str(), rule.count, rule.fired),
+            ("InsufficientInstanceCapacity", Some(1), 0)
+        );
+        assert_eq!(
+            rule.criteria["zone"],
+            serde_json::json!(format!("{REGION}a"))
+        );
+        assert_eq!(client.launch_failures().await.expect("list").len(), 1);
+        assert_eq!(
+            client
+                .clear_launch_failures(Some("launch-failure-999"))
+                .await
+                .expect("clear"),
+            0
+        );
+        assert_eq!(
+            client
+                .clear_launch_failures(Some(&rule.id))
+                .await
+                .expect("clear"),
+            1
+        );
+
+        let fault = AutoScalingFault::in_progress("SetDesiredCapacity", 1);
+        client.add_autoscaling_fault(&fault).await.expect("arm");
+        let err = asg
+            .set_desired_capacity()
+            .auto_scaling_group_name("contract")
+            .desired_capacity(2)
+            .send()
+            .await
+            .expect_err("the injected fault");
+        assert_eq!(err.code(), Some("ScalingActivityInProgress"));
+        assert!(
+            err.message()
+                .is_some_and(|m| m.ends_with("is in progress and blocks this action"))
+        );
+        assert!(client.autoscaling_faults().await.expect("list").is_empty());
+
+        let dynamo = DynamoDbFault::next("TransactWriteItems", "TransactionCanceledException", 2);
+        let armed = client.add_dynamodb_fault(&dynamo).await.expect("arm");
+        assert_eq!(armed.criteria["operation"], "TransactWriteItems");
+        assert_eq!(client.dynamodb_faults().await.expect("list").len(), 1);
+        assert_eq!(client.clear_dynamodb_faults(None).await.expect("clear"), 1);
+        assert_eq!(
+            client
+                .set_dynamodb_ttl_delay(60.0)
+                .await
+                .expect("set")
+                .delay_seconds,
+            60.0
+        );
+        assert_eq!(
+            client.dynamodb_ttl().await.expect("get").delay_seconds,
+            60.0
+        );
+
+        let taken = client
+            .set_next_private_ip(&NextPrivateIp {
+                ip,
+                group: Some("contract".into()),
+                region: Some(REGION.into()),
+                zone: None,
+            })
+            .await
+            .expect_err("the address is in use");
+        assert!(taken.to_string().contains("409"), "{taken}");
+        assert!(client.next_private_ips().await.expect("list").is_empty());
+        assert_eq!(client.clear_next_private_ips().await.expect("clear"), 0);
+        model.shutdown().await;
     }
 }
