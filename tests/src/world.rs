@@ -10,8 +10,8 @@
 
 use crate::aws::{AwsModel, ModelInstance};
 use crate::kubernetes::{
-    ControlPlane, ControlPlaneOptions, Credential, JoinRefused, JoinRequest, K3sOptions,
-    K3sServer, manifests,
+    ControlPlane, ControlPlaneOptions, Credential, JoinRefused, JoinRequest, K3sOptions, K3sServer,
+    manifests,
 };
 use crate::process::poll_until;
 use crate::{Error, Result};
@@ -696,8 +696,14 @@ async fn join_instance(
     memory: &str,
 ) -> std::result::Result<(), JoinRefused> {
     let mut labels = BTreeMap::new();
-    labels.insert("node.kubernetes.io/instance-type".into(), i.instance_type.clone());
-    labels.insert("topology.kubernetes.io/zone".into(), i.availability_zone.clone());
+    labels.insert(
+        "node.kubernetes.io/instance-type".into(),
+        i.instance_type.clone(),
+    );
+    labels.insert(
+        "topology.kubernetes.io/zone".into(),
+        i.availability_zone.clone(),
+    );
     labels.insert("smartscale.io/capacity-type".into(), i.market.clone());
     if let Some(asg) = &i.asg_name {
         labels.insert("smartscale.io/node-group".into(), asg.clone());
@@ -760,7 +766,12 @@ async fn instance_sync(s: InstanceSync) {
                 }
                 if i.lifecycle_state == "Pending:Wait"
                     && joined.contains(&i.instance_id)
-                    && nodes.get_opt(&name).await.ok().flatten().is_some_and(|n| is_ready(&n))
+                    && nodes
+                        .get_opt(&name)
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some_and(|n| is_ready(&n))
                 {
                     let _ = complete_launch(&s, &i.instance_id, "CONTINUE").await;
                 }

@@ -20,9 +20,9 @@ use clap::{Parser, Subcommand};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::Api;
 use smartscale_testworld::aws::{self, AwsModel};
+use smartscale_testworld::imds::ImdsFleet;
 use smartscale_testworld::kubernetes::k3s_agent::{self, K3sAgentArgs};
 use smartscale_testworld::kubernetes::{ControlPlane, ControlPlaneOptions, K3sOptions, K3sServer};
-use smartscale_testworld::imds::ImdsFleet;
 use smartscale_testworld::process;
 use smartscale_testworld::prometheus::{
     self, ClusterMetrics, Prometheus, PrometheusOptions, SyntheticExporter, SyntheticNode,
@@ -270,7 +270,9 @@ async fn up(
         aws_pid: model.pid(),
         prometheus_pid: prometheus.pid(),
         controller_config: controller_config.as_deref(),
-        controller_kubeconfig: controller_config.as_ref().map(|_| controller_kubeconfig.as_path()),
+        controller_kubeconfig: controller_config
+            .as_ref()
+            .map(|_| controller_kubeconfig.as_path()),
         k3s_url: &k3s_url,
     })?;
 

@@ -148,7 +148,10 @@ impl ControlPlane {
                     plane._temp = temp;
                     return Ok(plane);
                 }
-                Err(e) if e.to_string().contains("address already in use") && opts.api_port.is_none() => {
+                Err(e)
+                    if e.to_string().contains("address already in use")
+                        && opts.api_port.is_none() =>
+                {
                     tracing::warn!(attempt, "a control plane port was taken; retrying");
                     last = Some(e);
                 }
@@ -158,10 +161,15 @@ impl ControlPlane {
         Err(last.unwrap_or_else(|| Error::Invalid("control plane did not start".into())))
     }
 
-    async fn start_once(bin: &Path, dir: &Path, opts: &ControlPlaneOptions) -> Result<ControlPlane> {
+    async fn start_once(
+        bin: &Path,
+        dir: &Path,
+        opts: &ControlPlaneOptions,
+    ) -> Result<ControlPlane> {
         let started = Instant::now();
         let mkdir = |d: &Path| {
-            std::fs::create_dir_all(d).map_err(|e| Error::io(format!("creating {}", d.display()), e))
+            std::fs::create_dir_all(d)
+                .map_err(|e| Error::io(format!("creating {}", d.display()), e))
         };
         mkdir(dir)?;
         let logs = dir.join("logs");
@@ -184,7 +192,8 @@ impl ControlPlane {
             "--unsafe-no-fsync",
             "--log-level=warn",
         ]);
-        let mut etcd = ChildProcess::spawn("etcd", etcd_cmd, logs.join("etcd.log"))?.with_grace(STOP_GRACE);
+        let mut etcd =
+            ChildProcess::spawn("etcd", etcd_cmd, logs.join("etcd.log"))?.with_grace(STOP_GRACE);
         etcd.wait_for_http(&format!("{etcd_url}/health"), READY_TIMEOUT)
             .await?;
 
@@ -212,7 +221,10 @@ impl ControlPlane {
             "--enable-bootstrap-token-auth=true",
             &format!("--client-ca-file={}", tls("client-ca.crt")),
             &format!("--tls-cert-file={}", tls("serving-kube-apiserver.crt")),
-            &format!("--tls-private-key-file={}", tls("serving-kube-apiserver.key")),
+            &format!(
+                "--tls-private-key-file={}",
+                tls("serving-kube-apiserver.key")
+            ),
             &format!("--service-account-key-file={}", tls("service.pub")),
             &format!("--service-account-signing-key-file={}", tls("service.key")),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -240,7 +252,8 @@ impl ControlPlane {
         let identity = |cn: &str, group: Option<&str>, file: &str| -> Result<PathBuf> {
             let cert = pki.client_cert(cn, group)?;
             let path = dir.join(file);
-            Kubeconfig::new(&url, &pki.server_ca_pem, Credential::Certificate(cert)).write(&path)?;
+            Kubeconfig::new(&url, &pki.server_ca_pem, Credential::Certificate(cert))
+                .write(&path)?;
             Ok(path)
         };
         let admin_kc = identity("admin", Some("system:masters"), "admin.kubeconfig")?;
@@ -520,8 +533,9 @@ impl AuditEvent {
 
     pub fn is(&self, verb: &str, resource: &str, subresource: &str) -> bool {
         self.verb == verb
-            && self.object_ref.as_ref().is_some_and(|o| {
-                o.resource == resource && o.subresource == subresource
-            })
+            && self
+                .object_ref
+                .as_ref()
+                .is_some_and(|o| o.resource == resource && o.subresource == subresource)
     }
 }

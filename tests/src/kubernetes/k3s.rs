@@ -62,7 +62,9 @@ pub enum JoinRefused {
 impl std::fmt::Display for JoinRefused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            JoinRefused::Unauthorized => f.write_str("401 Unauthorized: the join token is not valid"),
+            JoinRefused::Unauthorized => {
+                f.write_str("401 Unauthorized: the join token is not valid")
+            }
             JoinRefused::NodePasswordRejected => f.write_str(NODE_PASSWORD_REJECTED),
             JoinRefused::Registration(e) => write!(f, "the kubelet could not register: {e}"),
         }
@@ -108,7 +110,9 @@ pub struct K3sServer {
 
 impl std::fmt::Debug for K3sServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("K3sServer").field("url", &self.inner.url).finish()
+        f.debug_struct("K3sServer")
+            .field("url", &self.inner.url)
+            .finish()
     }
 }
 
@@ -156,7 +160,9 @@ impl K3sServer {
         self.check_node_password(&req.node_name, &req.node_password)
             .await
             .map_err(|e| match e {
-                Error::Invalid(m) if m == NODE_PASSWORD_REJECTED => JoinRefused::NodePasswordRejected,
+                Error::Invalid(m) if m == NODE_PASSWORD_REJECTED => {
+                    JoinRefused::NodePasswordRejected
+                }
                 other => JoinRefused::Registration(other.to_string()),
             })?;
         let cert = self
@@ -189,7 +195,8 @@ impl K3sServer {
             .await
             .map_err(|e| JoinRefused::Registration(e.to_string()))?;
         // A kubelet of the same name still running (a restart of k3s) is replaced.
-        if let Some(old) = lock(&self.inner.kubelets).insert(req.node_name.clone(), Arc::new(kubelet))
+        if let Some(old) =
+            lock(&self.inner.kubelets).insert(req.node_name.clone(), Arc::new(kubelet))
         {
             old.stop();
         }
@@ -357,7 +364,12 @@ async fn cloud_controller(admin: kube::Client) {
             },
             "spec": {"taints": kept},
         });
-        if node.spec.as_ref().and_then(|s| s.provider_id.as_ref()).is_none() {
+        if node
+            .spec
+            .as_ref()
+            .and_then(|s| s.provider_id.as_ref())
+            .is_none()
+        {
             patch["spec"]["providerID"] = json!(format!("k3s://{name}"));
         }
         if let Err(e) = nodes

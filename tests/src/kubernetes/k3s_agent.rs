@@ -60,8 +60,9 @@ fn node_password(path: &Path) -> Result<String> {
         Ok(p) if !p.trim().is_empty() => Ok(p.trim().to_string()),
         _ => {
             let password = format!("{:032x}", rand::random::<u128>());
-            smartscale_common::files::write_private(path, password.as_bytes())
-                .map_err(|e| refuse(format!("writing the node password {}: {e}", path.display())))?;
+            smartscale_common::files::write_private(path, password.as_bytes()).map_err(|e| {
+                refuse(format!("writing the node password {}: {e}", path.display()))
+            })?;
             Ok(password)
         }
     }
@@ -80,8 +81,12 @@ pub async fn run(args: &K3sAgentArgs) -> Result<()> {
     }
     let text = std::fs::read_to_string(&args.config)
         .map_err(|e| Error::io(format!("reading {}", args.config.display()), e))?;
-    let config: K3sConfig = serde_saphyr::from_str(&text)
-        .map_err(|e| refuse(format!("{} is not a valid k3s config: {e}", args.config.display())))?;
+    let config: K3sConfig = serde_saphyr::from_str(&text).map_err(|e| {
+        refuse(format!(
+            "{} is not a valid k3s config: {e}",
+            args.config.display()
+        ))
+    })?;
     let provider_id = config
         .kubelet_arg
         .iter()
@@ -120,16 +125,21 @@ pub async fn run(args: &K3sAgentArgs) -> Result<()> {
                 let status = response.status();
                 let body = response.text().await.unwrap_or_default();
                 if status.is_success() {
-                    smartscale_common::files::write_private(&args.kubelet_kubeconfig, body.as_bytes())
-                        .map_err(|e| {
-                            refuse(format!(
-                                "writing {}: {e}",
-                                args.kubelet_kubeconfig.display()
-                            ))
-                        })?;
+                    smartscale_common::files::write_private(
+                        &args.kubelet_kubeconfig,
+                        body.as_bytes(),
+                    )
+                    .map_err(|e| {
+                        refuse(format!(
+                            "writing {}: {e}",
+                            args.kubelet_kubeconfig.display()
+                        ))
+                    })?;
                     return Ok(());
                 }
-                return Err(refuse(format!("the server refused the join ({status}): {body}")));
+                return Err(refuse(format!(
+                    "the server refused the join ({status}): {body}"
+                )));
             }
             Err(e) => {
                 eprintln!(

@@ -141,7 +141,8 @@ impl Kubelet {
             .map(|t| parse_taint(t))
             .collect::<Result<Vec<_>>>()?;
         if opts.external_cloud_provider {
-            taints.push(json!({"key": UNINITIALIZED_TAINT, "value": "true", "effect": "NoSchedule"}));
+            taints
+                .push(json!({"key": UNINITIALIZED_TAINT, "value": "true", "effect": "NoSchedule"}));
         }
         let mut spec = json!({"taints": taints});
         if let Some(id) = &opts.provider_id {
@@ -234,9 +235,16 @@ async fn report_status(client: &kube::Client, opts: &KubeletOptions) -> Result<(
         },
     }});
     Api::<Node>::all(client.clone())
-        .patch_status(&opts.name, &PatchParams::default(), &Patch::Strategic(&status))
+        .patch_status(
+            &opts.name,
+            &PatchParams::default(),
+            &Patch::Strategic(&status),
+        )
         .await
-        .map_err(kube_err(format!("reporting the status of node {}", opts.name)))?;
+        .map_err(kube_err(format!(
+            "reporting the status of node {}",
+            opts.name
+        )))?;
     Ok(())
 }
 
@@ -273,7 +281,10 @@ async fn heartbeat(
             }]);
         }
         let params = PatchParams::apply("kubelet").force();
-        if let Err(e) = leases.patch(&opts.name, &params, &Patch::Apply(&lease)).await {
+        if let Err(e) = leases
+            .patch(&opts.name, &params, &Patch::Apply(&lease))
+            .await
+        {
             tracing::debug!(node = %opts.name, error = %e, "kubelet: lease renewal failed");
         }
         if last_status.elapsed() >= Duration::from_secs(60) {
@@ -349,7 +360,10 @@ fn pod_ip(opts: &KubeletOptions, n: u32, pod: &Pod) -> String {
     }
     // A stable /24 per node from its name (kube-controller-manager's podCIDR would do; this is
     // only for display).
-    let octet = opts.name.bytes().fold(0u32, |a, b| (a * 31 + u32::from(b)) % 250);
+    let octet = opts
+        .name
+        .bytes()
+        .fold(0u32, |a, b| (a * 31 + u32::from(b)) % 250);
     format!("10.42.{}.{}", octet, n % 250 + 2)
 }
 
@@ -409,7 +423,11 @@ async fn start_pod(
 
 /// Waits out the grace period (until `deletionTimestamp`), then deletes the pod with grace 0 and
 /// its UID as precondition: the last step of a graceful deletion, which only the kubelet takes.
-async fn finish_deletion(client: kube::Client, pod: Pod, stopped: Arc<std::sync::atomic::AtomicBool>) {
+async fn finish_deletion(
+    client: kube::Client,
+    pod: Pod,
+    stopped: Arc<std::sync::atomic::AtomicBool>,
+) {
     let (Some(name), Some(ns), Some(uid)) = (
         pod.metadata.name.clone(),
         pod.metadata.namespace.clone(),
@@ -435,7 +453,10 @@ async fn finish_deletion(client: kube::Client, pod: Pod, stopped: Arc<std::sync:
         }),
         ..DeleteParams::default()
     };
-    if let Err(e) = Api::<Pod>::namespaced(client, &ns).delete(&name, &params).await {
+    if let Err(e) = Api::<Pod>::namespaced(client, &ns)
+        .delete(&name, &params)
+        .await
+    {
         tracing::debug!(pod = %name, error = %e, "kubelet: could not finish the deletion");
     }
 }

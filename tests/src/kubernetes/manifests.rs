@@ -51,9 +51,13 @@ pub async fn apply(client: &kube::Client, yaml: &str) -> Result<Applied> {
             ),
             Scope::Cluster => Api::all_with(client.clone(), &resource),
         };
-        api.patch(&name, &PatchParams::apply("testworld").force(), &Patch::Apply(&obj))
-            .await
-            .map_err(|e| Error::Invalid(format!("applying {} {name}: {e}", types.kind)))?;
+        api.patch(
+            &name,
+            &PatchParams::apply("testworld").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .map_err(|e| Error::Invalid(format!("applying {} {name}: {e}", types.kind)))?;
         out.applied.push(format!(
             "{}/{}/{name}",
             types.kind,

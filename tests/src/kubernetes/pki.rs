@@ -7,8 +7,8 @@
 
 use crate::{Error, Result};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use std::path::{Path, PathBuf};
 
@@ -44,8 +44,8 @@ fn cert_err(what: &str, e: rcgen::Error) -> Error {
 }
 
 fn ca_params(common_name: &str) -> Result<CertificateParams> {
-    let mut params = CertificateParams::new(Vec::<String>::new())
-        .map_err(|e| cert_err("CA parameters", e))?;
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).map_err(|e| cert_err("CA parameters", e))?;
     let mut name = DistinguishedName::new();
     name.push(DnType::CommonName, common_name);
     params.distinguished_name = name;
@@ -113,7 +113,11 @@ impl Pki {
         let serving_cert = serving
             .signed_by(&serving_key, &server_issuer)
             .map_err(|e| cert_err("the serving certificate", e))?;
-        write(&dir.join("serving-kube-apiserver.crt"), &serving_cert.pem(), false)?;
+        write(
+            &dir.join("serving-kube-apiserver.crt"),
+            &serving_cert.pem(),
+            false,
+        )?;
         write(
             &dir.join("serving-kube-apiserver.key"),
             &serving_key.serialize_pem(),
