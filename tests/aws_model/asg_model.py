@@ -36,6 +36,7 @@ from moto.autoscaling import responses as asr
 from moto.autoscaling.exceptions import AutoscalingClientError, ValidationError
 from moto.core.exceptions import ServiceException
 from moto.ec2.exceptions import InvalidSubnetIdError
+from werkzeug.exceptions import HTTPException
 
 from rules import RuleBook
 
@@ -243,7 +244,7 @@ def _send(arn: str, message: dict) -> bool:
     try:
         sqs_backends[parts[4]][parts[3]].send_message(parts[5], json.dumps(message))
         return True
-    except Exception:  # moto raises its own QueueDoesNotExist and friends; all mean "unreachable"
+    except (KeyError, ServiceException, HTTPException):  # unknown region, QueueDoesNotExist, ...
         return False
 
 

@@ -107,11 +107,11 @@ class World:
             return err.code, dict(err.headers), err.read().decode()
 
     # --- control endpoints
-    def http(self, method: str, path: str, body=None, raw: bytes | None = None):
+    def http(self, method: str, path: str, body=None, raw: bytes | None = None, timeout: float = 10):
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         req = urllib.request.Request(self.url + path, data=data, method=method)
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return resp.status, json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"null")

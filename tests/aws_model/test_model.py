@@ -593,7 +593,8 @@ def test_reset_wipes_model_and_moto(world):
     world.create_group(desired=1)
     world.put_hook("asg", "launch", "LAUNCHING")
     world.advance(1000)
-    assert world.http("POST", "/_smartscale/reset") == (200, {"ok": True})
+    # moto re-initialises every backend it created (per region and account): slow late in the suite.
+    assert world.http("POST", "/_smartscale/reset", timeout=120) == (200, {"ok": True})
     assert world.asg.describe_auto_scaling_groups()["AutoScalingGroups"] == []
     assert world.http("GET", "/_smartscale/instances") == (200, [])
     assert world.http("GET", "/_smartscale/clock")[1]["offset"] == 0
@@ -601,7 +602,7 @@ def test_reset_wipes_model_and_moto(world):
     world._lt = None
     world.create_group(desired=1)
     world.wait_states(1, state="InService")
-    with urllib.request.urlopen(urllib.request.Request(world.url + "/moto-api/reset", method="POST")) as resp:
+    with urllib.request.urlopen(urllib.request.Request(world.url + "/moto-api/reset", method="POST"), timeout=120) as resp:
         assert resp.status == 200
     assert world.http("GET", "/_smartscale/instances") == (200, [])
     # The world still works after a reset (the launch template went with it).

@@ -3,6 +3,7 @@ EC2 Auto Scaling User Guide describes them (quotes in the tests)."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -136,6 +137,27 @@ def test_detach_with_decrement_rebalances(world):
     final = world.wait_states(2, state="InService")
     assert lonely not in final and world.ec2_state(lonely) == "running"  # detached, not terminated
     assert zones_of(world, final) == Counter({z: 1 for _, z in subnets})
+
+
+def test_standby_with_decrement_rebalances(world):
+    # "You explicitly terminate or detach instances or place instances in standby, and then the
+    # group becomes unbalanced."
+    subnets, zones = two_zone_group(world, 3)
+    count = Counter(zones.values())
+    (lonely,) = [i for i, z in zones.items() if z == min(count, key=count.get)]
+    world.asg.enter_standby(AutoScalingGroupName="asg", InstanceIds=[lonely], ShouldDecrementDesiredCapacity=True)
+    states = wait_for(lambda: (s := world.states()) and sorted(s.values()) == ["InService", "InService", "Standby"] and
+                      set(s) != set(zones) and s, what="rebalanced around the standby instance")
+    in_service = [i for i, st in states.items() if st == "InService"]
+    assert states[lonely] == "Standby"
+    assert zones_of(world, in_service) == Counter({z: 1 for _, z in subnets})
+
+
+def test_activities_carry_subnet_and_zone_details(world):
+    subnets, zones = two_zone_group(world, 1)
+    (iid,) = zones
+    details = json.loads(activity_for(world, "Launching a new EC2 instance", iid)["Details"])
+    assert details == {"Subnet ID": world.model(iid)["subnet_id"], "Availability Zone": zones[iid]}
 
 
 def test_az_rebalance_suspended_leaves_the_group_unbalanced(world):
