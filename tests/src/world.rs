@@ -8,7 +8,7 @@
 //! When an instance stops running, its kubelet goes silent. Nothing deletes Node objects (K3s's
 //! cloud provider never does): the real node lifecycle controller marks them NotReady.
 
-use crate::aws::{AwsModel, ModelInstance};
+use crate::aws::{AwsModel, ModelInstanceDetails};
 use crate::kubernetes::{
     ControlPlane, ControlPlaneOptions, Credential, JoinRefused, JoinRequest, K3sOptions, K3sServer,
     manifests,
@@ -95,6 +95,7 @@ pub struct World {
     pub autoscaling: aws_sdk_autoscaling::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
     sync: Option<tokio::task::JoinHandle<()>>,
+    extra_syncs: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for World {
@@ -102,7 +103,36 @@ impl Drop for World {
         if let Some(t) = self.sync.take() {
             t.abort();
         }
+        for t in lock(&self.extra_syncs).drain(..) {
+            t.abort();
+        }
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Real Prometheus with ten minutes of history at `cpu` % busy and `mem` % memory used on
+/// `nodes` synthetic nodes, then live scraping of the same series.
+pub async fn prometheus_at(
+    cpu: f64,
+    mem: f64,
+    nodes: usize,
+) -> Result<crate::prometheus::Prometheus> {
+    use crate::prometheus::{ClusterMetrics, Prometheus, SyntheticNode};
+    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+    let nodes = (0..nodes)
+        .map(|i| {
+            SyntheticNode::new(format!("node-{i}"), 2, cpu)
+                .with_memory(4.0 * GIB, 4.0 * GIB * (1.0 - mem / 100.0))
+        })
+        .collect();
+    Prometheus::start_scraping_with_history(
+        ClusterMetrics::new(nodes, vec![]),
+        Duration::from_secs(600),
+    )
+    .await
 }
 
 fn sdk_err(what: &str, e: impl std::fmt::Display) -> Error {
@@ -114,9 +144,13 @@ pub async fn kube_client(kubeconfig: &Path) -> Result<kube::Client> {
     crate::kubernetes::client_for(kubeconfig).await
 }
 
-/// The node name of an instance: its private DNS name, as K3s takes the hostname on EC2.
-pub fn node_name(instance: &ModelInstance) -> String {
-    crate::imds::local_hostname(&crate::imds::ImdsInstance::from_model(instance))
+/// The node name of an instance: its private DNS name (what the agent passes as k3s's
+/// `node-name`, from IMDS `local-hostname`), so an instance that re-uses a private IP re-uses
+/// the name too.
+pub fn node_name(instance: &ModelInstanceDetails) -> String {
+    instance.private_dns_name.clone().unwrap_or_else(|| {
+        crate::imds::local_hostname(&crate::imds::ImdsInstance::from_model(&instance.instance))
+    })
 }
 
 impl World {
@@ -157,6 +191,7 @@ impl World {
             autoscaling,
             dynamodb,
             sync: None,
+            extra_syncs: std::sync::Mutex::new(Vec::new()),
         };
         let controller_kubeconfig = world.kubeconfig();
         world.setup().create(&opts, &controller_kubeconfig).await?;
@@ -240,7 +275,7 @@ impl World {
     pub async fn register_node(&self, instance: &str) -> Result<()> {
         let i = self
             .aws
-            .instance(instance)
+            .instance_details(instance)
             .await?
             .ok_or_else(|| Error::Invalid(format!("no instance {instance} in the model")))?;
         join_instance(&self.k3s, &i, "2", "4Gi")
@@ -259,6 +294,149 @@ impl World {
             },
         )
         .await
+    }
+
+    /// Runs `smartscale-controller --config cfg once ARGS` against this world and returns its
+    /// decision JSON; an error with the controller's stderr if it failed.
+    pub async fn controller_once(&self, cfg: &Path, args: &[&str]) -> Result<serde_json::Value> {
+        let out = product_command(self, "smartscale-controller")?
+            .arg("--config")
+            .arg(cfg)
+            .arg("once")
+            .args(args)
+            .output()
+            .await
+            .map_err(|e| Error::io("running smartscale-controller once", e))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            return Err(Error::Invalid(format!(
+                "once failed ({}): {stderr}",
+                out.status
+            )));
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| {
+            Error::Invalid(format!(
+                "once printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            ))
+        })
+    }
+
+    /// A second worker group beside the world's own (same launch template), without lifecycle
+    /// hooks unless asked; its instances join like the world's when `auto_join` is on.
+    pub async fn create_group(
+        &self,
+        name: &str,
+        desired: u32,
+        max: u32,
+        hooks: bool,
+    ) -> Result<()> {
+        let mut req = self
+            .autoscaling
+            .create_auto_scaling_group()
+            .auto_scaling_group_name(name)
+            .launch_template(
+                LaunchTemplateSpecification::builder()
+                    .launch_template_name("workers")
+                    .build(),
+            )
+            .min_size(0)
+            .max_size(max as i32)
+            .desired_capacity(desired as i32)
+            .availability_zones(format!("{}a", self.region))
+            .availability_zones(format!("{}b", self.region));
+        if hooks {
+            for (hook, transition, default) in [
+                (LAUNCH_HOOK, "autoscaling:EC2_INSTANCE_LAUNCHING", "ABANDON"),
+                (
+                    TERMINATE_HOOK,
+                    "autoscaling:EC2_INSTANCE_TERMINATING",
+                    "CONTINUE",
+                ),
+            ] {
+                req = req.lifecycle_hook_specification_list(
+                    LifecycleHookSpecification::builder()
+                        .lifecycle_hook_name(hook)
+                        .lifecycle_transition(transition)
+                        .heartbeat_timeout(300)
+                        .default_result(default)
+                        .build(),
+                );
+            }
+        }
+        req.send().await.map_err(|e| {
+            sdk_err(
+                "CreateAutoScalingGroup",
+                aws_sdk_autoscaling::error::DisplayErrorContext(e),
+            )
+        })?;
+        if self.sync.is_some() {
+            // The world's instance sync follows its own group; follow this one too.
+            let handle = spawn_instance_sync(InstanceSync {
+                model: self.aws.client().clone(),
+                k3s: self.k3s.clone(),
+                kube: self.kube.clone(),
+                autoscaling: self.autoscaling.clone(),
+                asg: name.to_string(),
+                cpu: "2",
+                memory: "4Gi",
+            });
+            lock(&self.extra_syncs).push(handle);
+        }
+        Ok(())
+    }
+
+    /// (desired capacity, instances) of any group of the world.
+    pub async fn group_named(&self, name: &str) -> Result<(u32, Vec<(String, String)>)> {
+        let out = self
+            .autoscaling
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(name)
+            .send()
+            .await
+            .map_err(|e| {
+                sdk_err(
+                    "DescribeAutoScalingGroups",
+                    aws_sdk_autoscaling::error::DisplayErrorContext(e),
+                )
+            })?;
+        let g = out
+            .auto_scaling_groups()
+            .first()
+            .ok_or_else(|| Error::Invalid(format!("no group {name}")))?;
+        Ok((
+            g.desired_capacity().unwrap_or(0) as u32,
+            g.instances()
+                .iter()
+                .map(|i| {
+                    (
+                        i.instance_id().unwrap_or_default().to_string(),
+                        i.lifecycle_state()
+                            .map(|s| s.as_str().to_string())
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        ))
+    }
+
+    /// Answers the terminate hook of `instance` with CONTINUE, as its agent does after the drain.
+    pub async fn complete_termination(&self, instance: &str) -> Result<()> {
+        self.autoscaling
+            .complete_lifecycle_action()
+            .auto_scaling_group_name(&self.asg_name)
+            .lifecycle_hook_name(TERMINATE_HOOK)
+            .instance_id(instance)
+            .lifecycle_action_result("CONTINUE")
+            .send()
+            .await
+            .map_err(|e| {
+                sdk_err(
+                    "CompleteLifecycleAction",
+                    aws_sdk_autoscaling::error::DisplayErrorContext(e),
+                )
+            })?;
+        Ok(())
     }
 
     /// The instance id behind a node (from its providerID `aws:///<zone>/<id>`).
@@ -422,15 +600,17 @@ impl World {
     }
 
     /// Creates a Deployment in `default` whose pods request `cpu`/`memory`; the real ReplicaSet
-    /// controller creates its pods and the real scheduler places them.
+    /// controller creates its pods and the real scheduler places them (on `node` only, by a
+    /// hostname nodeSelector, if given).
     pub async fn create_deployment(
         &self,
         name: &str,
         replicas: i32,
         cpu: &str,
         memory: &str,
+        node: Option<&str>,
     ) -> Result<()> {
-        let d: Deployment = serde_json::from_value(json!({
+        let mut d = json!({
             "metadata": {"name": name, "namespace": "default"},
             "spec": {
                 "replicas": replicas,
@@ -444,8 +624,11 @@ impl World {
                     }
                 }
             }
-        }))
-        .map_err(|e| sdk_err("deployment JSON", e))?;
+        });
+        if let Some(node) = node {
+            d["spec"]["template"]["spec"]["nodeSelector"] = json!({"kubernetes.io/hostname": node});
+        }
+        let d: Deployment = serde_json::from_value(d).map_err(|e| sdk_err("deployment JSON", e))?;
         Api::<Deployment>::namespaced(self.kube.clone(), "default")
             .create(&PostParams::default(), &d)
             .await
@@ -691,10 +874,11 @@ pub fn controller_config_text(
 /// by the agent"), providerID `aws:///<zone>/<id>`, the node name from the private DNS name.
 async fn join_instance(
     k3s: &K3sServer,
-    i: &ModelInstance,
+    details: &ModelInstanceDetails,
     cpu: &str,
     memory: &str,
 ) -> std::result::Result<(), JoinRefused> {
+    let i = &details.instance;
     let mut labels = BTreeMap::new();
     labels.insert(
         "node.kubernetes.io/instance-type".into(),
@@ -711,13 +895,18 @@ async fn join_instance(
     let imds = crate::imds::ImdsInstance::from_model(i);
     k3s.join(JoinRequest {
         token: AGENT_TOKEN.into(),
-        node_name: node_name(i),
+        node_name: node_name(details),
         // K3s's node password is random per machine, kept in /etc/rancher/node/password.
         node_password: i.instance_id.clone(),
         provider_id: Some(format!("aws:///{}/{}", i.availability_zone, i.instance_id)),
         labels,
         taints: vec![],
-        internal_ip: Some(crate::imds::private_ip(&imds)),
+        internal_ip: Some(
+            details
+                .private_ip
+                .clone()
+                .unwrap_or_else(|| crate::imds::private_ip(&imds)),
+        ),
         cpu: Some(cpu.into()),
         memory: Some(memory.into()),
     })
@@ -747,18 +936,19 @@ async fn instance_sync(s: InstanceSync) {
     let mut joined: BTreeSet<String> = BTreeSet::new();
     let mut dead: BTreeSet<String> = BTreeSet::new();
     loop {
-        if let Ok(instances) = s.model.instances().await {
-            for i in instances
+        if let Ok(instances) = s.model.instances_details().await {
+            for details in instances
                 .iter()
-                .filter(|i| i.asg_name.as_deref() == Some(s.asg.as_str()))
+                .filter(|i| i.instance.asg_name.as_deref() == Some(s.asg.as_str()))
             {
-                let name = node_name(i);
+                let i = &details.instance;
+                let name = node_name(details);
                 let running = matches!(i.ec2_state.as_str(), "pending" | "running");
                 let booted = matches!(i.lifecycle_state.as_str(), "Pending:Wait" | "InService");
                 if running
                     && booted
                     && joined.insert(i.instance_id.clone())
-                    && let Err(e) = join_instance(&s.k3s, i, s.cpu, s.memory).await
+                    && let Err(e) = join_instance(&s.k3s, details, s.cpu, s.memory).await
                 {
                     // What the agent does when k3s cannot join: ABANDON the launch.
                     tracing::warn!(instance = %i.instance_id, error = %e, "instance sync: join refused; abandoning the launch");
