@@ -3,30 +3,52 @@
 //! policies), a kill mid-drain (the hook completed exactly once), a manual drain, and an API
 //! server that does not answer. Then what went wrong once: a stale manual-drain record, a manual
 //! drain stopped early, an API server away for longer than the heartbeat timeout, a failed pass,
-//! a refused completion, and a spot notice during an ASG termination.
+//! a refused completion, and a spot notice during an ASG termination. And what only a real
+//! control plane shows: evicted pods re-created by the ReplicaSet controller and running on
+//! another node (placed by the scheduler) before the hook is completed, and a budget computed by
+//! the disruption controller that blocks an eviction until the replacement is Ready elsewhere.
 //!
-//! Each test has one worker: an instance of the AWS model's group, its fake IMDS, a fake API
-//! server where its Node is registered, and the agent with the node's own kubelet identity.
+//! Each test has one worker: an instance of the AWS model's group, its IMDS, its Node joined
+//! through the K3s server to the real control plane (kube-apiserver with Node,RBAC authorization
+//! and NodeRestriction, kube-controller-manager, kube-scheduler), and the agent with the node's
+//! own kubelet identity (its client certificate `system:node:<node>`). Evictions and deletions
+//! are read from the API server's audit log.
+//!
+//! IMDS: the ASG-termination tests use the test world's fake IMDS, because it follows the AWS
+//! model live (`autoscaling/target-lifecycle-state` turns `Terminated` when the model's instance
+//! enters `Terminating:Wait`, and goes on answering as the model moves); AEMM fixes its scenario
+//! when it starts and cannot. The spot-only tests run against AEMM (amazon-ec2-metadata-mock),
+//! whose notice appears at a trigger time.
 
 mod support;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use smartscale_testworld::apiserver::FakeApiServer;
+use smartscale_testworld::aemm::{Aemm, AemmOptions, Onset, Scenario, SpotAction};
 use smartscale_testworld::aws::AwsModel;
 use smartscale_testworld::imds::FakeImds;
+use smartscale_testworld::kubernetes::{AuditEvent, Kubeconfig};
 use support::*;
 
-const LIMIT: Duration = Duration::from_secs(120);
+const LIMIT: Duration = Duration::from_secs(150);
+
+/// The worker's instance metadata: the fake IMDS (follows the model live), or AEMM (started
+/// with its scenario once the test is ready for the notice).
+enum Metadata {
+    Fake(FakeImds),
+    Aemm(Option<Box<Aemm>>),
+}
 
 struct Worker {
     model: AwsModel,
     instance_id: String,
-    imds: FakeImds,
-    api: FakeApiServer,
+    imds: Metadata,
+    cluster: Cluster,
     admin: kube::Client,
     node: String,
+    /// The node's kubelet kubeconfig (its client certificate), as K3s wrote it.
+    node_kubeconfig: Kubeconfig,
     dir: tempfile::TempDir,
     config: PathBuf,
     metrics_port: u16,
@@ -35,6 +57,16 @@ struct Worker {
     evictable: Vec<String>,
     /// DaemonSet and mirror pods it must leave alone.
     left_alone: Vec<String>,
+    /// The pod under a budget that allows no disruption, if [`Worker::add_pods`] made one.
+    guarded: Option<String>,
+}
+
+/// Which IMDS the worker gets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Imds {
+    Fake,
+    /// AEMM, started later by [`Worker::start_aemm`].
+    Aemm,
 }
 
 async fn worker(
@@ -43,18 +75,40 @@ async fn worker(
     proxy: bool,
     config_extra: &str,
 ) -> Worker {
+    worker_with(spec, settings, proxy, config_extra, Imds::Fake).await
+}
+
+async fn worker_with(
+    spec: GroupSpec,
+    settings: &[(&str, &str)],
+    proxy: bool,
+    config_extra: &str,
+    imds: Imds,
+) -> Worker {
     let model = AwsModel::start().await.expect("AWS model");
     let instance_id = create_group(&model, spec).await;
-    let imds = FakeImds::for_model_instance(model.client(), &instance_id)
-        .await
-        .expect("imds");
-    let node = node_name(&imds).await;
-    let api = start_api(&model, &node).await;
+    let (imds, node) = match imds {
+        Imds::Fake => {
+            let fake = FakeImds::for_model_instance(model.client(), &instance_id)
+                .await
+                .expect("imds");
+            let node = node_name(&fake.endpoint()).await;
+            (Metadata::Fake(fake), node)
+        }
+        Imds::Aemm => (
+            Metadata::Aemm(None),
+            model_node_name(&instance(&model, &instance_id).await),
+        ),
+    };
+    let cluster = start_cluster(ClusterOptions::default()).await;
+    let admin = cluster.admin();
     let dir = tempfile::tempdir().expect("tempdir");
-    let admin = client(&api, dir.path(), ADMIN_TOKEN).await;
-    api.write_kubeconfig(&dir.path().join("kubelet.kubeconfig"), Some(NODE_TOKEN))
+    let node_kubeconfig = cluster
+        .join_worker(&node, &instance(&model, &instance_id).await)
+        .await;
+    node_kubeconfig
+        .write(&dir.path().join("kubelet.kubeconfig"))
         .expect("node kubeconfig");
-    register_node(&admin, &node, &instance(&model, &instance_id).await).await;
     let mut all = vec![("terminate_hook_name", TERMINATE_HOOK)];
     all.extend_from_slice(settings);
     put_settings(&model, &all).await;
@@ -72,51 +126,112 @@ async fn worker(
         model,
         instance_id,
         imds,
-        api,
+        cluster,
         admin,
         node,
+        node_kubeconfig,
         dir,
         config,
         metrics_port,
         proxy,
         evictable: Vec::new(),
         left_alone: Vec::new(),
+        guarded: None,
     }
 }
 
 impl Worker {
-    /// `free` ReplicaSet pods (the first with an emptyDir), optionally `default/guarded-0` under a
-    /// budget that allows no disruption, a DaemonSet pod and a mirror pod; waits until all run.
+    /// `free` pods pinned to the node, each of its own ReplicaSet (the first with an emptyDir),
+    /// optionally a `guarded` one under a budget that allows no disruption (computed by the
+    /// disruption controller), the DaemonSet's pod and a mirror pod; waits until all run.
     async fn add_pods(&mut self, free: usize, guarded: bool) {
         create_daemonset(&self.admin).await;
         let mirror = create_mirror_pod(&self.admin, &self.node).await;
         for i in 0..free {
-            create_pod(
-                &self.admin,
-                &self.node,
-                &format!("free-{i}"),
-                "free",
-                i == 0,
-            )
-            .await;
-            self.evictable.push(format!("default/free-{i}"));
+            let template = PodTemplate {
+                node: Some(&self.node),
+                empty_dir: i == 0,
+                grace_seconds: 1,
+                cpu: None,
+            };
+            create_replicaset(&self.admin, &format!("free-{i}"), "free", 1, &template).await;
         }
         if guarded {
-            create_pod(&self.admin, &self.node, "guarded-0", "guarded", false).await;
-            create_blocking_pdb(&self.admin, "guarded").await;
-            self.evictable.push("default/guarded-0".into());
+            let template = PodTemplate {
+                node: Some(&self.node),
+                grace_seconds: 1,
+                ..PodTemplate::default()
+            };
+            create_replicaset(&self.admin, "guarded", "guarded", 1, &template).await;
         }
-        let (api, node, evictable, mirror) = (&self.api, &self.node, &self.evictable, &mirror);
-        let ds_pod = eventually("all pods Running", Duration::from_secs(15), || async move {
-            let running = pods_on(api, node, true);
-            let ds = running
-                .iter()
-                .find(|p| p.starts_with("kube-system/node-exporter"))?;
-            (evictable.iter().all(|p| running.contains(p)) && running.contains(mirror))
-                .then(|| vec![ds.clone(), mirror.clone()])
-        })
+        self.evictable = wait_running(&self.admin, "app=free", &self.node, free).await;
+        if guarded {
+            let pod = wait_running(&self.admin, "app=guarded", &self.node, 1).await;
+            create_blocking_pdb(&self.admin, "guarded").await;
+            self.evictable.extend(pod.iter().cloned());
+            self.guarded = pod.into_iter().next();
+        }
+        let (cluster, node, mirror) = (&self.cluster, &self.node, &mirror);
+        let ds_pod = eventually(
+            "the DaemonSet and mirror pods Running",
+            Duration::from_secs(20),
+            || async move {
+                let running = cluster.pods_on(node, true).await;
+                let ds = running
+                    .iter()
+                    .find(|p| p.starts_with("kube-system/node-exporter"))?;
+                running.contains(mirror).then(|| ds.clone())
+            },
+        )
         .await;
-        self.left_alone = ds_pod;
+        self.left_alone = vec![ds_pod, mirror.clone()];
+    }
+
+    /// The pod under the blocking budget (`namespace/name`).
+    fn guarded(&self) -> &str {
+        self.guarded
+            .as_deref()
+            .expect("add_pods(_, true) made a guarded pod")
+    }
+
+    fn imds_endpoint(&self) -> String {
+        match &self.imds {
+            Metadata::Fake(fake) => fake.endpoint(),
+            Metadata::Aemm(Some(aemm)) => aemm.endpoint(),
+            Metadata::Aemm(None) => panic!("AEMM is not started yet (Worker::start_aemm)"),
+        }
+    }
+
+    fn fake_imds(&self) -> &FakeImds {
+        match &self.imds {
+            Metadata::Fake(fake) => fake,
+            Metadata::Aemm(_) => panic!("this worker's IMDS is AEMM"),
+        }
+    }
+
+    /// Starts AEMM for the worker's instance with a spot interruption (`action_in` from the
+    /// notice, negative: already due) that appears `after` from now; returns when it appears.
+    async fn start_aemm(&mut self, after: Duration, action_in: i64) -> Instant {
+        let now = jiff::Timestamp::now().as_second();
+        // AEMM's trigger times are whole seconds.
+        let at_second = now + after.as_secs() as i64 + 1;
+        let trigger = jiff::Timestamp::from_second(at_second).expect("time");
+        let action_time = jiff::Timestamp::from_second(at_second + action_in).expect("time");
+        let scenario = Scenario::SpotInterruption {
+            action: SpotAction::Terminate,
+            time: Some(action_time),
+            onset: Onset::At(trigger),
+        };
+        let aemm = Aemm::start_with(AemmOptions::for_model_instance(
+            &instance(&self.model, &self.instance_id).await,
+            scenario,
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("AEMM: {e}"));
+        assert_eq!(node_name(&aemm.endpoint()).await, self.node);
+        let wait = trigger.duration_since(jiff::Timestamp::now());
+        self.imds = Metadata::Aemm(Some(Box::new(aemm)));
+        Instant::now() + Duration::try_from(wait).unwrap_or_default()
     }
 
     fn aws_endpoint(&self) -> String {
@@ -126,7 +241,7 @@ impl Worker {
     }
 
     fn agent(&self, args: &[&str], log: &str) -> Agent {
-        let env = agent_env(&self.aws_endpoint(), &self.imds.endpoint());
+        let env = agent_env(&self.aws_endpoint(), &self.imds_endpoint());
         Agent::spawn(&self.config, args, &env, &self.dir.path().join(log))
     }
 
@@ -160,19 +275,23 @@ impl Worker {
             .lifecycle_state
     }
 
+    async fn node_obj(&self) -> k8s_openapi::api::core::v1::Node {
+        self.cluster.node_obj(&self.node).await
+    }
+
     /// Time from `since` until the Node is cordoned.
     async fn cordoned_after(&self, since: Instant) -> Duration {
         eventually("node cordoned", Duration::from_secs(10), || async {
-            smartscale_agent::k8s::is_cordoned(&node_obj(&self.api, &self.node))
-                .then(|| since.elapsed())
+            smartscale_agent::k8s::is_cordoned(&self.node_obj().await).then(|| since.elapsed())
         })
         .await
     }
 
-    /// Every evictable pod evicted (a 201 in the eviction log), none deleted without an
-    /// eviction, DaemonSet and mirror pods never touched.
+    /// Every evictable pod evicted (a 201 in the audit log, asked for by the node's own
+    /// identity), no eviction by anyone else, none deleted without an eviction, DaemonSet and
+    /// mirror pods never touched.
     fn assert_evicted_properly(&self, evictable: &[String]) {
-        let log = self.api.eviction_log();
+        let log = self.cluster.eviction_log(&self.node);
         for pod in evictable {
             assert!(
                 log.iter().any(|(p, status)| p == pod && *status == 201),
@@ -185,10 +304,21 @@ impl Worker {
                 "{pod} must not be evicted: {log:?}"
             );
         }
+        let user = format!("system:node:{}", self.node);
+        let others: Vec<Eviction> = self
+            .cluster
+            .evictions()
+            .into_iter()
+            .filter(|e| e.user != user)
+            .collect();
         assert!(
-            self.api.deletion_log().is_empty(),
-            "pods deleted without eviction: {:?}",
-            self.api.deletion_log()
+            others.is_empty(),
+            "evictions not by the node's identity: {others:?}"
+        );
+        let deleted = self.cluster.deletion_log();
+        assert!(
+            deleted.is_empty(),
+            "pods deleted without eviction: {deleted:?}"
         );
     }
 
@@ -198,11 +328,10 @@ impl Worker {
 
     /// Puts a [`Gate`] between the agent and the API server (the node's kubeconfig points at it).
     fn gate_api(&self, gate: &Gate) {
-        let kubeconfig = self
-            .api
-            .kubeconfig(Some(NODE_TOKEN))
-            .replace(&self.api.url(), &gate.url);
-        std::fs::write(self.dir.path().join("kubelet.kubeconfig"), kubeconfig)
+        self.node_kubeconfig
+            .clone()
+            .with_server(&gate.url)
+            .write(&self.dir.path().join("kubelet.kubeconfig"))
             .expect("node kubeconfig through the gate");
     }
 
@@ -217,7 +346,7 @@ impl Worker {
     fn free_pods(&self) -> Vec<String> {
         self.evictable
             .iter()
-            .filter(|p| p.contains("free"))
+            .filter(|p| p.starts_with("default/free-"))
             .cloned()
             .collect()
     }
@@ -249,7 +378,7 @@ async fn asg_termination_cordons_drains_and_completes_the_hook() {
         assert!(cordon <= Duration::from_secs(2), "cordon took {cordon:?}");
 
         w.assert_evicted_properly(&w.evictable);
-        let mut remaining = pods_on(&w.api, &w.node, false);
+        let mut remaining = w.cluster.pods_on(&w.node, false).await;
         remaining.retain(|p| !w.left_alone.contains(p));
         assert!(remaining.is_empty(), "pods left: {remaining:?}");
         // The model terminates the instance before the agent has read AWS's answer.
@@ -265,9 +394,9 @@ async fn asg_termination_cordons_drains_and_completes_the_hook() {
         assert!(at("node drained") < at("lifecycle action completed"));
         // The kubelet identity may not taint its own node (NodeRestriction): cordon only.
         assert!(log.contains("may not change the node's taints"), "{log}");
-        assert!(!smartscale_agent::k8s::has_draining_taint(&node_obj(
-            &w.api, &w.node
-        )));
+        assert!(!smartscale_agent::k8s::has_draining_taint(
+            &w.node_obj().await
+        ));
 
         let metrics = w.metrics().await;
         assert_eq!(
@@ -301,6 +430,22 @@ async fn asg_termination_cordons_drains_and_completes_the_hook() {
     .await;
 }
 
+/// Waits until the Node is cordoned; the time from `notice` (which must have come first).
+async fn cordoned_after_notice(w: &Worker, notice: Instant) -> Duration {
+    let at = eventually("node cordoned", Duration::from_secs(20), || async {
+        smartscale_agent::k8s::is_cordoned(&w.node_obj().await).then(Instant::now)
+    })
+    .await;
+    assert!(
+        at >= notice,
+        "cordoned {:?} before the notice appeared",
+        notice - at
+    );
+    at - notice
+}
+
+/// The spot interruption notice from AEMM (the AWS-maintained IMDS mock): it appears at its
+/// trigger time, a few seconds after the agent started watching.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spot_interruption_cordons_and_drains_before_the_deadline() {
     let _serial = serial().await;
@@ -309,17 +454,21 @@ async fn spot_interruption_cordons_and_drains_before_the_deadline() {
             spot: true,
             ..GroupSpec::default()
         };
-        let mut w = worker(spec, &[], false, "").await;
+        let mut w = worker_with(spec, &[], false, "", Imds::Aemm).await;
         assert_eq!(instance(&w.model, &w.instance_id).await.market, "spot");
         w.add_pods(5, false).await;
+        let t0 = w.start_aemm(Duration::from_secs(5), 120).await;
         let agent = w.run_agent("agent.log").await;
-
-        w.imds.inject_spot_instance_action(
-            "terminate",
-            jiff::Timestamp::now() + jiff::SignedDuration::from_secs(120),
+        assert!(
+            Instant::now() < t0,
+            "the agent was not watching yet when the notice appeared: the measurement would be wrong"
         );
-        let t0 = Instant::now();
-        let cordon = w.cordoned_after(t0).await;
+        assert!(
+            !smartscale_agent::k8s::is_cordoned(&w.node_obj().await),
+            "cordoned before the notice"
+        );
+
+        let cordon = cordoned_after_notice(&w, t0).await;
         agent
             .wait_log("node drained", Duration::from_secs(90))
             .await;
@@ -400,22 +549,19 @@ async fn a_blocking_budget_is_outlasted_by_heartbeats_then_continue_applies() {
             "{log}"
         );
         assert!(
-            log.contains("default/guarded-0 (eviction refused: 429"),
+            log.contains(&format!("{} (eviction refused: 429", w.guarded())),
             "{log}"
         );
-        let free: Vec<String> = w
-            .evictable
+        w.assert_evicted_properly(&w.free_pods());
+        let evictions = w.cluster.eviction_log(&w.node);
+        let guarded: Vec<u16> = evictions
             .iter()
-            .filter(|p| p.contains("free"))
-            .cloned()
+            .filter(|(p, _)| p == w.guarded())
+            .map(|(_, s)| *s)
             .collect();
-        w.assert_evicted_properly(&free);
-        let evictions = w.api.eviction_log();
+        // Refused by the budget the disruption controller computed, every time.
         assert!(
-            evictions
-                .iter()
-                .filter(|(p, _)| p == "default/guarded-0")
-                .all(|(_, s)| *s == 429),
+            !guarded.is_empty() && guarded.iter().all(|s| *s == 429),
             "{evictions:?}"
         );
         let metrics = w.metrics().await;
@@ -452,7 +598,7 @@ async fn keep_heartbeating_holds_the_hook_until_the_budget_allows() {
                 Duration::from_secs(15),
             )
             .await;
-        assert!(agent.log().contains("default/guarded-0"), "{}", agent.log());
+        assert!(agent.log().contains(w.guarded()), "{}", agent.log());
         // 50 s of model time, past the 30 s HeartbeatTimeout, and still waiting.
         assert_eq!(
             advance_after_heartbeats(&w, 5).await,
@@ -489,14 +635,9 @@ async fn an_agent_killed_mid_drain_resumes_and_completes_the_hook_exactly_once()
         first
             .wait_log("eviction blocked", Duration::from_secs(15))
             .await;
-        let free: Vec<String> = w
-            .evictable
-            .iter()
-            .filter(|p| p.contains("free"))
-            .cloned()
-            .collect();
+        let free = w.free_pods();
         eventually("the free pods evicted", Duration::from_secs(15), || async {
-            let log = w.api.eviction_log();
+            let log = w.cluster.eviction_log(&w.node);
             free.iter()
                 .all(|p| log.iter().any(|(e, s)| e == p && *s == 201))
                 .then_some(())
@@ -551,13 +692,12 @@ async fn an_agent_killed_mid_drain_resumes_and_completes_the_hook_exactly_once()
 async fn manual_drain_cordons_taints_and_evicts_without_touching_the_hook() {
     let _serial = serial().await;
     bounded(LIMIT, async {
-        let dir_hint = "kubeconfig-admin-token";
         let mut w = worker(GroupSpec::default(), &[("drain_timeout", "30s")], true, "").await;
         // A separate identity for the taint only (see README): here the administrator's.
         let extra = format!(
             "metrics_listen: 127.0.0.1:{}\ntaint_kubeconfig: {}\n",
             w.metrics_port,
-            w.dir.path().join(dir_hint).display()
+            w.cluster.plane.admin_kubeconfig().display()
         );
         w.config = write_config(w.dir.path(), &extra);
         w.add_pods(3, false).await;
@@ -565,7 +705,7 @@ async fn manual_drain_cordons_taints_and_evicts_without_touching_the_hook() {
         let mut agent = w.agent(&["drain", "--reason", "kernel upgrade"], "drain.log");
         let status = agent.wait_exit(Duration::from_secs(30)).await;
         assert!(status.success(), "{}", agent.log());
-        let node = node_obj(&w.api, &w.node);
+        let node = w.node_obj().await;
         assert!(smartscale_agent::k8s::is_cordoned(&node));
         assert!(smartscale_agent::k8s::has_draining_taint(&node), "{node:?}");
         let reason = node.metadata.annotations.unwrap_or_default();
@@ -601,17 +741,21 @@ async fn an_api_server_that_does_not_answer_is_a_clear_error() {
     let _serial = serial().await;
     bounded(LIMIT, async {
         let w = worker(GroupSpec::default(), &[], false, "").await;
-        let closed = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: {NODE_TOKEN}\n",
-            free_port()
-        );
-        std::fs::write(w.dir.path().join("kubelet.kubeconfig"), closed).expect("kubeconfig");
+        // The node's own identity, at an address where nothing listens.
+        w.node_kubeconfig
+            .clone()
+            .with_server(&format!("https://127.0.0.1:{}", free_port()))
+            .write(&w.dir.path().join("kubelet.kubeconfig"))
+            .expect("kubeconfig");
         for command in [&["drain"][..], &["run"][..]] {
             let mut agent = w.agent(command, &format!("{}.log", command[0]));
             let status = agent.wait_exit(Duration::from_secs(30)).await;
             let log = agent.log();
             assert!(!status.success(), "{log}");
-            assert!(log.contains("the Kubernetes API server does not answer for node"), "{log}");
+            assert!(
+                log.contains("the Kubernetes API server does not answer for node"),
+                "{log}"
+            );
         }
     })
     .await;
@@ -737,9 +881,7 @@ async fn a_manual_drain_that_stops_early_leaves_no_record() {
             "{log}"
         );
         // The operator decides about the cordon.
-        assert!(smartscale_agent::k8s::is_cordoned(&node_obj(
-            &w.api, &w.node
-        )));
+        assert!(smartscale_agent::k8s::is_cordoned(&w.node_obj().await));
 
         // The Node is gone: the cordon fails (404), the drain stops, nothing stays behind.
         kube::Api::<k8s_openapi::api::core::v1::Node>::all(w.admin.clone())
@@ -768,7 +910,7 @@ async fn heartbeats_keep_the_hook_alive_while_the_api_server_is_away() {
         let settings = [("drain_timeout", "60s"), ("heartbeat_interval", "500ms")];
         let mut w = worker(GroupSpec::default(), &settings, true, "").await;
         w.add_pods(2, false).await;
-        let gate = Gate::start(&w.api.url()).await;
+        let gate = Gate::start(&w.cluster.plane.url).await;
         w.gate_api(&gate);
         let agent = w.run_agent("agent.log").await;
 
@@ -788,9 +930,7 @@ async fn heartbeats_keep_the_hook_alive_while_the_api_server_is_away() {
             agent.log()
         );
         assert_eq!(w.lifecycle().await, "Terminating:Wait", "{}", agent.log());
-        assert!(!smartscale_agent::k8s::is_cordoned(&node_obj(
-            &w.api, &w.node
-        )));
+        assert!(!smartscale_agent::k8s::is_cordoned(&w.node_obj().await));
 
         gate.set_open(true);
         wait_lifecycle(
@@ -938,7 +1078,9 @@ async fn a_spot_notice_during_a_termination_brings_the_deadline_forward() {
             .wait_log("eviction blocked", Duration::from_secs(20))
             .await;
         let injected = Instant::now();
-        w.imds.inject_spot_instance_action(
+        // The fake IMDS: AEMM cannot add a notice while it runs, nor follow the model's
+        // Terminating:Wait that the termination needs.
+        w.fake_imds().inject_spot_instance_action(
             "terminate",
             jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3),
         );
@@ -967,7 +1109,8 @@ async fn a_spot_notice_during_a_termination_brings_the_deadline_forward() {
 }
 
 /// A spot notice whose action time has already passed leaves no drain time (not the full 90 s):
-/// one round of evictions goes out, then the drain ends at once with what is left.
+/// one round of evictions goes out, then the drain ends at once with what is left. AEMM shows
+/// the notice (action time 10 s before it appears).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spot_notice_already_due_leaves_no_drain_time() {
     let _serial = serial().await;
@@ -977,17 +1120,17 @@ async fn a_spot_notice_already_due_leaves_no_drain_time() {
             terminate_hook: false,
             ..GroupSpec::default()
         };
-        let mut w = worker(spec, &[], false, "").await;
+        let mut w = worker_with(spec, &[], false, "", Imds::Aemm).await;
         w.add_pods(2, true).await;
+        let t0 = w.start_aemm(Duration::from_secs(5), -10).await;
         let agent = w.run_agent("agent.log").await;
-
-        w.imds.inject_spot_instance_action(
-            "terminate",
-            jiff::Timestamp::now() - jiff::SignedDuration::from_secs(10),
+        assert!(
+            Instant::now() < t0,
+            "the agent was not watching yet when the notice appeared"
         );
-        let t0 = Instant::now();
+
         agent
-            .wait_log("drain deadline passed with", Duration::from_secs(10))
+            .wait_log("drain deadline passed with", Duration::from_secs(20))
             .await;
         let took = t0.elapsed();
         eprintln!(
@@ -995,11 +1138,287 @@ async fn a_spot_notice_already_due_leaves_no_drain_time() {
             took.as_millis()
         );
         assert!(took < Duration::from_secs(5), "took {took:?}");
-        assert!(smartscale_agent::k8s::is_cordoned(&node_obj(
-            &w.api, &w.node
-        )));
+        assert!(smartscale_agent::k8s::is_cordoned(&w.node_obj().await));
         w.assert_evicted_properly(&w.free_pods());
-        assert!(agent.log().contains("default/guarded-0"), "{}", agent.log());
+        assert!(agent.log().contains(w.guarded()), "{}", agent.log());
+    })
+    .await;
+}
+
+/// A second worker node, Ready, outside the group (only a place for pods to go).
+const OTHER_NODE: &str = "ip-10-0-250-9.eu-west-3.compute.internal";
+
+async fn join_other_node(w: &Worker) {
+    w.cluster
+        .join_node(
+            OTHER_NODE,
+            "the-other-machine",
+            "aws:///eu-west-3a/i-0other0000000000",
+            &[("topology.kubernetes.io/zone", "eu-west-3a")],
+        )
+        .await;
+}
+
+/// When each pod matching `selector` was first seen Running and Ready on `node` (polled every
+/// 20 ms through the admin client, so no earlier than it happened), until aborted.
+fn watch_ready_on(
+    admin: kube::Client,
+    selector: &'static str,
+    node: &'static str,
+) -> (
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Instant>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let seen: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Instant>>> =
+        Default::default();
+    let out = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            for p in pods_matching(&admin, selector).await {
+                let on = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node);
+                if on && is_running(&p) && is_pod_ready(&p) {
+                    out.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(pod_key(&p))
+                        .or_insert_with(Instant::now);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    (seen, task)
+}
+
+/// Pods made by the ReplicaSet controller (its ServiceAccount, from the audit log).
+fn created_by_replicaset_controller(w: &Worker) -> usize {
+    w.cluster
+        .audit()
+        .iter()
+        .filter(|e| {
+            e.is("create", "pods", "")
+                && e.code() == 201
+                && e.user.username == "system:serviceaccount:kube-system:replicaset-controller"
+        })
+        .count()
+}
+
+/// A Deployment's replicas on the draining node, a second Ready node: every evicted pod is
+/// re-created by the real ReplicaSet controller, placed on the other node by the real scheduler,
+/// and Running and Ready there before the agent completes the terminate hook (the evicted pods
+/// terminate gracefully, 2 s, and the agent waits until they are gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evicted_pods_run_on_another_node_before_the_hook_is_completed() {
+    let _serial = serial().await;
+    bounded(LIMIT, async {
+        let mut w = worker(GroupSpec::default(), &[("drain_timeout", "60s")], true, "").await;
+        let template = PodTemplate {
+            grace_seconds: 2,
+            cpu: Some("100m"),
+            ..PodTemplate::default()
+        };
+        // Only the worker's node exists yet: the scheduler puts every replica there.
+        create_deployment(&w.admin, "web", 3, &template).await;
+        let originals = wait_running(&w.admin, "app=web", &w.node, 3).await;
+        w.evictable = originals.clone();
+        join_other_node(&w).await;
+        let created_before = created_by_replicaset_controller(&w);
+        let (ready_elsewhere, watcher) = watch_ready_on(w.admin.clone(), "app=web", OTHER_NODE);
+        let agent = w.run_agent("agent.log").await;
+
+        w.terminate().await;
+        wait_lifecycle(
+            &w.model,
+            &w.instance_id,
+            &["Terminated"],
+            Duration::from_secs(45),
+        )
+        .await;
+        agent
+            .wait_log("lifecycle action completed", Duration::from_secs(5))
+            .await;
+        watcher.abort();
+        let completed = w
+            .proxy
+            .as_ref()
+            .expect("proxy")
+            .first_success_sent("CompleteLifecycleAction")
+            .expect("the terminate hook was completed through the proxy");
+        w.assert_evicted_properly(&originals);
+
+        // The replacements: the Deployment's ReplicaSet's pods, on the other node.
+        let pods = pods_matching(&w.admin, "app=web").await;
+        let live: Vec<_> = pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        assert_eq!(
+            live.len(),
+            3,
+            "{:?}",
+            live.iter().map(|p| pod_key(p)).collect::<Vec<_>>()
+        );
+        for p in &live {
+            let key = pod_key(p);
+            assert!(!originals.contains(&key), "{key} was not evicted");
+            assert_eq!(
+                p.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+                Some(OTHER_NODE),
+                "{key}: the scheduler placed it elsewhere"
+            );
+            let owner = p
+                .metadata
+                .owner_references
+                .as_ref()
+                .and_then(|o| o.iter().find(|o| o.controller == Some(true)))
+                .unwrap_or_else(|| panic!("{key} has no controller"));
+            assert_eq!(owner.kind, "ReplicaSet", "{key}");
+            assert!(owner.name.starts_with("web-"), "{key}: {}", owner.name);
+        }
+        assert!(
+            created_by_replicaset_controller(&w) >= created_before + 3,
+            "the ReplicaSet controller did not create the replacements"
+        );
+        let seen = ready_elsewhere
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for p in &live {
+            let key = pod_key(p);
+            let at = seen
+                .get(&key)
+                .unwrap_or_else(|| panic!("{key} was never seen Ready on {OTHER_NODE}"));
+            assert!(
+                *at < completed,
+                "{key} was Ready on {OTHER_NODE} only {:?} after the hook was completed",
+                *at - completed
+            );
+            eprintln!(
+                "{key} Ready on {OTHER_NODE} {} ms before the terminate hook was completed",
+                (completed - *at).as_millis()
+            );
+        }
+    })
+    .await;
+}
+
+/// A budget (minAvailable 1 of 2) that the real disruption controller computes: the first
+/// eviction uses its one allowed disruption; the second is refused (429, in the audit log) while
+/// the first pod's replacement cannot be placed (the only node is cordoned); once a node with room
+/// joins and the replacement is Ready there, the controller allows a disruption again and the
+/// agent's retry goes through, before the hook is completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_blocks_until_the_replacement_is_ready_elsewhere() {
+    let _serial = serial().await;
+    bounded(LIMIT, async {
+        let mut w = worker(GroupSpec::default(), &[("drain_timeout", "90s")], true, "").await;
+        let template = PodTemplate {
+            grace_seconds: 1,
+            cpu: Some("100m"),
+            ..PodTemplate::default()
+        };
+        create_deployment(&w.admin, "db", 2, &template).await;
+        let originals = wait_running(&w.admin, "app=db", &w.node, 2).await;
+        w.evictable = originals.clone();
+        create_pdb(&w.admin, "db", 1).await;
+        wait_pdb(&w.admin, "db", 2, 1).await;
+        let agent = w.run_agent("agent.log").await;
+
+        w.terminate().await;
+        let node = w.node.clone();
+        let blocked = eventually(
+            "one eviction accepted and the other refused by the budget",
+            Duration::from_secs(20),
+            || async {
+                let log = w.cluster.eviction_log(&node);
+                let accepted: Vec<&String> =
+                    log.iter().filter(|(_, c)| *c == 201).map(|(p, _)| p).collect();
+                let refused = log
+                    .iter()
+                    .find(|(p, c)| *c == 429 && !accepted.contains(&p))
+                    .map(|(p, _)| p.clone());
+                (accepted.len() == 1).then_some(refused).flatten()
+            },
+        )
+        .await;
+        agent
+            .wait_log("eviction blocked", Duration::from_secs(10))
+            .await;
+        // The budget as the disruption controller sees it now: one healthy pod, none to spare.
+        wait_pdb(&w.admin, "db", 1, 0).await;
+        let refused_so_far = w
+            .cluster
+            .eviction_log(&node)
+            .iter()
+            .filter(|(p, c)| *p == blocked && *c == 429)
+            .count();
+        assert!(refused_so_far >= 1);
+        assert_eq!(w.lifecycle().await, "Terminating:Wait");
+        assert!(
+            w.cluster.pods_on(&node, true).await.contains(&blocked),
+            "{blocked} must still run"
+        );
+
+        join_other_node(&w).await;
+        wait_lifecycle(
+            &w.model,
+            &w.instance_id,
+            &["Terminated"],
+            Duration::from_secs(45),
+        )
+        .await;
+        agent
+            .wait_log("lifecycle action completed", Duration::from_secs(5))
+            .await;
+        w.assert_evicted_properly(&originals);
+        let log = agent.log();
+        assert!(log.contains("node drained"), "{log}");
+        assert!(!log.contains("drain deadline passed"), "{log}");
+
+        // In the audit log: the refusals, then the replacement's kubelet reporting it Running on
+        // the other node, then the blocked pod's eviction accepted.
+        let audit = w.cluster.audit();
+        let user = format!("system:node:{node}");
+        let other_user = format!("system:node:{OTHER_NODE}");
+        let at = |pick: &dyn Fn(&AuditEvent) -> bool| -> Vec<usize> {
+            audit
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| pick(e))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let eviction = |e: &AuditEvent, code: u16| {
+            e.is("create", "pods", "eviction")
+                && e.user.username == user
+                && e.object() == blocked
+                && e.code() == code
+        };
+        let refusals = at(&|e| eviction(e, 429));
+        let accepted = at(&|e| eviction(e, 201));
+        let replacement_ran = at(&|e| {
+            e.is("patch", "pods", "status")
+                && e.user.username == other_user
+                && e.object().starts_with("default/db-")
+        });
+        eprintln!(
+            "audit log: {} refusal(s) of {blocked} (lines {refusals:?}), a replacement Running on {OTHER_NODE} at {replacement_ran:?}, accepted at {accepted:?}",
+            refusals.len()
+        );
+        assert_eq!(accepted.len(), 1, "{accepted:?}");
+        let first_ran = *replacement_ran
+            .first()
+            .expect("a replacement reported Running on the other node");
+        assert!(
+            refusals.first().is_some_and(|i| *i < first_ran),
+            "no refusal while no replacement ran"
+        );
+        assert!(refusals.iter().all(|i| *i < accepted[0]));
+        assert!(
+            first_ran < accepted[0],
+            "the blocked pod was evicted before a replacement ran elsewhere"
+        );
+        // Both replacements end up on the other node.
+        wait_running(&w.admin, "app=db", OTHER_NODE, 2).await;
     })
     .await;
 }
@@ -1012,7 +1431,7 @@ async fn measure_idle_rss_of_run() {
     let _serial = serial().await;
     let w = worker(GroupSpec::default(), &[], false, "").await;
     let bin = agent_bin();
-    let env = agent_env(&w.aws_endpoint(), &w.imds.endpoint());
+    let env = agent_env(&w.aws_endpoint(), &w.imds_endpoint());
     let log = w.dir.path().join("rss.log");
     let mut child = tokio::process::Command::new(&bin)
         .arg("--config")

@@ -2,12 +2,16 @@
 //! Node is Ready; a wrong token, an unreachable server, a missing secret or IMDS down end in
 //! ABANDON (where the instance is known) and a clear error; the token stays secret. A slow boot is
 //! kept alive by heartbeats, a launch action that ends during the join fails it, and a refused
-//! CONTINUE is retried.
+//! CONTINUE is retried. What K3s and the real API server refuse ends in ABANDON with their
+//! reason: a node name still held by another machine's Node (K3s's node password), and a node
+//! label a kubelet may not set (NodeRestriction).
 //!
-//! k3s is played by this test binary itself (`fake_k3s_joiner`, run by the agent as its
-//! `k3s_start_command`): it reads the k3s config the agent wrote, checks its mode and token as a
-//! K3s server would, registers the Node with the kubelet identity and writes the kubelet
-//! kubeconfig, as k3s does.
+//! k3s is played by the test world's fake `k3s agent` (`smartscale-testworld k3s-agent`, run by
+//! the agent as its `k3s_start_command`): it reads the k3s config the agent wrote (refusing one
+//! others could read), keeps a node password, joins through the K3s server's supervisor endpoint
+//! (`K3sServer::serve`, the SSM `server_url`), which checks the token and the node password and
+//! signs the kubelet's client certificate; its simulated kubelet registers the Node with the real
+//! API server (Node authorizer, NodeRestriction), and the fake writes the kubelet kubeconfig.
 
 mod support;
 
@@ -15,210 +19,169 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, PostParams};
-use serde::{Deserialize, Serialize};
+use kube::api::Api;
 use serde_json::json;
 use smartscale_testworld::aws::AwsModel;
 use smartscale_testworld::imds::{Availability, FakeImds};
+use smartscale_testworld::kubernetes::JoinRequest;
+use smartscale_testworld::kubernetes::k3s::NODE_PASSWORD_REJECTED;
 use support::*;
 
 const TOKEN: &str = "K10c0ffee0123456789abcdef::server:9f8e7d6c5b4a39281706";
-const JOINER_ENV: &str = "SMARTSCALE_TEST_JOINER";
-const LIMIT: Duration = Duration::from_secs(90);
+const LIMIT: Duration = Duration::from_secs(120);
 
-/// What the fake k3s is told by the test.
-#[derive(Serialize, Deserialize)]
-struct JoinerSpec {
-    k3s_config: PathBuf,
-    expected_token: String,
-    node_token: String,
-    kubeconfig_out: PathBuf,
-    /// A slow boot: start only once this file exists.
-    #[serde(default)]
-    wait_for: Option<PathBuf>,
-}
-
-/// The k3s agent config keys the agent writes.
-#[derive(Deserialize)]
-#[serde(rename_all = "kebab-case")]
-struct K3sConfig {
-    server: String,
-    token: String,
-    node_name: String,
-    kubelet_arg: Vec<String>,
-    node_label: Vec<String>,
-    #[serde(default)]
-    node_taint: Vec<String>,
-}
-
-/// The fake k3s. Does nothing unless started by an agent with `SMARTSCALE_TEST_JOINER` set.
-#[test]
-#[ignore = "helper process: run by the agent as its k3s start command"]
-fn fake_k3s_joiner() {
-    let Ok(spec_path) = std::env::var(JOINER_ENV) else {
-        return;
-    };
-    let code = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(fake_k3s(Path::new(&spec_path)));
-    std::process::exit(code);
-}
-
-async fn fake_k3s(spec_path: &Path) -> i32 {
-    let spec: JoinerSpec =
-        serde_json::from_slice(&std::fs::read(spec_path).expect("spec")).expect("spec json");
-    // Long enough for the test's /proc scan to see this process.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    if let Some(go) = &spec.wait_for {
-        while !go.exists() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    let meta = std::fs::metadata(&spec.k3s_config).expect("k3s config exists");
-    if meta.permissions().mode() & 0o777 != 0o600 {
-        eprintln!(
-            "k3s: config file mode is {:o}, not 600",
-            meta.permissions().mode() & 0o777
-        );
-        return 3;
-    }
-    let text = std::fs::read_to_string(&spec.k3s_config).expect("k3s config");
-    let config: K3sConfig = match serde_saphyr::from_str(&text) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("k3s: config is not valid: {e}");
-            return 4;
-        }
-    };
-    if config.token != spec.expected_token {
-        eprintln!("k3s: the server rejected the join token (401 Unauthorized)");
-        return 1;
-    }
-    let provider_id = config
-        .kubelet_arg
-        .iter()
-        .find_map(|a| a.strip_prefix("provider-id="))
-        .expect("provider-id kubelet arg")
-        .to_string();
-    let mut labels = serde_json::Map::new();
-    labels.insert("kubernetes.io/hostname".into(), json!(config.node_name));
-    for l in &config.node_label {
-        let (k, v) = l.split_once('=').expect("label k=v");
-        labels.insert(k.into(), json!(v));
-    }
-    let taints: Vec<serde_json::Value> = config
-        .node_taint
-        .iter()
-        .map(|t| {
-            let (kv, effect) = t.rsplit_once(':').expect("taint effect");
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            json!({"key": k, "value": v, "effect": effect})
-        })
-        .collect();
-    // The kubelet kubeconfig k3s would write, with this node's identity.
-    let kubeconfig = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: k3s\n  cluster:\n    server: {server}\ncontexts:\n- name: k3s\n  context:\n    cluster: k3s\n    user: node\ncurrent-context: k3s\nusers:\n- name: node\n  user:\n    token: {token}\n",
-        server = config.server,
-        token = spec.node_token
-    );
-    smartscale_common::files::write_private(&spec.kubeconfig_out, kubeconfig.as_bytes())
-        .expect("write kubeconfig");
-    let node: Node = serde_json::from_value(json!({
-        "metadata": {"name": config.node_name, "labels": labels},
-        "spec": {"providerID": provider_id, "taints": taints},
-    }))
-    .expect("node");
-    // Like k3s, keep trying an unreachable server (the agent's join_timeout ends it).
-    loop {
-        match kube_client(&spec.kubeconfig_out).await {
-            Some(client) => match Api::<Node>::all(client)
-                .create(&PostParams::default(), &node)
-                .await
-            {
-                Ok(_) => return 0,
-                Err(kube::Error::Api(s)) => {
-                    eprintln!("k3s: registering the node failed: {} {}", s.code, s.message);
-                    return 5;
-                }
-                Err(e) => eprintln!("k3s: cannot reach the server: {e}; retrying"),
-            },
-            None => eprintln!("k3s: bad kubeconfig"),
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-async fn kube_client(path: &Path) -> Option<kube::Client> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(path).ok()?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .ok()?;
-    kube::Client::try_from(config).ok()
-}
-
-/// Watches every process's command line and environment for `needle` while it runs.
+/// Watches every process's command line and environment for `needle` while it runs, and tells
+/// (`saw_k3s`) once it has read those of a process running the fake k3s agent.
 struct ProcScan {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<(Vec<String>, bool)>,
+    saw_k3s: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<String>>,
 }
 
 impl ProcScan {
-    fn start(needle: &str, joiner_marker: &str) -> ProcScan {
+    fn start(needle: &str, k3s_binary: &str) -> ProcScan {
         let stop = Arc::new(AtomicBool::new(false));
-        let (needle, marker, flag) = (needle.to_string(), joiner_marker.to_string(), stop.clone());
+        let saw_k3s = Arc::new(AtomicBool::new(false));
+        let (needle, marker) = (needle.to_string(), k3s_binary.to_string());
+        let (flag, saw) = (stop.clone(), saw_k3s.clone());
         let thread = std::thread::spawn(move || {
             let mut hits = Vec::new();
-            let mut saw_joiner = false;
             while !flag.load(Ordering::SeqCst) {
                 for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
                     let name = entry.file_name().to_string_lossy().into_owned();
                     if !name.chars().all(|c| c.is_ascii_digit()) {
                         continue;
                     }
+                    let mut k3s = false;
+                    let mut read_both = true;
                     for file in ["cmdline", "environ"] {
                         let Ok(bytes) = std::fs::read(entry.path().join(file)) else {
+                            read_both = false;
                             continue;
                         };
                         let text = String::from_utf8_lossy(&bytes);
                         if text.contains(&needle) {
                             hits.push(format!("/proc/{name}/{file}"));
                         }
-                        if file == "cmdline"
-                            && text.contains(&marker)
-                            && text.contains(JOINER_MARKER_ARG)
+                        if file == "cmdline" && text.contains(&marker) && text.contains("k3s-agent")
                         {
-                            saw_joiner = true;
+                            k3s = true;
                         }
+                    }
+                    if k3s && read_both {
+                        saw.store(true, Ordering::SeqCst);
                     }
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            (hits, saw_joiner)
+            hits
         });
-        ProcScan { stop, thread }
+        ProcScan {
+            stop,
+            saw_k3s,
+            thread,
+        }
     }
 
+    /// The token hits, and whether the fake k3s was ever seen.
     fn finish(self) -> (Vec<String>, bool) {
         self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().expect("scan thread")
+        let hits = self.thread.join().expect("scan thread");
+        (hits, self.saw_k3s.load(Ordering::SeqCst))
     }
 }
 
-const JOINER_MARKER_ARG: &str = "fake_k3s_joiner";
+/// The K3s supervisor endpoint behind a hold: each join request waits (up to 20 s) until
+/// `release` is set, then goes on to K3s. So the fake k3s is still running, with its arguments
+/// and environment, when the /proc scan looks.
+struct HeldJoin {
+    url: String,
+    task: tokio::task::JoinHandle<()>,
+}
 
-/// One worker about to join: its group (launch + terminate hooks), IMDS, API server, settings.
+impl Drop for HeldJoin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Clone)]
+struct HoldState {
+    target: String,
+    release: Arc<AtomicBool>,
+    http: reqwest::Client,
+}
+
+async fn held_join(
+    axum::extract::State(s): axum::extract::State<HoldState>,
+    body: axum::body::Bytes,
+) -> (axum::http::StatusCode, String) {
+    let until = Instant::now() + Duration::from_secs(20);
+    while !s.release.load(Ordering::SeqCst) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let answer = s
+        .http
+        .post(format!("{}/v1-k3s/join", s.target))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await;
+    match answer {
+        Ok(a) => {
+            let status = axum::http::StatusCode::from_u16(a.status().as_u16())
+                .unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+            (status, a.text().await.unwrap_or_default())
+        }
+        Err(e) => (axum::http::StatusCode::BAD_GATEWAY, e.to_string()),
+    }
+}
+
+impl HeldJoin {
+    async fn start(target: &str, release: Arc<AtomicBool>) -> HeldJoin {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let state = HoldState {
+            target: target.trim_end_matches('/').to_string(),
+            release,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("client"),
+        };
+        let router = axum::Router::new()
+            .route("/v1-k3s/join", axum::routing::post(held_join))
+            .with_state(state);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        HeldJoin { url, task }
+    }
+}
+
+/// One worker about to join: its group (launch + terminate hooks), IMDS, the control plane and
+/// the K3s server (accepting [`TOKEN`]) with its supervisor endpoint, settings.
 struct Boot {
     model: AwsModel,
     instance_id: String,
     imds: FakeImds,
-    api: smartscale_testworld::apiserver::FakeApiServer,
+    cluster: Cluster,
+    /// The K3s supervisor endpoint (`K3sServer::serve`).
+    k3s_url: String,
+    _k3s_serving: tokio::task::JoinHandle<()>,
     node: String,
     dir: tempfile::TempDir,
+}
+
+impl Drop for Boot {
+    fn drop(&mut self) {
+        self._k3s_serving.abort();
+    }
 }
 
 async fn boot(secret: Option<&str>, server_url: Option<&str>) -> Boot {
@@ -234,9 +197,14 @@ async fn boot(secret: Option<&str>, server_url: Option<&str>) -> Boot {
     let imds = FakeImds::for_model_instance(model.client(), &instance_id)
         .await
         .expect("imds");
-    let node = node_name(&imds).await;
-    let api = start_api(&model, &node).await;
-    let url = server_url.map_or_else(|| api.url(), str::to_string);
+    let node = node_name(&imds.endpoint()).await;
+    let cluster = start_cluster(ClusterOptions {
+        tokens: vec![TOKEN.to_string()],
+        ..ClusterOptions::default()
+    })
+    .await;
+    let (k3s_url, serving) = cluster.k3s.serve().await.expect("K3s supervisor endpoint");
+    let url = server_url.map_or_else(|| k3s_url.clone(), str::to_string);
     put_settings(
         &model,
         &[
@@ -256,7 +224,9 @@ async fn boot(secret: Option<&str>, server_url: Option<&str>) -> Boot {
         model,
         instance_id,
         imds,
-        api,
+        cluster,
+        k3s_url,
+        _k3s_serving: serving,
         node,
         dir,
     }
@@ -267,6 +237,24 @@ impl Boot {
         self.dir.path().join("k3s/config.yaml")
     }
 
+    /// The fake k3s agent's command line (as `k3s_start_command`).
+    fn k3s_command(&self) -> Vec<String> {
+        vec![
+            testworld_bin().display().to_string(),
+            "k3s-agent".into(),
+            "--config".into(),
+            self.k3s_config().display().to_string(),
+            "--kubelet-kubeconfig".into(),
+            self.dir
+                .path()
+                .join("kubelet.kubeconfig")
+                .display()
+                .to_string(),
+            "--node-password-file".into(),
+            self.dir.path().join("node-password").display().to_string(),
+        ]
+    }
+
     /// Runs `join` with the fake k3s and `join_timeout`; returns the agent (exited) and its time.
     async fn join(&self, join_timeout: &str) -> (Agent, std::process::ExitStatus, Duration) {
         let mut agent = self.spawn_join(join_timeout, self.model.endpoint(), None);
@@ -275,33 +263,33 @@ impl Boot {
         (agent, status, took)
     }
 
-    /// Starts `join` with the fake k3s, AWS at `aws_endpoint`; the fake k3s waits for `wait_for`
-    /// to exist, if given (a slow boot).
+    /// Starts `join` with the fake k3s, AWS at `aws_endpoint`; k3s starts only once `wait_for`
+    /// exists, if given (a slow boot: the start command waits in `sh -c` first).
     fn spawn_join(&self, join_timeout: &str, aws_endpoint: &str, wait_for: Option<&Path>) -> Agent {
-        let spec = JoinerSpec {
-            k3s_config: self.k3s_config(),
-            expected_token: TOKEN.into(),
-            node_token: NODE_TOKEN.into(),
-            kubeconfig_out: self.dir.path().join("kubelet.kubeconfig"),
-            wait_for: wait_for.map(Path::to_path_buf),
+        let k3s = self.k3s_command();
+        let command: Vec<String> = match wait_for {
+            None => k3s,
+            Some(go) => {
+                let mut c = vec![
+                    "sh".to_string(),
+                    "-c".to_string(),
+                    r#"go="$1"; shift; while [ ! -e "$go" ]; do sleep 0.05; done; exec "$@""#
+                        .to_string(),
+                    "sh".to_string(),
+                    go.display().to_string(),
+                ];
+                c.extend(k3s);
+                c
+            }
         };
-        let spec_path = self.dir.path().join("joiner.json");
-        std::fs::write(&spec_path, serde_json::to_vec(&spec).expect("spec")).expect("write spec");
-        let me = std::env::current_exe().expect("test binary");
-        let command = json!([
-            me,
-            JOINER_MARKER_ARG,
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1"
-        ]);
         let config = write_config(
             self.dir.path(),
-            &format!("join_timeout: {join_timeout}\nk3s_start_command: {command}\n"),
+            &format!(
+                "join_timeout: {join_timeout}\nk3s_start_command: {}\n",
+                json!(command)
+            ),
         );
         let mut env = agent_env(aws_endpoint, &self.imds.endpoint());
-        env.push((JOINER_ENV.into(), spec_path.display().to_string()));
         env.push(("RUST_LOG".into(), "trace".into()));
         Agent::spawn(&config, &["join"], &env, &self.dir.path().join("agent.log"))
     }
@@ -311,6 +299,13 @@ impl Boot {
             .await
             .lifecycle_state
     }
+
+    async fn node_obj(&self) -> Option<Node> {
+        Api::<Node>::all(self.cluster.admin())
+            .get_opt(&self.node)
+            .await
+            .expect("read node")
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,29 +313,35 @@ async fn join_registers_a_ready_node_then_completes_the_launch_hook() {
     let _serial = serial().await;
     bounded(LIMIT, async {
         let boot = boot(Some(TOKEN), None).await;
-        assert_eq!(
-            instance(&boot.model, &boot.instance_id)
-                .await
-                .lifecycle_state,
-            "Pending:Wait"
-        );
-        let scan = ProcScan::start(
-            TOKEN,
-            &std::env::current_exe().unwrap().display().to_string(),
-        );
+        assert_eq!(boot.lifecycle().await, "Pending:Wait");
+        // The join request waits until the scan has read the fake k3s's argv and environment.
+        let scan = ProcScan::start(TOKEN, &testworld_bin().display().to_string());
+        let held = HeldJoin::start(&boot.k3s_url, scan.saw_k3s.clone()).await;
+        put_settings(&boot.model, &[("server_url", held.url.as_str())]).await;
         let (agent, status, took) = boot.join("30s").await;
-        let (hits, saw_joiner) = scan.finish();
+        let (hits, saw_k3s) = scan.finish();
         let log = agent.log();
         assert!(status.success(), "join failed ({status}):\n{log}");
         eprintln!("join took {} ms", took.as_millis());
         agent.print_summary();
 
-        // Node Ready in the API server, with the identity and labels, then InService.
-        let node = node_obj(&boot.api, &boot.node);
+        // Node Ready in the API server, registered by the node's own identity, then InService.
+        let node = boot.node_obj().await.expect("node registered");
         assert!(smartscale_agent::k8s::is_ready(&node));
-        let labels = node.metadata.labels.clone().unwrap_or_default();
         let instance = instance(&boot.model, &boot.instance_id).await;
         assert_eq!(instance.lifecycle_state, "InService");
+        let registered_by: Vec<String> = boot
+            .cluster
+            .audit()
+            .iter()
+            .filter(|e| e.is("create", "nodes", "") && e.object() == format!("/{}", boot.node))
+            .map(|e| format!("{} {}", e.user.username, e.code()))
+            .collect();
+        assert_eq!(
+            registered_by,
+            [format!("system:node:{} 201", boot.node)],
+            "the Node was not registered by its own kubelet identity"
+        );
         assert_eq!(
             node.spec.as_ref().and_then(|s| s.provider_id.clone()),
             Some(format!(
@@ -348,8 +349,28 @@ async fn join_registers_a_ready_node_then_completes_the_launch_hook() {
                 instance.availability_zone, instance.instance_id
             ))
         );
+        // K3s's cloud controller initialises the node and labels its instance type `k3s` over the
+        // agent's (agent/README.md, "Known limits"); the agent asked for the real one.
+        let node = eventually(
+            "the node initialised by K3s's cloud controller",
+            Duration::from_secs(10),
+            || async {
+                let n = boot.node_obj().await?;
+                let taints = n
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.taints.clone())
+                    .unwrap_or_default();
+                (!taints.iter().any(|t| {
+                    t.key == smartscale_testworld::kubernetes::kubelet::UNINITIALIZED_TAINT
+                }))
+                .then_some(n)
+            },
+        )
+        .await;
+        let labels = node.metadata.labels.clone().unwrap_or_default();
         for (k, v) in [
-            ("node.kubernetes.io/instance-type", "t3.medium"),
+            ("node.kubernetes.io/instance-type", "k3s"),
             (
                 "topology.kubernetes.io/zone",
                 instance.availability_zone.as_str(),
@@ -360,6 +381,23 @@ async fn join_registers_a_ready_node_then_completes_the_launch_hook() {
         ] {
             assert_eq!(labels.get(k).map(String::as_str), Some(v), "label {k}");
         }
+        let k3s_config = std::fs::read_to_string(boot.k3s_config()).unwrap();
+        assert!(
+            k3s_config.contains("\"node.kubernetes.io/instance-type=t3.medium\""),
+            "{}",
+            k3s_config.replace(TOKEN, "<token>")
+        );
+        let taints = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
+        assert!(
+            taints.iter().any(|t| t.key == "dedicated"
+                && t.value.as_deref() == Some("web")
+                && t.effect == "PreferNoSchedule"),
+            "{taints:?}"
+        );
         let log_pos = |needle: &str| {
             log.find(needle)
                 .unwrap_or_else(|| panic!("no `{needle}` in log:\n{log}"))
@@ -373,11 +411,7 @@ async fn join_registers_a_ready_node_then_completes_the_launch_hook() {
             .mode()
             & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(
-            std::fs::read_to_string(boot.k3s_config())
-                .unwrap()
-                .contains(TOKEN)
-        );
+        assert!(k3s_config.contains(TOKEN));
         assert!(!log.contains(TOKEN), "the token is in the agent's log");
         assert!(
             !log.contains("9f8e7d6c5b4a39281706"),
@@ -385,9 +419,15 @@ async fn join_registers_a_ready_node_then_completes_the_launch_hook() {
         );
         assert!(hits.is_empty(), "the token is visible in {hits:?}");
         assert!(
-            saw_joiner,
+            saw_k3s,
             "the /proc scan never saw the k3s child, so it proved nothing"
         );
+        let kubeconfig_mode = std::fs::metadata(boot.dir.path().join("kubelet.kubeconfig"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(kubeconfig_mode, 0o600, "the kubelet kubeconfig holds a key");
         let leftovers: Vec<_> = std::fs::read_dir(boot.k3s_config().parent().unwrap())
             .unwrap()
             .flatten()
@@ -432,9 +472,17 @@ async fn a_wrong_token_abandons_the_launch() {
     bounded(LIMIT, async {
         let boot = boot(Some("K10wrong::server:0000"), None).await;
         let (agent, status, took) = boot.join("30s").await;
-        assert_abandoned(&boot, &agent, status, "the server rejected the join token").await;
+        // The K3s server's answer, through the k3s agent's exit.
+        assert_abandoned(
+            &boot,
+            &agent,
+            status,
+            "the server refused the join (401 Unauthorized)",
+        )
+        .await;
         assert!(took < Duration::from_secs(30), "took {took:?}");
         assert!(!agent.log().contains("K10wrong::server:0000"));
+        assert!(boot.node_obj().await.is_none(), "a Node was registered");
     })
     .await;
 }
@@ -506,12 +554,7 @@ async fn imds_down_is_a_clear_error_and_writes_nothing() {
         assert!(took < Duration::from_secs(10), "took {took:?}");
         assert!(!boot.k3s_config().exists());
         // Without IMDS the instance is unknown; the bootstrap script abandons in that case.
-        assert_eq!(
-            instance(&boot.model, &boot.instance_id)
-                .await
-                .lifecycle_state,
-            "Pending:Wait"
-        );
+        assert_eq!(boot.lifecycle().await, "Pending:Wait");
     })
     .await;
 }
@@ -533,6 +576,7 @@ async fn a_slow_boot_is_kept_alive_by_heartbeats() {
                 .await;
         assert_eq!(advanced, 50.0, "{}", agent.log());
         assert_eq!(boot.lifecycle().await, "Pending:Wait", "{}", agent.log());
+        assert!(boot.node_obj().await.is_none(), "k3s started too early");
 
         std::fs::write(&go, b"").expect("let k3s start");
         let status = agent.wait_exit(Duration::from_secs(30)).await;
@@ -541,9 +585,9 @@ async fn a_slow_boot_is_kept_alive_by_heartbeats() {
         assert_eq!(boot.lifecycle().await, "InService");
         assert!(log.contains("lifecycle action completed"), "{log}");
         assert_eq!(proxy.count("CompleteLifecycleAction"), (1, 1));
-        assert!(smartscale_agent::k8s::is_ready(&node_obj(
-            &boot.api, &boot.node
-        )));
+        assert!(smartscale_agent::k8s::is_ready(
+            &boot.node_obj().await.expect("node")
+        ));
     })
     .await;
 }
@@ -572,9 +616,11 @@ async fn a_launch_action_that_ends_during_the_join_fails_it() {
             Duration::from_secs(10),
         )
         .await;
-        // The node could join now; too late.
-        std::fs::write(&go, b"").expect("let k3s start");
+        // The join fails while k3s is still held back: it does not wait for k3s. (Letting k3s
+        // start before the agent has exited races the agent's next heartbeat against the join:
+        // see the next test for what happens when the join wins.)
         let status = agent.wait_exit(Duration::from_secs(20)).await;
+        std::fs::write(&go, b"").expect("let k3s start");
         let log = agent.log();
         agent.print_summary();
         assert!(!status.success(), "{log}");
@@ -586,6 +632,54 @@ async fn a_launch_action_that_ends_during_the_join_fails_it() {
         assert!(
             !boot.k3s_config().exists(),
             "the k3s config was left behind"
+        );
+    })
+    .await;
+}
+
+/// The launch action ends after the node is Ready but before CONTINUE went through (here
+/// CONTINUE is refused, AccessDenied, while the model clock passes the HeartbeatTimeout): the
+/// join fails, as when the action ends earlier, and must clean up the same way: the k3s config
+/// with the token removed (agent/README.md: "on any failure ... removes the k3s config it
+/// wrote").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_action_that_ends_before_continue_fails_the_join_and_cleans_up() {
+    let _serial = serial().await;
+    bounded(LIMIT, async {
+        let boot = boot(Some(TOKEN), None).await;
+        put_settings(&boot.model, &[("heartbeat_interval", "500ms")]).await;
+        let proxy = CountingProxy::start(boot.model.endpoint()).await;
+        proxy.deny("CompleteLifecycleAction", u32::MAX);
+        let mut agent = boot.spawn_join("60s", &proxy.url, None);
+        eventually("a refused CONTINUE", Duration::from_secs(30), || async {
+            (proxy.count("CompleteLifecycleAction").0 > 0).then_some(())
+        })
+        .await;
+        assert!(smartscale_agent::k8s::is_ready(
+            &boot.node_obj().await.expect("node registered")
+        ));
+
+        boot.model.advance_clock(40.0).await.expect("advance clock");
+        wait_lifecycle(
+            &boot.model,
+            &boot.instance_id,
+            &["Terminating", "Terminating:Proceed", "Terminated"],
+            Duration::from_secs(10),
+        )
+        .await;
+        let status = agent.wait_exit(Duration::from_secs(30)).await;
+        let log = agent.log();
+        agent.print_summary();
+        assert!(!status.success(), "{log}");
+        assert!(
+            log.contains("the launch lifecycle action (launch-hook) no longer waits"),
+            "{log}"
+        );
+        assert!(!log.contains("joined: node Ready"), "{log}");
+        assert!(!log.contains(TOKEN));
+        assert!(
+            !boot.k3s_config().exists(),
+            "the k3s config (with the token) was left behind after the failed join"
         );
     })
     .await;
@@ -610,6 +704,100 @@ async fn a_refused_continue_is_retried() {
         );
         assert_eq!(proxy.count("CompleteLifecycleAction"), (3, 1));
         assert_eq!(boot.lifecycle().await, "InService");
+    })
+    .await;
+}
+
+/// AWS reuses private addresses, and K3s never deletes a Node: a new instance can get the
+/// hostname, so the node name, of a machine whose Node still exists. K3s refuses it (the name's
+/// node password is the old machine's); the agent ABANDONs the launch with K3s's reason, and the
+/// old Node is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_name_still_held_by_another_machine_is_refused_and_abandoned() {
+    let _serial = serial().await;
+    bounded(LIMIT, async {
+        let boot = boot(Some(TOKEN), None).await;
+        let old_provider = "aws:///eu-west-3a/i-0oldmachine000000";
+        boot.cluster
+            .k3s
+            .join(JoinRequest {
+                token: TOKEN.into(),
+                node_name: boot.node.clone(),
+                node_password: "the-old-machine's-password".into(),
+                provider_id: Some(old_provider.into()),
+                labels: Default::default(),
+                taints: vec![],
+                internal_ip: None,
+                cpu: None,
+                memory: None,
+            })
+            .await
+            .expect("the old machine joined");
+        // The old instance is gone; its Node stays.
+        assert!(boot.cluster.k3s.stop_kubelet(&boot.node));
+
+        let (agent, status, _) = boot.join("30s").await;
+        assert_abandoned(&boot, &agent, status, NODE_PASSWORD_REJECTED).await;
+        assert!(
+            agent
+                .log()
+                .contains("the server refused the join (403 Forbidden)"),
+            "{}",
+            agent.log()
+        );
+        let node = boot.node_obj().await.expect("the old Node");
+        assert_eq!(
+            node.spec.and_then(|s| s.provider_id).as_deref(),
+            Some(old_provider),
+            "the old Node was taken over"
+        );
+        assert!(
+            !boot.dir.path().join("kubelet.kubeconfig").exists(),
+            "a kubelet kubeconfig was written for a refused join"
+        );
+    })
+    .await;
+}
+
+/// NodeRestriction lets a kubelet set only some `kubernetes.io`/`k8s.io` labels on its Node
+/// (`node-role.kubernetes.io/*` is not among them: K3s sets roles from the server). Asked for
+/// through SSM `node_labels`, such a label makes the real API server refuse the registration;
+/// the join fails with the API server's reason and ABANDONs the launch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_label_node_restriction_forbids_fails_the_join_and_abandons() {
+    let _serial = serial().await;
+    bounded(LIMIT, async {
+        let boot = boot(Some(TOKEN), None).await;
+        put_settings(
+            &boot.model,
+            &[(
+                "node_labels",
+                "team=web,node-role.kubernetes.io/worker=true",
+            )],
+        )
+        .await;
+        let (agent, status, took) = boot.join("30s").await;
+        assert_abandoned(
+            &boot,
+            &agent,
+            status,
+            "is not allowed to set the following labels: node-role.kubernetes.io/worker",
+        )
+        .await;
+        assert!(took < Duration::from_secs(30), "took {took:?}");
+        assert!(boot.node_obj().await.is_none(), "a Node was registered");
+        let refused: Vec<u16> = boot
+            .cluster
+            .audit()
+            .iter()
+            .filter(|e| e.is("create", "nodes", "") && e.object() == format!("/{}", boot.node))
+            .map(|e| e.code())
+            .collect();
+        assert_eq!(
+            refused,
+            [403],
+            "the API server's answer to the registration"
+        );
     })
     .await;
 }

@@ -1,7 +1,11 @@
-//! What the agent's end-to-end tests share: the test world set up for one worker instance, the
-//! agent binary as a child process with its log, polling with deadlines, pod fixtures, a
-//! counting proxy in front of the AWS model (to prove a lifecycle action is completed once, and to
-//! refuse chosen actions), and a gate in front of the API server (to take it away and back).
+//! What the agent's end-to-end tests share: the test world set up for one worker instance (the
+//! AWS model's group, the real Kubernetes control plane with the K3s server's joins, the node's
+//! own kubelet identity), the agent binary as a child process with its log, polling with
+//! deadlines, workload fixtures (real ReplicaSets, Deployments, a DaemonSet, a mirror pod,
+//! budgets the disruption controller computes), what the API server's audit log says about
+//! evictions and deletions, a counting proxy in front of the AWS model (to prove a lifecycle
+//! action is completed once and when, and to refuse chosen actions), and a gate in front of the
+//! API server (to take it away and back).
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,12 +19,16 @@ use aws_sdk_autoscaling::types::{
     InstancesDistribution, LaunchTemplate, LaunchTemplateSpecification, LifecycleHookSpecification,
     MixedInstancesPolicy,
 };
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
-use smartscale_testworld::apiserver::{ApiServerOptions, FakeApiServer};
 use smartscale_testworld::aws::{AwsModel, ModelInstance};
-use smartscale_testworld::imds::FakeImds;
+use smartscale_testworld::kubernetes::kubelet::{self, UNINITIALIZED_TAINT};
+use smartscale_testworld::kubernetes::{
+    AuditEvent, ControlPlane, ControlPlaneOptions, JoinRequest, K3sOptions, K3sServer, Kubeconfig,
+};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_smartscale-agent");
 
@@ -32,14 +40,18 @@ pub fn agent_bin() -> String {
         .filter(|b| !b.is_empty())
         .unwrap_or_else(|| BIN.to_string())
 }
+/// The fake `k3s agent` (`smartscale-testworld k3s-agent`), built by `cargo build --workspace --bins`.
+pub fn testworld_bin() -> PathBuf {
+    smartscale_testworld::world::product_binary("smartscale-testworld")
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 pub const REGION: &str = "eu-west-3";
 pub const GROUP: &str = "workers";
 pub const LAUNCH_HOOK: &str = "launch-hook";
 pub const TERMINATE_HOOK: &str = "terminate-hook";
 pub const SSM_PATH: &str = "/smartscale/test/agent";
 pub const SECRET_ID: &str = "smartscale/test/k3s-token";
-pub const ADMIN_TOKEN: &str = "admin-token";
-pub const NODE_TOKEN: &str = "node-token-0123456789";
 
 /// One agent end-to-end test at a time, across threads (`cargo test`) and processes (`cargo
 /// nextest` runs each test in its own process): each starts moto, servers and agent processes,
@@ -241,95 +253,397 @@ pub async fn create_secret(model: &AwsModel, value: &str) {
         .expect("CreateSecret");
 }
 
-/// The node name the agent will use: the instance's `local-hostname` from its IMDS.
-pub async fn node_name(imds: &FakeImds) -> String {
-    let client = smartscale_agent::imds::Imds::new(&imds.endpoint(), Duration::from_secs(60))
-        .expect("imds client");
+/// The node name the agent will use: the instance's `local-hostname` from its IMDS at `endpoint`.
+pub async fn node_name(endpoint: &str) -> String {
+    let client =
+        smartscale_agent::imds::Imds::new(endpoint, Duration::from_secs(60)).expect("imds client");
     client
         .require("meta-data/local-hostname")
         .await
         .expect("hostname")
 }
 
-// ---------------------------------------------------------------- Kubernetes
-
-pub async fn start_api(model: &AwsModel, node: &str) -> FakeApiServer {
-    let tokens = HashMap::from([
-        (ADMIN_TOKEN.to_string(), "admin".to_string()),
-        (NODE_TOKEN.to_string(), format!("system:node:{node}")),
-    ]);
-    FakeApiServer::start(ApiServerOptions {
-        tokens,
-        aws_model_url: Some(model.endpoint().to_string()),
-        pod_start_delay: Duration::from_millis(50),
-        pod_stop_delay: Some(Duration::from_millis(100)),
-        port: 0,
-    })
-    .await
-    .expect("fake API server")
+/// The node name of a model instance without asking its IMDS (for AEMM, started later): its
+/// `local-hostname`, derived as both IMDS mocks derive it (the parity test checks they agree).
+pub fn model_node_name(instance: &ModelInstance) -> String {
+    smartscale_testworld::aemm::local_hostname(
+        &smartscale_testworld::imds::ImdsInstance::from_model(instance),
+    )
 }
 
-pub async fn client(api: &FakeApiServer, dir: &Path, token: &str) -> kube::Client {
-    let path = dir.join(format!("kubeconfig-{token}"));
-    api.write_kubeconfig(&path, Some(token))
-        .expect("kubeconfig");
-    let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("read kubeconfig");
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+// ---------------------------------------------------------------- Kubernetes
+
+/// The token nodes join the tests' K3s server with (for tests that skip `agent join`).
+pub const K3S_TOKEN: &str = "K10e2e::node:agent-token-0123456789";
+
+/// How the tests' control plane and K3s server are started.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Join tokens the K3s server accepts.
+    pub tokens: Vec<String>,
+    /// Bound pod → Running and Ready (the simulated kubelet's start delay).
+    pub pod_start_delay: Duration,
+    /// kube-controller-manager's `--node-monitor-grace-period`.
+    pub node_monitor_grace_period: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            tokens: vec![K3S_TOKEN.to_string()],
+            pod_start_delay: Duration::from_millis(100),
+            node_monitor_grace_period: Duration::from_secs(50),
+        }
+    }
+}
+
+/// The real control plane (etcd, kube-apiserver with Node,RBAC and NodeRestriction,
+/// kube-controller-manager, kube-scheduler) and the K3s server's joins and cloud controller.
+pub struct Cluster {
+    // The K3s server (its kubelets) stops before the control plane goes away.
+    pub k3s: K3sServer,
+    pub plane: ControlPlane,
+}
+
+pub async fn start_cluster(opts: ClusterOptions) -> Cluster {
+    let plane = ControlPlane::start(ControlPlaneOptions {
+        node_monitor_grace_period: opts.node_monitor_grace_period,
+        ..ControlPlaneOptions::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("control plane: {e}"));
+    let k3s = K3sServer::start(
+        &plane,
+        K3sOptions {
+            tokens: opts.tokens,
+            pod_start_delay: opts.pod_start_delay,
+            ..K3sOptions::default()
+        },
+    )
+    .expect("K3s server");
+    Cluster { k3s, plane }
+}
+
+/// The kube API error's status code (0 if it is no API answer).
+pub fn api_code(e: &kube::Error) -> u16 {
+    match e {
+        kube::Error::Api(s) => s.code,
+        _ => 0,
+    }
+}
+
+/// One `create pods/eviction` request in the API server's audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eviction {
+    /// `namespace/name`.
+    pub pod: String,
+    pub code: u16,
+    pub user: String,
+}
+
+impl Cluster {
+    /// The administrator's client (`system:masters`).
+    pub fn admin(&self) -> kube::Client {
+        self.plane.admin().clone()
+    }
+
+    /// Joins `node` through the K3s server as its k3s agent would (token, node password, the
+    /// kubelet's client certificate `system:node:<node>`), with the labels the SmartScale agent
+    /// sets, and waits until it is Ready and initialised by K3s's cloud controller (no
+    /// uninitialized taint: the scheduler places pods there). Returns the kubelet kubeconfig.
+    pub async fn join_node(
+        &self,
+        node: &str,
+        password: &str,
+        provider_id: &str,
+        labels: &[(&str, &str)],
+    ) -> Kubeconfig {
+        let kubeconfig = self
+            .k3s
+            .join(JoinRequest {
+                token: K3S_TOKEN.to_string(),
+                node_name: node.to_string(),
+                node_password: password.to_string(),
+                provider_id: Some(provider_id.to_string()),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                taints: Vec::new(),
+                internal_ip: None,
+                cpu: Some("4".into()),
+                memory: Some("8Gi".into()),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("joining {node}: {e}"));
+        let admin = self.admin();
+        eventually(
+            &format!("node {node} Ready and initialised"),
+            Duration::from_secs(20),
+            || async {
+                let n = Api::<Node>::all(admin.clone()).get_opt(node).await.ok()??;
+                let initialised = !n
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.taints.as_ref())
+                    .is_some_and(|t| t.iter().any(|t| t.key == UNINITIALIZED_TAINT));
+                (smartscale_agent::k8s::is_ready(&n) && initialised).then_some(())
+            },
+        )
+        .await;
+        kubeconfig
+    }
+
+    /// Joins the worker instance's node, named `node`, with the labels the agent's join sets.
+    pub async fn join_worker(&self, node: &str, instance: &ModelInstance) -> Kubeconfig {
+        let mut labels = vec![
+            (
+                "node.kubernetes.io/instance-type",
+                instance.instance_type.as_str(),
+            ),
+            (
+                "topology.kubernetes.io/zone",
+                instance.availability_zone.as_str(),
+            ),
+            ("smartscale.io/capacity-type", instance.market.as_str()),
+        ];
+        if let Some(asg) = &instance.asg_name {
+            labels.push(("smartscale.io/node-group", asg.as_str()));
+        }
+        self.join_node(
+            node,
+            &instance.instance_id,
+            &format!(
+                "aws:///{}/{}",
+                instance.availability_zone, instance.instance_id
+            ),
+            &labels,
+        )
         .await
-        .expect("kube config");
-    config.default_retry = false;
-    kube::Client::try_from(config).expect("kube client")
+    }
+
+    /// Names (`namespace/name`) of the pods bound to `node`, Running ones only if `running`.
+    pub async fn pods_on(&self, node: &str, running: bool) -> Vec<String> {
+        let list = Api::<Pod>::all(self.admin())
+            .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+            .await
+            .expect("list pods");
+        let mut names: Vec<String> = list
+            .items
+            .iter()
+            .filter(|p| !running || is_running(p))
+            .map(pod_key)
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub async fn node_obj(&self, node: &str) -> Node {
+        Api::<Node>::all(self.admin())
+            .get(node)
+            .await
+            .unwrap_or_else(|e| panic!("reading node {node}: {e}"))
+    }
+
+    /// Every audited request so far.
+    pub fn audit(&self) -> Vec<AuditEvent> {
+        self.plane.audit().expect("the API server's audit log")
+    }
+
+    /// Every eviction request (`create pods/eviction`) so far, by anyone, oldest first.
+    pub fn evictions(&self) -> Vec<Eviction> {
+        self.audit()
+            .iter()
+            .filter(|e| e.is("create", "pods", "eviction"))
+            .map(|e| Eviction {
+                pod: e.object(),
+                code: e.code(),
+                user: e.user.username.clone(),
+            })
+            .collect()
+    }
+
+    /// (pod, status code) of every eviction `node`'s own identity (`system:node:<node>`, what
+    /// the agent drains with) asked for, oldest first.
+    pub fn eviction_log(&self, node: &str) -> Vec<(String, u16)> {
+        let user = format!("system:node:{node}");
+        self.evictions()
+            .into_iter()
+            .filter(|e| e.user == user)
+            .map(|e| (e.pod, e.code))
+            .collect()
+    }
+
+    /// Pod deletions not made by a kubelet (whose grace-0 delete ends every graceful deletion,
+    /// an eviction's included): pods removed without an eviction. `namespace/name by user (agent)`.
+    pub fn deletion_log(&self) -> Vec<String> {
+        self.audit()
+            .iter()
+            .filter(|e| e.is("delete", "pods", "") && e.user_agent != kubelet::USER_AGENT)
+            .map(|e| {
+                format!(
+                    "{} by {} ({}) -> {}",
+                    e.object(),
+                    e.user.username,
+                    e.user_agent,
+                    e.code()
+                )
+            })
+            .collect()
+    }
+}
+
+pub fn pod_key(p: &Pod) -> String {
+    format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or_default(),
+        p.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+pub fn is_running(p: &Pod) -> bool {
+    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+pub fn is_pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn typed<T: serde::de::DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v).expect("fixture decodes")
 }
 
-/// Registers the worker's Node as k3s would have (for tests that skip `join`).
-pub async fn register_node(admin: &kube::Client, node: &str, instance: &ModelInstance) {
-    let body: Node = typed(json!({
-        "metadata": {"name": node, "labels": {"kubernetes.io/hostname": node}},
-        "spec": {"providerID": format!("aws:///{}/{}", instance.availability_zone, instance.instance_id)},
-    }));
-    Api::<Node>::all(admin.clone())
-        .create(&PostParams::default(), &body)
-        .await
-        .expect("create node");
-    eventually("node Ready", Duration::from_secs(10), || async {
-        let n = Api::<Node>::all(admin.clone()).get(node).await.ok()?;
-        smartscale_agent::k8s::is_ready(&n).then_some(())
-    })
-    .await;
+/// How the pods of a [`create_replicaset`] or [`create_deployment`] look.
+#[derive(Debug, Clone, Default)]
+pub struct PodTemplate<'a> {
+    /// Pin the pods to this node (`nodeSelector` on `kubernetes.io/hostname`: the scheduler
+    /// places them, so a replacement made while the node is cordoned stays Pending rather than
+    /// being bound to it, as `nodeName` would).
+    pub node: Option<&'a str>,
+    pub empty_dir: bool,
+    pub grace_seconds: i64,
+    /// CPU request (`100m`), if any.
+    pub cpu: Option<&'a str>,
 }
 
-/// A ReplicaSet-owned pod bound to `node`, 1 s grace period.
-pub async fn create_pod(admin: &kube::Client, node: &str, name: &str, app: &str, empty_dir: bool) {
+fn pod_template(labels: &Value, t: &PodTemplate<'_>) -> Value {
+    let mut container = json!({"name": "main", "image": "registry.example/app:1"});
+    if let Some(cpu) = t.cpu {
+        container["resources"] = json!({"requests": {"cpu": cpu}});
+    }
     let mut spec = json!({
-        "nodeName": node,
-        "terminationGracePeriodSeconds": 1,
-        "containers": [{"name": "main", "image": "registry.example/app:1"}],
+        "terminationGracePeriodSeconds": t.grace_seconds,
+        "containers": [container],
     });
-    if empty_dir {
+    if let Some(node) = t.node {
+        spec["nodeSelector"] = json!({"kubernetes.io/hostname": node});
+    }
+    if t.empty_dir {
         spec["volumes"] = json!([{"name": "scratch", "emptyDir": {}}]);
     }
-    let pod: Pod = typed(json!({
-        "metadata": {"name": name, "labels": {"app": app}, "ownerReferences": [
-            {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{app}-rs"),
-             "uid": format!("uid-{app}-rs"), "controller": true}]},
-        "spec": spec,
-    }));
-    Api::<Pod>::namespaced(admin.clone(), "default")
-        .create(&PostParams::default(), &pod)
-        .await
-        .expect("create pod");
+    json!({"metadata": {"labels": labels}, "spec": spec})
 }
 
-/// A static pod's mirror on `node` (the API cannot remove it; drains skip it).
+/// A real ReplicaSet `name` in `default` (labels `app=<app>`, `rs=<name>`): the ReplicaSet
+/// controller creates its pods and re-creates evicted ones.
+pub async fn create_replicaset(
+    admin: &kube::Client,
+    name: &str,
+    app: &str,
+    replicas: i32,
+    t: &PodTemplate<'_>,
+) {
+    let labels = json!({"app": app, "rs": name});
+    let rs: ReplicaSet = typed(json!({
+        "metadata": {"name": name, "labels": {"app": app}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": pod_template(&labels, t),
+        }
+    }));
+    Api::<ReplicaSet>::namespaced(admin.clone(), "default")
+        .create(&PostParams::default(), &rs)
+        .await
+        .unwrap_or_else(|e| panic!("create replicaset {name}: {e}"));
+}
+
+/// A real Deployment `name` in `default` (pods labelled `app=<name>`).
+pub async fn create_deployment(
+    admin: &kube::Client,
+    name: &str,
+    replicas: i32,
+    t: &PodTemplate<'_>,
+) {
+    let labels = json!({"app": name});
+    let d: Deployment = typed(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": pod_template(&labels, t),
+        }
+    }));
+    Api::<Deployment>::namespaced(admin.clone(), "default")
+        .create(&PostParams::default(), &d)
+        .await
+        .unwrap_or_else(|e| panic!("create deployment {name}: {e}"));
+}
+
+/// The pods in `default` that match `selector` (a label selector).
+pub async fn pods_matching(admin: &kube::Client, selector: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(admin.clone(), "default")
+        .list(&ListParams::default().labels(selector))
+        .await
+        .expect("list pods")
+        .items
+}
+
+/// Waits until `n` pods matching `selector` run on `node` and are Ready; their names.
+pub async fn wait_running(
+    admin: &kube::Client,
+    selector: &str,
+    node: &str,
+    n: usize,
+) -> Vec<String> {
+    eventually(
+        &format!("{n} pod(s) {selector} Running on {node}"),
+        Duration::from_secs(30),
+        || async {
+            let mut names: Vec<String> = pods_matching(admin, selector)
+                .await
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+                .filter(|p| is_running(p) && is_pod_ready(p))
+                .map(pod_key)
+                .collect();
+            names.sort();
+            (names.len() == n).then_some(names)
+        },
+    )
+    .await
+}
+
+/// A static pod's mirror on `node`, as its kubelet creates it (the mirror annotations, owned by
+/// the Node); created here by the administrator. The API cannot remove it; drains skip it.
 pub async fn create_mirror_pod(admin: &kube::Client, node: &str) -> String {
+    let uid = Api::<Node>::all(admin.clone())
+        .get(node)
+        .await
+        .expect("node")
+        .metadata
+        .uid
+        .expect("node uid");
     let name = format!("static-web-{node}");
     let pod: Pod = typed(json!({
         "metadata": {"name": name, "namespace": "kube-system",
-                     "annotations": {"kubernetes.io/config.mirror": "hash", "kubernetes.io/config.source": "file"}},
+                     "annotations": {"kubernetes.io/config.mirror": "hash", "kubernetes.io/config.source": "file",
+                                     "kubernetes.io/config.hash": "hash"},
+                     "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid, "controller": true}]},
         "spec": {"nodeName": node, "containers": [{"name": "web", "image": "registry.example/web:1"}]},
     }));
     Api::<Pod>::namespaced(admin.clone(), "kube-system")
@@ -339,8 +653,10 @@ pub async fn create_mirror_pod(admin: &kube::Client, node: &str) -> String {
     format!("kube-system/{name}")
 }
 
+/// A real DaemonSet in kube-system: the DaemonSet controller creates its pod on every node
+/// (with the tolerations it gives DaemonSet pods, `node.kubernetes.io/unschedulable` among them).
 pub async fn create_daemonset(admin: &kube::Client) {
-    let ds: k8s_openapi::api::apps::v1::DaemonSet = typed(json!({
+    let ds: DaemonSet = typed(json!({
         "metadata": {"name": "node-exporter", "namespace": "kube-system"},
         "spec": {
             "selector": {"matchLabels": {"app": "node-exporter"}},
@@ -348,57 +664,57 @@ pub async fn create_daemonset(admin: &kube::Client) {
                          "spec": {"containers": [{"name": "e", "image": "registry.example/ne:1"}]}}
         }
     }));
-    Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(admin.clone(), "kube-system")
+    Api::<DaemonSet>::namespaced(admin.clone(), "kube-system")
         .create(&PostParams::default(), &ds)
         .await
         .expect("create daemonset");
 }
 
-/// A budget that allows no disruption of `app` while it has one Ready pod.
-pub async fn create_blocking_pdb(admin: &kube::Client, app: &str) {
-    let pdb: k8s_openapi::api::policy::v1::PodDisruptionBudget = typed(json!({
+/// A budget `<app>-pdb` with `minAvailable` over `app=<app>`.
+pub async fn create_pdb(admin: &kube::Client, app: &str, min_available: i32) {
+    let pdb: PodDisruptionBudget = typed(json!({
         "metadata": {"name": format!("{app}-pdb")},
-        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": app}}}
+        "spec": {"minAvailable": min_available, "selector": {"matchLabels": {"app": app}}}
     }));
-    Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::namespaced(admin.clone(), "default")
+    Api::<PodDisruptionBudget>::namespaced(admin.clone(), "default")
         .create(&PostParams::default(), &pdb)
         .await
         .expect("create pdb");
 }
 
+/// Waits until the disruption controller (kube-controller-manager) has computed the budget's
+/// status for its current generation with `healthy` pods and `allowed` disruptions.
+pub async fn wait_pdb(admin: &kube::Client, app: &str, healthy: i32, allowed: i32) {
+    let pdbs = Api::<PodDisruptionBudget>::namespaced(admin.clone(), "default");
+    let name = format!("{app}-pdb");
+    eventually(
+        &format!("{name}: currentHealthy {healthy}, disruptionsAllowed {allowed}"),
+        Duration::from_secs(30),
+        || async {
+            let pdb = pdbs.get(&name).await.ok()?;
+            let s = pdb.status?;
+            (s.observed_generation.is_some()
+                && s.observed_generation == pdb.metadata.generation
+                && s.current_healthy == healthy
+                && s.disruptions_allowed == allowed)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// A budget that allows no disruption of `app` while it has one Ready pod, once the disruption
+/// controller has computed it (`disruptionsAllowed: 0`).
+pub async fn create_blocking_pdb(admin: &kube::Client, app: &str) {
+    create_pdb(admin, app, 1).await;
+    wait_pdb(admin, app, 1, 0).await;
+}
+
 pub async fn delete_pdb(admin: &kube::Client, app: &str) {
-    Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::namespaced(admin.clone(), "default")
+    Api::<PodDisruptionBudget>::namespaced(admin.clone(), "default")
         .delete(&format!("{app}-pdb"), &Default::default())
         .await
         .expect("delete pdb");
-}
-
-/// Names (`namespace/name`) of the pods on `node`, Running ones only if `running`.
-pub fn pods_on(api: &FakeApiServer, node: &str, running: bool) -> Vec<String> {
-    let mut names: Vec<String> = api
-        .pods()
-        .into_iter()
-        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
-        .filter(|p| {
-            !running || p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-        })
-        .map(|p| {
-            format!(
-                "{}/{}",
-                p.metadata.namespace.unwrap_or_default(),
-                p.metadata.name.unwrap_or_default()
-            )
-        })
-        .collect();
-    names.sort();
-    names
-}
-
-pub fn node_obj(api: &FakeApiServer, node: &str) -> Node {
-    api.nodes()
-        .into_iter()
-        .find(|n| n.metadata.name.as_deref() == Some(node))
-        .expect("node exists")
 }
 
 // ---------------------------------------------------------------- the agent process
@@ -553,10 +869,10 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
 // ---------------------------------------------------------------- counting proxy
 
 /// Forwards everything to the AWS model and counts Auto Scaling actions by name:
-/// (requests, successful answers).
+/// (requests, successful answers), and when the first request that succeeded arrived.
 pub struct CountingProxy {
     pub url: String,
-    counts: Arc<Mutex<BTreeMap<String, (u32, u32)>>>,
+    counts: Arc<Mutex<BTreeMap<String, Counted>>>,
     denied: Arc<Mutex<HashMap<String, u32>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -567,11 +883,21 @@ impl Drop for CountingProxy {
     }
 }
 
+/// Requests and successful answers of one action.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counted {
+    requests: u32,
+    successes: u32,
+    /// When the first request that AWS then answered with success reached the proxy: no later
+    /// than the moment AWS acted on it.
+    first_success_sent: Option<Instant>,
+}
+
 #[derive(Clone)]
 struct ProxyState {
     target: String,
     http: reqwest::Client,
-    counts: Arc<Mutex<BTreeMap<String, (u32, u32)>>>,
+    counts: Arc<Mutex<BTreeMap<String, Counted>>>,
     /// Actions to answer with 403 AccessDenied instead of forwarding, and how many more times.
     denied: Arc<Mutex<HashMap<String, u32>>>,
 }
@@ -627,8 +953,17 @@ impl CountingProxy {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(action)
-            .copied()
+            .map(|c| (c.requests, c.successes))
             .unwrap_or_default()
+    }
+
+    /// When the first request for `action` that succeeded was sent (reached the proxy).
+    pub fn first_success_sent(&self, action: &str) -> Option<Instant> {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(action)
+            .and_then(|c| c.first_success_sent)
     }
 }
 
@@ -640,6 +975,7 @@ async fn forward(
     body: axum::body::Bytes,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    let sent = Instant::now();
     let action = url::form_urlencoded::parse(&body)
         .find(|(k, _)| k == "Action")
         .map(|(_, v)| v.into_owned());
@@ -661,7 +997,7 @@ async fn forward(
                 .unwrap_or_else(|p| p.into_inner())
                 .entry(action.clone())
                 .or_default()
-                .0 += 1;
+                .requests += 1;
             let body = format!(
                 "<ErrorResponse xmlns=\"https://autoscaling.amazonaws.com/doc/2011-01-01/\"><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>User: arn:aws:sts::123456789012:assumed-role/worker/i-test is not authorized to perform: autoscaling:{action} (denied by the test proxy)</Message></Error><RequestId>denied-by-test</RequestId></ErrorResponse>"
             );
@@ -691,9 +1027,10 @@ async fn forward(
     if let Some(action) = action {
         let mut counts = state.counts.lock().unwrap_or_else(|p| p.into_inner());
         let entry = counts.entry(action).or_default();
-        entry.0 += 1;
+        entry.requests += 1;
         if status.is_success() {
-            entry.1 += 1;
+            entry.successes += 1;
+            entry.first_success_sent.get_or_insert(sent);
         }
     }
     let content_type = answer.headers().get("content-type").cloned();
@@ -742,8 +1079,9 @@ pub async fn advance_after_heartbeats(
 
 // ---------------------------------------------------------------- API server gate
 
-/// A TCP gate in front of the fake API server: open, it passes connections through; closed, it
-/// cuts the open ones and drops every new one at once (the API server is away, as in an outage).
+/// A TCP gate in front of the API server: open, it passes connections through (TLS included: the
+/// client still talks TLS to the API server, whose certificate names 127.0.0.1); closed, it cuts
+/// the open ones and drops every new one at once (the API server is away, as in an outage).
 pub struct Gate {
     pub url: String,
     open: tokio::sync::watch::Sender<bool>,
@@ -757,17 +1095,18 @@ impl Drop for Gate {
 }
 
 impl Gate {
-    /// A gate to `target` (`http://127.0.0.1:PORT`), open.
+    /// A gate to `target` (`https://127.0.0.1:PORT` or `http://…`), open; its `url` has the
+    /// same scheme.
     pub async fn start(target: &str) -> Gate {
-        let upstream: std::net::SocketAddr = target
-            .trim_start_matches("http://")
+        let (scheme, address) = target.split_once("://").expect("target URL");
+        let upstream: std::net::SocketAddr = address
             .trim_end_matches('/')
             .parse()
             .expect("target address");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind gate");
-        let url = format!("http://{}", listener.local_addr().expect("gate addr"));
+        let url = format!("{scheme}://{}", listener.local_addr().expect("gate addr"));
         let (open, open_rx) = tokio::sync::watch::channel(true);
         let task = tokio::spawn(async move {
             loop {
