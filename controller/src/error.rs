@@ -34,6 +34,10 @@ pub enum Error {
     Trace(String),
     #[error("HTTP server: {0}")]
     Server(String),
+    /// The capacity model could not read an object (a malformed quantity, selector or taint,
+    /// an instance type it does not know).
+    #[error("capacity model: {0}")]
+    Capacity(String),
     #[error("{0}")]
     Other(String),
 }
@@ -53,6 +57,7 @@ impl Error {
             Error::Fenced { .. } => "fenced",
             Error::Trace(_) => "trace",
             Error::Server(_) => "server",
+            Error::Capacity(_) => "capacity",
             Error::Other(_) => "other",
         }
     }

@@ -8,6 +8,7 @@
 
 pub mod actuator;
 pub mod api;
+pub mod capacity;
 pub mod config;
 pub mod cycle;
 pub mod error;

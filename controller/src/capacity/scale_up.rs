@@ -1,0 +1,474 @@
+//! Scale-up: which groups to grow, by how much, for the pending pods (cluster-autoscaler's
+//! scale-up with its binpacking estimator). Pods that fit in free space, or on nodes already
+//! booting, drop out; each remaining pod is matched to the groups whose template node can host
+//! it; an expander chooses among the groups; the chosen group is sized by packing the pods
+//! onto its template nodes with every filter. Pods no template can host are unhelpable, with
+//! the reason per group.
+
+use super::node::{GroupSpec, NodeTemplate};
+use super::pod::PodSpec;
+use super::snapshot::{NodeId, Snapshot};
+use crate::{Error, Result};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// How to choose among groups that can help (cluster-autoscaler's `--expander`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Expander {
+    /// The least idle CPU and memory on the new nodes after the pods land.
+    #[default]
+    LeastWaste,
+    /// The group with the highest priority; least waste among equals.
+    Priority,
+    /// The lowest price per pod helped; least waste among equals.
+    Price,
+}
+
+impl std::str::FromStr for Expander {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Expander> {
+        match s {
+            "least-waste" => Ok(Expander::LeastWaste),
+            "priority" => Ok(Expander::Priority),
+            "price" => Ok(Expander::Price),
+            other => Err(Error::Capacity(format!(
+                "expander {other:?} is not one of least-waste, priority, price"
+            ))),
+        }
+    }
+}
+
+/// A node group with its template.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeGroup {
+    pub spec: GroupSpec,
+    pub template: NodeTemplate,
+}
+
+/// What to decide on.
+#[derive(Debug, Clone, Copy)]
+pub struct ScaleUpRequest<'a> {
+    pub pending: &'a [Arc<PodSpec>],
+    pub groups: &'a [NodeGroup],
+    /// Groups in backoff after new nodes did not become Ready in time: skipped.
+    pub backoff: &'a BTreeSet<String>,
+    pub expander: Expander,
+}
+
+/// Grow one group.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Increase {
+    pub group: String,
+    pub from: u32,
+    pub to: u32,
+    /// The zone each new node is expected in (the ASG balances zones).
+    pub zones: Vec<String>,
+    /// Pods (`ns/name`) the new nodes are for.
+    pub pods: Vec<String>,
+    /// Idle share of the new nodes' CPU and memory (least-waste's score).
+    pub waste: f64,
+}
+
+/// A pending pod with the reason per group.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PodVerdict {
+    pub pod: String,
+    /// (group, why).
+    pub reasons: Vec<(String, String)>,
+}
+
+/// The answer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ScaleUpPlan {
+    pub increases: Vec<Increase>,
+    /// Pods that fit in free space now (the scheduler will place them).
+    pub fits_now: Vec<String>,
+    /// Pods that fit on nodes already booting: (pod, group).
+    pub waiting: Vec<(String, String)>,
+    /// Pods no group's template node can host: never a reason to grow.
+    pub unhelpable: Vec<PodVerdict>,
+    /// Pods some group could host, but not now: every such group is at its maximum, backing
+    /// off, or its next node would not take the pod.
+    pub blocked: Vec<PodVerdict>,
+}
+
+impl ScaleUpPlan {
+    /// Nodes to add in all.
+    pub fn nodes(&self) -> u32 {
+        self.increases.iter().map(|i| i.to - i.from).sum()
+    }
+}
+
+/// Per-group bookkeeping while planning.
+struct Book {
+    /// Nodes per zone: Ready, booting and planned (the ASG's AZ balance follows it).
+    per_zone: BTreeMap<String, u32>,
+    planned: u32,
+    seq: usize,
+}
+
+impl Book {
+    fn new(g: &GroupSpec) -> Book {
+        let mut per_zone: BTreeMap<String, u32> = g.zones.iter().map(|z| (z.clone(), 0)).collect();
+        for (z, n) in &g.instances_per_zone {
+            *per_zone.entry(z.clone()).or_insert(0) += n;
+        }
+        Book {
+            per_zone,
+            planned: 0,
+            seq: 0,
+        }
+    }
+
+    /// The zone the ASG launches the next instance in: the one with the fewest (ties: the
+    /// group's zone order).
+    fn next_zone(&self, g: &GroupSpec) -> String {
+        let zones: Vec<&String> = if g.zones.is_empty() {
+            self.per_zone.keys().collect()
+        } else {
+            g.zones.iter().collect()
+        };
+        zones
+            .into_iter()
+            .min_by_key(|z| self.per_zone.get(*z).copied().unwrap_or(0))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn add_template_node(snap: &mut Snapshot, t: &NodeTemplate, name: &str, zone: &str) -> NodeId {
+    let id = snap.add_node(t.node(name, zone));
+    for ds in &t.daemon_pods {
+        let mut p = (**ds).clone();
+        p.name = format!("{}-{name}", p.name);
+        snap.bind(&Arc::new(p), id);
+    }
+    id
+}
+
+fn zones_of(g: &NodeGroup) -> Vec<String> {
+    if g.template.zones.is_empty() {
+        vec![String::new()]
+    } else {
+        g.template.zones.clone()
+    }
+}
+
+/// Whether a fresh node of `g` could host `pod` in the current snapshot: in one zone of the
+/// group, or, for a pod whose placement depends on the zone in a group spanning several,
+/// in every one of them (the ASG, not SmartScale, picks the zone).
+fn hostable(
+    snap: &mut Snapshot,
+    g: &NodeGroup,
+    pod: &Arc<PodSpec>,
+) -> std::result::Result<(), String> {
+    let zones = zones_of(g);
+    let strict = zones.len() > 1 && pod.zone_sensitive();
+    let mut fails = Vec::new();
+    for z in &zones {
+        snap.fork();
+        let id = add_template_node(snap, &g.template, &format!("probe-{}", g.spec.name), z);
+        let r = snap.check(pod, id);
+        snap.revert();
+        match r {
+            Ok(()) if !strict => return Ok(()),
+            Ok(()) => {}
+            Err(why) => fails.push(if z.is_empty() {
+                why.to_string()
+            } else {
+                format!("in {z}: {why}")
+            }),
+        }
+    }
+    if fails.is_empty() {
+        return Ok(());
+    }
+    if strict && fails.len() < zones.len() {
+        return Err(format!(
+            "the group spans {} zones and AWS picks the zone; {}",
+            zones.len(),
+            fails.join("; ")
+        ));
+    }
+    Err(fails.join("; "))
+}
+
+/// One group's answer for a set of pods.
+struct Estimate {
+    group: usize,
+    nodes: Vec<String>,
+    /// The zone of each new node.
+    zones: Vec<String>,
+    helped: Vec<String>,
+    waste: f64,
+    price: f64,
+}
+
+/// Packs `pods` (largest first, as cluster-autoscaler's binpacking estimator) onto new nodes of
+/// group `gi`, adding a node when no new node so far takes the next pod, up to `room` nodes.
+/// The snapshot keeps what it packed; callers fork around it.
+fn estimate(
+    snap: &mut Snapshot,
+    groups: &[NodeGroup],
+    gi: usize,
+    pods: &[Arc<PodSpec>],
+    room: u32,
+    book: &mut Book,
+) -> Estimate {
+    let g = &groups[gi];
+    let free = g.template.free();
+    let mut order: Vec<&Arc<PodSpec>> = pods.iter().collect();
+    let size = |p: &PodSpec| p.requests.dominant_share(&free);
+    order.sort_by(|a, b| size(b).total_cmp(&size(a)));
+    let mut new_nodes: Vec<NodeId> = Vec::new();
+    let mut names = Vec::new();
+    let mut zones = Vec::new();
+    let mut helped = Vec::new();
+    let mut requested = super::resources::Resources::default();
+    for pod in order {
+        if !new_nodes.is_empty() && snap.place(pod, Some(&new_nodes)).is_ok() {
+            helped.push(pod.key());
+            requested.add(&pod.requests);
+            continue;
+        }
+        if (new_nodes.len() as u32) >= room {
+            continue;
+        }
+        let zone = book.next_zone(&g.spec);
+        book.seq += 1;
+        let name = format!("new-{}-{}", g.spec.name, book.seq);
+        snap.fork();
+        let id = add_template_node(snap, &g.template, &name, &zone);
+        if snap.check(pod, id).is_ok() {
+            snap.bind(pod, id);
+            snap.commit();
+            new_nodes.push(id);
+            names.push(name);
+            *book.per_zone.entry(zone.clone()).or_insert(0) += 1;
+            zones.push(zone);
+            helped.push(pod.key());
+            requested.add(&pod.requests);
+        } else {
+            snap.revert();
+        }
+    }
+    let n = new_nodes.len() as i64;
+    let cap = &g.template.allocatable;
+    let mut used = requested;
+    for ds in &g.template.daemon_pods {
+        for _ in 0..n {
+            used.add(&ds.requests);
+        }
+    }
+    let idle = |c: i64, u: i64| {
+        if c > 0 {
+            (c - u).max(0) as f64 / c as f64
+        } else {
+            0.0
+        }
+    };
+    let waste = if n == 0 {
+        1.0
+    } else {
+        (idle(cap.milli_cpu * n, used.milli_cpu) + idle(cap.memory * n, used.memory)) / 2.0
+    };
+    let hourly = g
+        .spec
+        .price_per_hour
+        .or_else(|| g.spec.smallest_type().ok().map(|t| t.price))
+        .unwrap_or(f64::INFINITY);
+    let price = if helped.is_empty() {
+        f64::INFINITY
+    } else {
+        hourly * n as f64 / helped.len() as f64
+    };
+    Estimate {
+        group: gi,
+        nodes: names,
+        zones,
+        helped,
+        waste,
+        price,
+    }
+}
+
+fn better(a: &Estimate, b: &Estimate, groups: &[NodeGroup], expander: Expander) -> bool {
+    use std::cmp::Ordering;
+    let least_waste = |x: &Estimate, y: &Estimate| {
+        x.waste
+            .total_cmp(&y.waste)
+            .then_with(|| y.helped.len().cmp(&x.helped.len()))
+            .then_with(|| x.nodes.len().cmp(&y.nodes.len()))
+            .then_with(|| groups[x.group].spec.name.cmp(&groups[y.group].spec.name))
+    };
+    let order = match expander {
+        Expander::LeastWaste => least_waste(a, b),
+        Expander::Priority => groups[b.group]
+            .spec
+            .priority
+            .cmp(&groups[a.group].spec.priority)
+            .then_with(|| least_waste(a, b)),
+        Expander::Price => a.price.total_cmp(&b.price).then_with(|| least_waste(a, b)),
+    };
+    order == Ordering::Less
+}
+
+/// Plans the scale-up. The snapshot is left as it was.
+pub fn plan(snap: &mut Snapshot, req: &ScaleUpRequest) -> ScaleUpPlan {
+    snap.fork();
+    let plan = plan_in(snap, req);
+    snap.revert();
+    plan
+}
+
+fn plan_in(snap: &mut Snapshot, req: &ScaleUpRequest) -> ScaleUpPlan {
+    let groups = req.groups;
+    let mut out = ScaleUpPlan::default();
+    let mut books: Vec<Book> = groups.iter().map(|g| Book::new(&g.spec)).collect();
+
+    // Capacity in flight: the nodes each group is already bringing up.
+    for (gi, g) in groups.iter().enumerate() {
+        for _ in 0..g.spec.upcoming {
+            let zone = books[gi].next_zone(&g.spec);
+            books[gi].seq += 1;
+            let name = format!("booting-{}-{}", g.spec.name, books[gi].seq);
+            add_template_node(snap, &g.template, &name, &zone);
+            *books[gi].per_zone.entry(zone).or_insert(0) += 1;
+        }
+    }
+
+    // Pods that fit somewhere already drop out (and take the room they fit in).
+    let mut pending: Vec<&Arc<PodSpec>> = req.pending.iter().collect();
+    pending.sort_by_key(|p| std::cmp::Reverse(p.priority));
+    let mut remaining: Vec<Arc<PodSpec>> = Vec::new();
+    for pod in pending {
+        match snap.place(pod, None) {
+            Ok(n) => match snap.node(n).template_of.clone() {
+                Some(g) => out.waiting.push((pod.key(), g)),
+                None => out.fits_now.push(pod.key()),
+            },
+            Err(_) => remaining.push(pod.clone()),
+        }
+    }
+
+    // Which groups could host each pod at all.
+    let mut hosts: Vec<Vec<usize>> = vec![Vec::new(); remaining.len()];
+    let mut reasons: Vec<Vec<(String, String)>> = vec![Vec::new(); remaining.len()];
+    for (gi, g) in groups.iter().enumerate() {
+        for (pi, pod) in remaining.iter().enumerate() {
+            match hostable(snap, g, pod) {
+                Ok(()) => hosts[pi].push(gi),
+                Err(why) => reasons[pi].push((g.spec.name.clone(), why)),
+            }
+        }
+    }
+    let mut open: Vec<usize> = Vec::new();
+    for (pi, pod) in remaining.iter().enumerate() {
+        if hosts[pi].is_empty() {
+            out.unhelpable.push(PodVerdict {
+                pod: pod.key(),
+                reasons: std::mem::take(&mut reasons[pi]),
+            });
+        } else {
+            open.push(pi);
+        }
+    }
+
+    // Grow the group the expander prefers for the pods still open, then the next, ...
+    let room = |gi: usize, books: &[Book]| {
+        let s = &groups[gi].spec;
+        s.max
+            .saturating_sub(s.target.max(s.min) + books[gi].planned)
+    };
+    loop {
+        let mut best: Option<Estimate> = None;
+        for gi in 0..groups.len() {
+            if req.backoff.contains(&groups[gi].spec.name) || room(gi, &books) == 0 {
+                continue;
+            }
+            let pods: Vec<Arc<PodSpec>> = open
+                .iter()
+                .filter(|&&pi| hosts[pi].contains(&gi))
+                .map(|&pi| remaining[pi].clone())
+                .collect();
+            if pods.is_empty() {
+                continue;
+            }
+            snap.fork();
+            let mut trial = Book {
+                per_zone: books[gi].per_zone.clone(),
+                planned: 0,
+                seq: books[gi].seq,
+            };
+            let e = estimate(snap, groups, gi, &pods, room(gi, &books), &mut trial);
+            snap.revert();
+            if e.helped.is_empty() {
+                continue;
+            }
+            if best
+                .as_ref()
+                .is_none_or(|b| better(&e, b, groups, req.expander))
+            {
+                best = Some(e);
+            }
+        }
+        let Some(choice) = best else {
+            break;
+        };
+        let gi = choice.group;
+        let pods: Vec<Arc<PodSpec>> = open
+            .iter()
+            .filter(|&&pi| hosts[pi].contains(&gi))
+            .map(|&pi| remaining[pi].clone())
+            .collect();
+        let r = room(gi, &books);
+        let e = estimate(snap, groups, gi, &pods, r, &mut books[gi]);
+        books[gi].planned += e.nodes.len() as u32;
+        let helped: BTreeSet<&String> = e.helped.iter().collect();
+        open.retain(|&pi| !helped.contains(&remaining[pi].key()));
+        let spec = &groups[gi].spec;
+        match out.increases.iter_mut().find(|i| i.group == spec.name) {
+            Some(inc) => {
+                inc.to += e.nodes.len() as u32;
+                inc.zones.extend(e.zones.iter().cloned());
+                inc.pods.extend(e.helped.iter().cloned());
+            }
+            None => out.increases.push(Increase {
+                group: spec.name.clone(),
+                from: spec.target,
+                to: spec.target.max(spec.min) + e.nodes.len() as u32,
+                zones: e.zones.clone(),
+                pods: e.helped.clone(),
+                waste: e.waste,
+            }),
+        }
+    }
+
+    for pi in open {
+        let pod = &remaining[pi];
+        let why = hosts[pi]
+            .iter()
+            .map(|&gi| {
+                let s = &groups[gi].spec;
+                let w = if req.backoff.contains(&s.name) {
+                    "backing off: its last new nodes did not become Ready in time".to_string()
+                } else if room(gi, &books) == 0 {
+                    format!("at its maximum of {}", s.max)
+                } else {
+                    format!(
+                        "its next node (in {}) would not take the pod",
+                        books[gi].next_zone(s)
+                    )
+                };
+                (s.name.clone(), w)
+            })
+            .collect();
+        out.blocked.push(PodVerdict {
+            pod: pod.key(),
+            reasons: why,
+        });
+    }
+    out
+}
