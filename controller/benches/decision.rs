@@ -67,6 +67,8 @@ fn build(nodes: &[Node], pods: &[Pod]) -> policy::Observation {
                 memory: 32.0,
             },
             instances,
+            scale_down_blocked: None,
+            backoff: None,
         }],
     }
 }

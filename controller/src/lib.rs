@@ -19,5 +19,6 @@ pub mod run;
 pub mod signals;
 pub mod simulator;
 pub mod state;
+pub mod testing;
 
 pub use error::{Error, Result};

@@ -96,6 +96,11 @@ pub struct Metrics {
     pub node_info: Family<NodeInfoLabels, Gauge>,
     pub node_price: Family<PriceLabels, FloatGauge>,
     pub aws_calls: AwsCalls,
+    /// Problems blocking a group's scale-down (no terminate hook, AZRebalance active, ...).
+    pub group_problems: Family<GroupLabels, Gauge>,
+    /// 1 while a group is in launch backoff.
+    pub group_backoff: Family<GroupLabels, Gauge>,
+    pub ghost_nodes_deleted: Counter,
 }
 
 impl Default for Metrics {
@@ -120,6 +125,9 @@ impl Metrics {
             node_info: Family::default(),
             node_price: Family::default(),
             aws_calls: AwsCalls::default(),
+            group_problems: Family::default(),
+            group_backoff: Family::default(),
+            ghost_nodes_deleted: Counter::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -178,7 +186,30 @@ impl Metrics {
             "AWS API calls by operation",
             m.aws_calls.0.clone(),
         );
+        r.register(
+            "group_scale_down_blocked",
+            "Problems that block a group's scale-down (see /status)",
+            m.group_problems.clone(),
+        );
+        r.register(
+            "group_backoff",
+            "1 while a group is in launch backoff (its launches failed or never came)",
+            m.group_backoff.clone(),
+        );
+        r.register(
+            "ghost_nodes_deleted",
+            "Nodes deleted because EC2 said their instance was gone",
+            m.ghost_nodes_deleted.clone(),
+        );
         Metrics { registry: r, ..m }
+    }
+
+    pub fn group_problems(&self, group: &str, problems: usize) {
+        self.group_problems
+            .get_or_create(&GroupLabels {
+                node_group: group.to_string(),
+            })
+            .set(problems as i64);
     }
 
     pub fn error(&self, kind: &str) {

@@ -7,7 +7,7 @@ use crate::cycle::{self, Context};
 use crate::metrics::Metrics;
 use crate::signals::cluster::ClusterWatch;
 use crate::signals::prometheus::Prometheus;
-use crate::state::Store;
+use crate::state::{Store, StoreOptions};
 use crate::{Error, Result};
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,18 +76,24 @@ pub async fn build_context(cfg: Config, dry_run: bool) -> Result<Context> {
             "cannot configure a client ({e}); set KUBECONFIG or run in-cluster"
         ))
     })?;
-    let cluster = ClusterWatch::start(kube);
+    let cluster = ClusterWatch::start(kube.clone());
     cluster.ready(CLUSTER_SYNC_TIMEOUT).await?;
     let prometheus = Prometheus::new(cfg.prometheus.clone(), cfg.custom_signals.clone())?;
     let metrics = Metrics::new();
-    let actuator = Actuator::new(&sdk, dry_run || cfg.dry_run, metrics.aws_calls.clone());
+    let dry_run = dry_run || cfg.dry_run;
+    let actuator = Actuator::new(&sdk, kube, dry_run, metrics.aws_calls.clone());
     let store = Store::new(
         &sdk,
-        &cfg.state.table,
-        &cfg.cluster_id,
-        replica_id(),
-        cfg.state.lease_ttl,
-        cfg.state.history_retention,
+        StoreOptions {
+            table: cfg.state.table.clone(),
+            cluster: cfg.cluster_id.clone(),
+            replica: replica_id(),
+            lease_ttl: cfg.state.lease_ttl,
+            history_retention: cfg.state.history_retention,
+            // An old holder's AWS call ends within one operation timeout of its last check.
+            takeover_grace: operation,
+            dry_run,
+        },
         metrics.aws_calls.clone(),
     );
     Ok(Context::new(

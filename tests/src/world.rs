@@ -62,6 +62,9 @@ pub struct WorldOptions {
     pub pod_start_delay: Duration,
     /// kube-controller-manager's node monitor grace period (NotReady after a silent kubelet).
     pub node_monitor_grace_period: Duration,
+    /// Answer terminate hooks at once with CONTINUE, as an agent whose drain finished would
+    /// (otherwise instances wait in `Terminating:Wait` until the hook times out).
+    pub complete_terminations: bool,
 }
 
 impl Default for WorldOptions {
@@ -78,6 +81,7 @@ impl Default for WorldOptions {
             auto_join: true,
             pod_start_delay: Duration::from_millis(100),
             node_monitor_grace_period: Duration::from_secs(50),
+            complete_terminations: false,
         }
     }
 }
@@ -204,6 +208,7 @@ impl World {
                 asg: world.asg_name.clone(),
                 cpu: opts.cpu,
                 memory: opts.memory,
+                complete_terminations: opts.complete_terminations,
             }));
             let want = opts.workers as usize;
             world
@@ -380,6 +385,7 @@ impl World {
                 asg: name.to_string(),
                 cpu: "2",
                 memory: "4Gi",
+                complete_terminations: false,
             });
             lock(&self.extra_syncs).push(handle);
         }
@@ -923,6 +929,8 @@ pub struct InstanceSync {
     pub asg: String,
     pub cpu: &'static str,
     pub memory: &'static str,
+    /// Answer terminate hooks with CONTINUE at once (see [`WorldOptions::complete_terminations`]).
+    pub complete_terminations: bool,
 }
 
 /// Starts the instance sync: plays what boots on each instance (module comment).
@@ -935,6 +943,7 @@ async fn instance_sync(s: InstanceSync) {
     // Instances whose join was tried (once each, as the agent's join is), and those that died.
     let mut joined: BTreeSet<String> = BTreeSet::new();
     let mut dead: BTreeSet<String> = BTreeSet::new();
+    let mut released: BTreeSet<String> = BTreeSet::new();
     loop {
         if let Ok(instances) = s.model.instances_details().await {
             for details in instances
@@ -965,6 +974,12 @@ async fn instance_sync(s: InstanceSync) {
                 {
                     let _ = complete_launch(&s, &i.instance_id, "CONTINUE").await;
                 }
+                if s.complete_terminations
+                    && i.lifecycle_state == "Terminating:Wait"
+                    && released.insert(i.instance_id.clone())
+                {
+                    let _ = complete_hook(&s, &i.instance_id, TERMINATE_HOOK, "CONTINUE").await;
+                }
                 if !running && !dead.contains(&i.instance_id) && joined.contains(&i.instance_id) {
                     dead.insert(i.instance_id.clone());
                     s.k3s.stop_kubelet(&name);
@@ -976,10 +991,14 @@ async fn instance_sync(s: InstanceSync) {
 }
 
 async fn complete_launch(s: &InstanceSync, instance: &str, result: &str) -> Result<()> {
+    complete_hook(s, instance, LAUNCH_HOOK, result).await
+}
+
+async fn complete_hook(s: &InstanceSync, instance: &str, hook: &str, result: &str) -> Result<()> {
     s.autoscaling
         .complete_lifecycle_action()
         .auto_scaling_group_name(&s.asg)
-        .lifecycle_hook_name(LAUNCH_HOOK)
+        .lifecycle_hook_name(hook)
         .instance_id(instance)
         .lifecycle_action_result(result)
         .send()

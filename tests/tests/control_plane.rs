@@ -159,14 +159,18 @@ async fn the_controllers_service_account_gets_only_what_the_shipped_rbac_grants(
         .name
         .clone()
         .unwrap();
+    // It may cordon and taint a node (its chosen victim) and delete Nodes, not replace them.
     let cordon = json!({"spec": {"unschedulable": true}});
-    let refused = nodes
+    nodes
         .patch(&worker, &PatchParams::default(), &Patch::Merge(&cordon))
         .await
-        .unwrap_err();
-    assert_eq!(api_code(&refused), 403, "{refused}");
+        .expect("patch nodes is granted");
     let refused = nodes
-        .delete(&worker, &Default::default())
+        .replace(
+            &worker,
+            &PostParams::default(),
+            &nodes.get(&worker).await.unwrap(),
+        )
         .await
         .unwrap_err();
     assert_eq!(api_code(&refused), 403, "{refused}");
@@ -202,6 +206,8 @@ async fn the_controllers_service_account_gets_only_what_the_shipped_rbac_grants(
     assert_eq!(can_i("watch", "pods"), "yes");
     assert_eq!(can_i("list", "poddisruptionbudgets.policy"), "yes");
     assert_eq!(can_i("update", "nodes"), "no");
+    assert_eq!(can_i("delete", "nodes"), "yes");
+    assert_eq!(can_i("delete", "pods"), "no");
     assert_eq!(can_i("create", "pods/eviction"), "no");
 }
 

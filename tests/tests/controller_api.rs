@@ -167,8 +167,12 @@ async fn api_authenticates_validates_clamps_and_reports() {
         let notify = format!("notifications: {{webhook_url: '{hook_url}'}}\n");
         let mut r = start(&w, prom.url(), &notify, &[]).await;
 
-        poll_until("healthy", Duration::from_secs(20), || async {
-            Ok((get(&r, "/healthz").await.0 == 200).then_some(()))
+        poll_until("healthy, a cycle done", Duration::from_secs(20), || async {
+            let decided = get(&r, "/metrics")
+                .await
+                .1
+                .contains("smartscale_decisions_total{");
+            Ok((get(&r, "/healthz").await.0 == 200 && decided).then_some(()))
         })
         .await
         .unwrap_or_else(|e| {
@@ -311,8 +315,13 @@ async fn api_authenticates_validates_clamps_and_reports() {
             .send()
             .await
             .unwrap();
-        let expires = lease.item().unwrap()["expires_at"].as_n().unwrap().clone();
+        let item = lease.item().unwrap();
+        let expires = item["lease_expires_at"].as_n().unwrap().clone();
         assert_eq!(expires, "0", "lease released on shutdown");
+        assert!(
+            !item.contains_key("expires_at"),
+            "the lease never carries the table's TTL attribute (DynamoDB would delete it)"
+        );
     })
     .await
     .expect("test timed out");

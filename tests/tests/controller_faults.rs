@@ -1,6 +1,6 @@
 //! The controller against what the real Auto Scaling group and K3s do on their own: AZ
 //! rebalancing, Nodes that outlive their instances, launches that fail, groups without the
-//! terminate hook. These fail on today's product; issue 11 turns them on.
+//! terminate hook. Issue 11 turned these on.
 
 use serde_json::json;
 use smartscale_testworld::aws::{LaunchFailure, NextPrivateIp};
@@ -34,7 +34,6 @@ async fn zones(w: &World) -> BTreeMap<String, String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "issue 11: Controller with the real Auto Scaling group and under faults: no victim chosen by AWS, no ghost nodes, no stuck capacity, no false fencing"]
 async fn a_scale_down_in_a_two_zone_group_removes_exactly_the_chosen_victim() {
     tokio::time::timeout(bounded(180), async {
         // Three workers: two in zone a, one in zone b (the ASG balances launches).
@@ -88,7 +87,6 @@ async fn a_scale_down_in_a_two_zone_group_removes_exactly_the_chosen_victim() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "issue 11: Controller with the real Auto Scaling group and under faults: no victim chosen by AWS, no ghost nodes, no stuck capacity, no false fencing"]
 async fn a_group_without_the_terminate_hook_is_never_scaled_down() {
     tokio::time::timeout(bounded(120), async {
         let w = World::start(WorldOptions {
@@ -115,7 +113,6 @@ async fn a_group_without_the_terminate_hook_is_never_scaled_down() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "issue 11: Controller with the real Auto Scaling group and under faults: no victim chosen by AWS, no ghost nodes, no stuck capacity, no false fencing"]
 async fn the_node_of_a_terminated_instance_is_deleted_and_its_name_joins_again() {
     tokio::time::timeout(bounded(180), async {
         let w = World::start(WorldOptions {
@@ -184,7 +181,6 @@ async fn the_node_of_a_terminated_instance_is_deleted_and_its_name_joins_again()
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "issue 11: Controller with the real Auto Scaling group and under faults: no victim chosen by AWS, no ghost nodes, no stuck capacity, no false fencing"]
 async fn launches_that_keep_failing_send_pending_pods_to_the_other_group() {
     tokio::time::timeout(bounded(180), async {
         let w = World::start(WorldOptions { workers: 1, ..WorldOptions::default() }).await.unwrap();

@@ -1,12 +1,37 @@
-//! The actuator: the only code that changes the worker Auto Scaling groups. Scale-up sets the
-//! desired capacity; scale-down terminates the instance the policy chose (so the ASG's terminate
-//! lifecycle hook holds it while the node's agent drains it). Dry-run never writes.
+//! The worker Auto Scaling groups: reading them, and the only calls that change them. Scale-up
+//! sets the desired capacity; scale-down terminates the instance the policy chose (so the ASG's
+//! terminate lifecycle hook holds it while the node's agent drains it). Dry-run never writes.
+//!
+//! Guards against AWS acting on its own ([`Actuator::secure_group`]): the terminate hook must
+//! exist, `AZRebalance` is suspended (else AWS launches in the short zone after a termination and
+//! then terminates an instance of *its* choosing), and every instance is protected from scale-in,
+//! so that no SetDesiredCapacity (a late one from a paused old leader, an operator's) can remove
+//! an instance: only the controller's explicit, chosen terminations do.
 
-use crate::metrics::AwsCalls;
+use super::Actuator;
 use crate::policy::{Group, Instance, Lifecycle, Resources};
 use crate::{Error, Result};
 use aws_sdk_autoscaling::error::DisplayErrorContext;
 use std::collections::HashMap;
+
+/// The lifecycle transition of a terminate hook.
+const TERMINATING: &str = "autoscaling:EC2_INSTANCE_TERMINATING";
+/// The process that lets AWS pick victims of its own.
+pub const AZ_REBALANCE: &str = "AZRebalance";
+/// SetInstanceProtection takes at most 50 instance ids per call.
+const PROTECTION_BATCH: usize = 50;
+
+/// One instance as the group reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AsgInstance {
+    pub id: String,
+    pub lifecycle: Lifecycle,
+    /// The raw lifecycle state (`Pending:Wait`, `InService`, ...).
+    pub state: String,
+    pub instance_type: String,
+    pub zone: String,
+    pub protected: bool,
+}
 
 /// One group as Auto Scaling reports it.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,11 +40,29 @@ pub struct AsgState {
     pub min: u32,
     pub max: u32,
     pub desired: u32,
-    /// Instance id → (lifecycle, raw lifecycle state, instance type).
-    pub instances: Vec<(String, Lifecycle, String)>,
+    pub instances: Vec<AsgInstance>,
+    /// Suspended processes (`AZRebalance`, `Launch`, ...).
+    pub suspended: Vec<String>,
+    pub new_instances_protected: bool,
+}
+
+/// What the controller found wrong with a group and could not fix; each blocks scale-down of
+/// that group (scale-up stays safe).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupSafety {
+    pub problems: Vec<String>,
+    /// What was changed to make the group safe (for the log and `/status`).
+    pub fixed: Vec<String>,
 }
 
 impl AsgState {
+    /// Instances that hold or will hold a node: launching or in service.
+    pub fn live(&self) -> impl Iterator<Item = &AsgInstance> {
+        self.instances
+            .iter()
+            .filter(|i| matches!(i.lifecycle, Lifecycle::Launching | Lifecycle::InService))
+    }
+
     /// The policy's view, with `first_seen` times from the controller's memory.
     pub fn to_group(
         &self,
@@ -40,13 +83,15 @@ impl AsgState {
             instances: self
                 .instances
                 .iter()
-                .map(|(id, lifecycle, _)| Instance {
-                    id: id.clone(),
-                    lifecycle: *lifecycle,
-                    first_seen: first_seen.get(id).copied().unwrap_or(now),
-                    ever_ready: ever_ready.contains_key(id),
+                .map(|i| Instance {
+                    id: i.id.clone(),
+                    lifecycle: i.lifecycle,
+                    first_seen: first_seen.get(&i.id).copied().unwrap_or(now),
+                    ever_ready: ever_ready.contains_key(&i.id),
                 })
                 .collect(),
+            scale_down_blocked: None,
+            backoff: None,
         }
     }
 }
@@ -61,31 +106,21 @@ pub fn lifecycle(state: &str) -> Lifecycle {
     }
 }
 
-pub struct Actuator {
-    client: aws_sdk_autoscaling::Client,
-    dry_run: bool,
-    calls: AwsCalls,
+/// A failed launch the group reported (DescribeScalingActivities).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaunchFailure {
+    /// Unix seconds.
+    pub at: i64,
+    pub message: String,
 }
 
 impl Actuator {
-    pub fn new(sdk: &aws_config::SdkConfig, dry_run: bool, calls: AwsCalls) -> Actuator {
-        Actuator {
-            client: aws_sdk_autoscaling::Client::new(sdk),
-            dry_run,
-            calls,
-        }
-    }
-
-    pub fn dry_run(&self) -> bool {
-        self.dry_run
-    }
-
     /// Describes every configured group in one call.
     #[tracing::instrument(skip(self))]
     pub async fn describe(&self, names: &[String]) -> Result<Vec<AsgState>> {
         self.calls.count("autoscaling", "DescribeAutoScalingGroups");
         let out = self
-            .client
+            .autoscaling
             .describe_auto_scaling_groups()
             .set_auto_scaling_group_names(Some(names.to_vec()))
             .send()
@@ -104,13 +139,22 @@ impl Actuator {
                     .iter()
                     .map(|i| {
                         let state = i.lifecycle_state().map(|s| s.as_str()).unwrap_or("");
-                        (
-                            i.instance_id().unwrap_or_default().to_string(),
-                            lifecycle(state),
-                            i.instance_type().unwrap_or_default().to_string(),
-                        )
+                        AsgInstance {
+                            id: i.instance_id().unwrap_or_default().to_string(),
+                            lifecycle: lifecycle(state),
+                            state: state.to_string(),
+                            instance_type: i.instance_type().unwrap_or_default().to_string(),
+                            zone: i.availability_zone().unwrap_or_default().to_string(),
+                            protected: i.protected_from_scale_in().unwrap_or(false),
+                        }
                     })
                     .collect(),
+                suspended: g
+                    .suspended_processes()
+                    .iter()
+                    .filter_map(|p| p.process_name().map(str::to_string))
+                    .collect(),
+                new_instances_protected: g.new_instances_protected_from_scale_in().unwrap_or(false),
             });
         }
         let missing: Vec<&String> = names
@@ -128,6 +172,166 @@ impl Actuator {
         Ok(found)
     }
 
+    /// Makes `asg` safe to scale down, as far as it can: checks the terminate hook, suspends
+    /// `AZRebalance` (when `suspend_az_rebalance`) and protects instances from scale-in (when
+    /// `protect`). What it cannot fix is returned as a problem.
+    #[tracing::instrument(skip(self, asg), fields(asg = %asg.name))]
+    pub async fn secure_group(
+        &self,
+        asg: &AsgState,
+        suspend_az_rebalance: bool,
+        protect: bool,
+    ) -> GroupSafety {
+        let mut safety = GroupSafety::default();
+        match self.has_terminate_hook(&asg.name).await {
+            Ok(true) => {}
+            Ok(false) => safety.problems.push(format!(
+                "{} has no terminate lifecycle hook ({TERMINATING}): a scale-down would kill its node's pods without a drain; add the hook (docs/deploy.md) — scale-down of this group is off",
+                asg.name
+            )),
+            Err(e) => safety.problems.push(format!(
+                "could not read the lifecycle hooks of {} ({e}); scale-down of this group is off until they can be read",
+                asg.name
+            )),
+        }
+        if suspend_az_rebalance && !asg.suspended.iter().any(|p| p == AZ_REBALANCE) {
+            if self.dry_run {
+                // What a live replica would do; the dry run decides as if it had.
+                safety.fixed.push(format!(
+                    "dry-run: would suspend {AZ_REBALANCE} on {} (a live replica does)",
+                    asg.name
+                ));
+            } else {
+                match self.suspend(&asg.name, AZ_REBALANCE).await {
+                    Ok(()) => safety.fixed.push(format!(
+                        "suspended {AZ_REBALANCE} on {} so that AWS never terminates an instance of its own choosing",
+                        asg.name
+                    )),
+                    Err(e) => safety.problems.push(format!(
+                        "{AZ_REBALANCE} is active on {} and could not be suspended ({e}): AWS would pick its own victims after a scale-down — scale-down of this group is off; grant autoscaling:SuspendProcesses or suspend it yourself",
+                        asg.name
+                    )),
+                }
+            }
+        }
+        if protect && !self.dry_run {
+            match self.protect_instances(asg).await {
+                Ok(Some(done)) => safety.fixed.push(done),
+                Ok(None) => {}
+                Err(e) => safety.problems.push(format!(
+                    "could not protect the instances of {} from scale-in ({e}): a SetDesiredCapacity below the instance count would let AWS choose whom to terminate — scale-down of this group is off",
+                    asg.name
+                )),
+            }
+        }
+        safety
+    }
+
+    async fn has_terminate_hook(&self, asg: &str) -> Result<bool> {
+        self.calls.count("autoscaling", "DescribeLifecycleHooks");
+        let out = self
+            .autoscaling
+            .describe_lifecycle_hooks()
+            .auto_scaling_group_name(asg)
+            .send()
+            .await
+            .map_err(|e| Error::aws("DescribeLifecycleHooks", DisplayErrorContext(e)))?;
+        Ok(out
+            .lifecycle_hooks()
+            .iter()
+            .any(|h| h.lifecycle_transition() == Some(TERMINATING)))
+    }
+
+    async fn suspend(&self, asg: &str, process: &str) -> Result<()> {
+        self.calls.count("autoscaling", "SuspendProcesses");
+        self.autoscaling
+            .suspend_processes()
+            .auto_scaling_group_name(asg)
+            .scaling_processes(process)
+            .send()
+            .await
+            .map_err(|e| Error::aws("SuspendProcesses", DisplayErrorContext(e)))?;
+        tracing::warn!(asg, process, "suspended the process");
+        Ok(())
+    }
+
+    /// New instances protected by default, and every in-service instance protected now.
+    async fn protect_instances(&self, asg: &AsgState) -> Result<Option<String>> {
+        let mut done = Vec::new();
+        if !asg.new_instances_protected {
+            self.calls.count("autoscaling", "UpdateAutoScalingGroup");
+            self.autoscaling
+                .update_auto_scaling_group()
+                .auto_scaling_group_name(&asg.name)
+                .new_instances_protected_from_scale_in(true)
+                .send()
+                .await
+                .map_err(|e| Error::aws("UpdateAutoScalingGroup", DisplayErrorContext(e)))?;
+            done.push("new instances".to_string());
+        }
+        // AWS applies protection to InService instances only.
+        let open: Vec<String> = asg
+            .instances
+            .iter()
+            .filter(|i| i.lifecycle == Lifecycle::InService && !i.protected)
+            .map(|i| i.id.clone())
+            .collect();
+        for batch in open.chunks(PROTECTION_BATCH) {
+            self.calls.count("autoscaling", "SetInstanceProtection");
+            self.autoscaling
+                .set_instance_protection()
+                .auto_scaling_group_name(&asg.name)
+                .set_instance_ids(Some(batch.to_vec()))
+                .protected_from_scale_in(true)
+                .send()
+                .await
+                .map_err(|e| Error::aws("SetInstanceProtection", DisplayErrorContext(e)))?;
+        }
+        if !open.is_empty() {
+            done.push(format!("{} instances", open.len()));
+        }
+        Ok((!done.is_empty()).then(|| {
+            format!(
+                "protected {} of {} from scale-in (only chosen terminations remove instances)",
+                done.join(" and "),
+                asg.name
+            )
+        }))
+    }
+
+    /// Failed launches of `asg` since `since` (unix seconds), newest first.
+    #[tracing::instrument(skip(self))]
+    pub async fn launch_failures(&self, asg: &str, since: i64) -> Result<Vec<LaunchFailure>> {
+        self.calls.count("autoscaling", "DescribeScalingActivities");
+        let out = self
+            .autoscaling
+            .describe_scaling_activities()
+            .auto_scaling_group_name(asg)
+            .max_records(20)
+            .send()
+            .await
+            .map_err(|e| Error::aws("DescribeScalingActivities", DisplayErrorContext(e)))?;
+        Ok(out
+            .activities()
+            .iter()
+            .filter(|a| {
+                a.status_code().map(|s| s.as_str()) == Some("Failed")
+                    && a.description().is_some_and(|d| d.starts_with("Launching"))
+            })
+            .filter_map(|a| {
+                let at = a.start_time()?.secs();
+                (at >= since).then(|| LaunchFailure {
+                    at,
+                    message: a
+                        .status_message()
+                        .or(a.description())
+                        .unwrap_or_default()
+                        .to_string(),
+                })
+            })
+            .collect())
+    }
+
     /// SetDesiredCapacity(HonorCooldown=false). The ASG's own cooldown would only delay what the
     /// policy already decided with its own cooldowns.
     #[tracing::instrument(skip(self))]
@@ -137,7 +341,7 @@ impl Actuator {
             return Ok(());
         }
         self.calls.count("autoscaling", "SetDesiredCapacity");
-        self.client
+        self.autoscaling
             .set_desired_capacity()
             .auto_scaling_group_name(asg)
             .desired_capacity(desired as i32)
@@ -161,7 +365,7 @@ impl Actuator {
         }
         self.calls
             .count("autoscaling", "TerminateInstanceInAutoScalingGroup");
-        self.client
+        self.autoscaling
             .terminate_instance_in_auto_scaling_group()
             .instance_id(instance_id)
             .should_decrement_desired_capacity(decrement)

@@ -78,6 +78,11 @@ pub struct NodeGroup {
     /// One node's allocatable; when absent, learned from the group's Ready nodes.
     pub allocatable: Option<Resources>,
     pub hourly_price: Option<f64>,
+    /// Suspend the group's `AZRebalance` process (so AWS never terminates an instance of its
+    /// own choosing after a scale-down); when it cannot be suspended, no scale-down.
+    pub suspend_az_rebalance: bool,
+    /// Protect every instance from scale-in, so that only chosen terminations remove instances.
+    pub protect_from_scale_in: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

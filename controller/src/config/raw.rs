@@ -121,6 +121,8 @@ pub(super) struct RawGroup {
     pub(super) instance_type: Option<String>,
     pub(super) allocatable: Option<RawAllocatable>,
     pub(super) hourly_price: Option<f64>,
+    pub(super) suspend_az_rebalance: Option<bool>,
+    pub(super) protect_from_scale_in: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -137,6 +139,21 @@ pub(super) struct RawPolicy {
     pub(super) scale_down: RawScaleDown,
     pub(super) cooldown: RawCooldown,
     pub(super) max_node_provision_time: Dur,
+    pub(super) replace_unready_after: Dur,
+    pub(super) backoff: RawBackoff,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub(super) struct RawBackoff {
+    pub(super) initial: Dur,
+    pub(super) max: Dur,
+}
+
+impl Default for RawBackoff {
+    fn default() -> Self {
+        RawPolicy::default().backoff
+    }
 }
 
 impl Default for RawPolicy {
@@ -162,6 +179,11 @@ impl Default for RawPolicy {
                 applies_to_pending_pods: d.cooldown_applies_to_pending,
             },
             max_node_provision_time: Dur(d.max_node_provision_time),
+            replace_unready_after: Dur(d.replace_unready_after),
+            backoff: RawBackoff {
+                initial: Dur(d.backoff_initial),
+                max: Dur(d.backoff_max),
+            },
         }
     }
 }

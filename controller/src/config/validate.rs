@@ -208,6 +208,8 @@ pub(super) fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Confi
             instance_type: g.instance_type,
             allocatable,
             hourly_price: g.hourly_price,
+            suspend_az_rebalance: g.suspend_az_rebalance.unwrap_or(true),
+            protect_from_scale_in: g.protect_from_scale_in.unwrap_or(true),
         });
     }
 
@@ -240,6 +242,15 @@ pub(super) fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Confi
             rp.scale_up.cpu_checks
         ));
     }
+    if rp.backoff.initial.0 < Duration::from_secs(1) || rp.backoff.max.0 < rp.backoff.initial.0 {
+        p.push(format!(
+            "policy.backoff: initial ({:?}) must be at least 1s and max ({:?}) at least initial",
+            rp.backoff.initial.0, rp.backoff.max.0
+        ));
+    }
+    if rp.replace_unready_after.0 < Duration::from_secs(60) {
+        p.push("policy.replace_unready_after: give a NotReady node at least 1m before replacing it (default 20m)".into());
+    }
     if rp.max_node_provision_time.0 < Duration::from_secs(5) {
         p.push("policy.max_node_provision_time: allow nodes at least 5s to boot (EC2 needs minutes; default 15m)".into());
     }
@@ -257,6 +268,9 @@ pub(super) fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Confi
         after_scale_up: rp.cooldown.after_scale_up.0,
         after_scale_down: rp.cooldown.after_scale_down.0,
         max_node_provision_time: rp.max_node_provision_time.0,
+        replace_unready_after: rp.replace_unready_after.0,
+        backoff_initial: rp.backoff.initial.0,
+        backoff_max: rp.backoff.max.0,
         check_interval: interval,
     };
 

@@ -82,7 +82,8 @@ pub async fn run_manual(
             None => ctx.store.load().await?,
         };
         let (prom, asgs, snap) = observe(ctx).await?;
-        let mut obs = build_observation(ctx, &prom, &asgs, &snap, &mut state, now);
+        let safety = super::guards::secure_groups(ctx, &asgs).await;
+        let mut obs = build_observation(ctx, &prom, &asgs, &snap, &mut state, &safety, now);
         let g = obs.groups[gi].clone();
         let reason = format!("manual: {}", req.reason);
         let (to, victims) = match req.action {
@@ -116,13 +117,16 @@ pub async fn run_manual(
             to,
             victim: victims.first().cloned(),
             rollback: vec![],
+            replace: vec![],
             in_flight: 0,
             reasons: vec![reason.clone()],
         };
+        // Cooldowns start from a manual action too, once it went through.
         let now_rec = jiff::Timestamp::now().as_second();
+        let mut memory = state.memory.clone();
         match req.action {
-            Action::ScaleUp => state.memory.last_scale_up = Some(now_rec),
-            _ => state.memory.last_scale_down = Some(now_rec),
+            Action::ScaleUp => memory.last_scale_up = Some(now_rec),
+            _ => memory.last_scale_down = Some(now_rec),
         }
         let r = if victims.len() > 1 {
             // One record per removed node, each through the same write-ahead path.
@@ -139,6 +143,7 @@ pub async fn run_manual(
                     &lease,
                     &mut state,
                     &d,
+                    memory.clone(),
                     Some(&g),
                     serde_json::Value::Null,
                     "api",
@@ -155,6 +160,7 @@ pub async fn run_manual(
                 &lease,
                 &mut state,
                 &decision,
+                memory,
                 Some(&g),
                 serde_json::Value::Null,
                 "api",

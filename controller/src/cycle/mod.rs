@@ -1,10 +1,13 @@
 //! One control cycle: lease → signals → policy → actuation → record.
 //!
 //! - `observe`: read every source and build the policy's view (and export it as metrics);
+//! - `guards`: what the leader does so AWS and K3s cannot act behind the policy's back (group
+//!   safety, launch backoff, ghost Nodes);
 //! - here: the lease, the cycle itself and the write-ahead action;
 //! - `manual`: `POST /scale` requests, through the same lease, fencing and records;
 //! - `reconcile`: start-up drift check.
 
+mod guards;
 mod manual;
 mod observe;
 mod reconcile;
@@ -20,7 +23,7 @@ use crate::notify::Notifier;
 use crate::policy::{self, Action, Decision};
 use crate::signals::cluster::ClusterWatch;
 use crate::signals::prometheus::Prometheus;
-use crate::state::{HistoryRecord, Lease, LeaseStatus, Store, StoredState};
+use crate::state::{HistoryRecord, Lease, LeaseStatus, PendingIntent, Store, StoredState};
 use crate::{Error, Result};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -46,6 +49,10 @@ pub struct Context {
     /// Set while the loop executes one of its own actions.
     loop_acting: AtomicBool,
     consecutive_errors: AtomicU32,
+    /// Each group's last safety check (`guards::secure_groups`).
+    safety: std::sync::Mutex<HashMap<String, (Instant, crate::actuator::GroupSafety)>>,
+    /// Instances EC2 said exist, and when (`guards::collect_ghost_nodes`).
+    known_instances: std::sync::Mutex<HashMap<String, Instant>>,
 }
 
 /// Holds the manual-request slot; dropping it frees the slot.
@@ -72,6 +79,19 @@ pub struct Status {
     pub lease_holder: Option<String>,
     pub fencing_token: Option<u64>,
     pub dependencies: HashMap<&'static str, DependencyHealth>,
+    /// Per group: what blocks its scale-down, what the controller fixed, its launch backoff.
+    pub groups: HashMap<String, GroupStatus>,
+    /// Worker Nodes whose providerID names no EC2 instance: outside every group.
+    pub unknown_nodes: Vec<String>,
+    /// Nodes deleted because their instance was gone (last cycle that deleted any).
+    pub deleted_nodes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GroupStatus {
+    pub scale_down_blocked: Vec<String>,
+    pub fixed: Vec<String>,
+    pub backoff: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -120,6 +140,8 @@ impl Context {
             manual_in_flight: AtomicBool::new(false),
             loop_acting: AtomicBool::new(false),
             consecutive_errors: AtomicU32::new(0),
+            safety: std::sync::Mutex::new(HashMap::new()),
+            known_instances: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -305,15 +327,23 @@ async fn cycle(ctx: &Context, record_none: bool) -> Result<Outcome> {
     };
     let before = state.clone();
     let (prom, asgs, snap) = observe(ctx).await?;
-    let obs = build_observation(ctx, &prom, &asgs, &snap, &mut state, now);
+    let safety = guards::secure_groups(ctx, &asgs).await;
+    let cancels = guards::update_backoffs(ctx, &asgs, &mut state, now).await;
+    let obs = build_observation(ctx, &prom, &asgs, &snap, &mut state, &safety, now);
     let (decision, memory) = policy::decide(&obs, &state.memory, &ctx.cfg.policy, now);
-    state.memory = memory;
     export(ctx, &prom, &obs, &snap, &decision);
+    report(ctx, &obs, &snap, &safety).await;
+    if !ctx.dry_run() {
+        let deleted = guards::collect_ghost_nodes(ctx, &lease, &asgs, &snap).await;
+        if !deleted.is_empty() {
+            ctx.status.write().await.deleted_nodes = deleted;
+        }
+    }
 
     let group = obs.groups.get(decision.group);
     let group_name = group.map(|g| g.asg_name.clone());
     let signals = serde_json::to_value(&prom).unwrap_or_default();
-    let outcome = Outcome {
+    let mut outcome = Outcome {
         action: decision.action.as_str(),
         node_group: group_name.clone(),
         from: decision.from,
@@ -327,8 +357,12 @@ async fn cycle(ctx: &Context, record_none: bool) -> Result<Outcome> {
         fencing_token: Some(lease.token),
         signals: signals.clone(),
     };
-    let acts = decision.action != Action::None || !decision.rollback.is_empty();
-    if !acts {
+    let acts = decision.action != Action::None
+        || !decision.rollback.is_empty()
+        || !decision.replace.is_empty();
+    if !acts && cancels.is_empty() {
+        // Nothing to do: the trend and the low-usage window move on.
+        state.memory = memory;
         if state != before || record_none {
             let rec = record_none.then(|| HistoryRecord {
                 reasons: decision.reasons.clone(),
@@ -347,7 +381,20 @@ async fn cycle(ctx: &Context, record_none: bool) -> Result<Outcome> {
         held.state = Some(state);
         return Ok(outcome);
     }
-
+    // A new holder of a lease that ran out waits until the old holder's last AWS call must
+    // have landed (AWS calls carry no fencing token). Nothing is committed: next cycle decides anew.
+    if let Some(wait) = lease.takeover_wait() {
+        outcome.action = Action::None.as_str();
+        outcome.victim = None;
+        outcome.rollback = vec![];
+        outcome.reasons.push(format!(
+            "took the lease over from {}; acting in {:.1}s, once its last AWS call must have landed",
+            lease.took_over_from.as_deref().unwrap_or("an expired holder"),
+            wait.as_secs_f64()
+        ));
+        held.state = Some(state);
+        return Ok(outcome);
+    }
     if !lease.fresh(ctx.cfg.state.lease_ttl) {
         return Err(Error::Fenced {
             ours: lease.token,
@@ -355,18 +402,113 @@ async fn cycle(ctx: &Context, record_none: bool) -> Result<Outcome> {
         });
     }
     ctx.loop_acting.store(true, Ordering::SeqCst);
-    let result = act(ctx, &lease, &mut state, &decision, group, signals, "policy").await;
+    let mut result = Ok(());
+    for c in &cancels {
+        if let Err(e) = cancel(ctx, &lease, &mut state, c).await {
+            tracing::warn!(asg = %c.group, error = %e, "could not take back the capacity that is not coming");
+        }
+    }
+    if acts {
+        result = act(
+            ctx, &lease, &mut state, &decision, memory, group, signals, "policy",
+        )
+        .await;
+    } else {
+        state.memory = memory;
+        if let Err(e) = ctx.store.commit(&lease, &state, None).await {
+            tracing::warn!(error = %e, "could not save the state");
+        }
+    }
     ctx.loop_acting.store(false, Ordering::SeqCst);
     held.state = Some(state);
     result.map(|_| outcome)
 }
 
-/// Write-ahead: the intent is recorded (fenced) before AWS is called, the outcome after.
+/// Exposes what the cycle found beyond the decision: per-group safety and backoff, and Nodes
+/// outside every group (`/status`).
+async fn report(
+    ctx: &Context,
+    obs: &policy::Observation,
+    snap: &crate::signals::cluster::ClusterSnapshot,
+    safety: &HashMap<String, crate::actuator::GroupSafety>,
+) {
+    let groups = obs
+        .groups
+        .iter()
+        .map(|g| {
+            let s = safety.get(&g.asg_name).cloned().unwrap_or_default();
+            (
+                g.asg_name.clone(),
+                GroupStatus {
+                    scale_down_blocked: s.problems,
+                    fixed: s.fixed,
+                    backoff: g.backoff.clone(),
+                },
+            )
+        })
+        .collect();
+    let unknown = snap
+        .nodes
+        .iter()
+        .zip(&snap.meta)
+        .filter(|(n, _)| n.instance_id.is_none() && !n.control_plane)
+        .map(|(n, m)| format!("{} (providerID {:?})", n.name, m.provider_id))
+        .collect();
+    let mut st = ctx.status.write().await;
+    st.groups = groups;
+    st.unknown_nodes = unknown;
+}
+
+/// Takes back desired capacity a group in backoff will not get (fenced, recorded).
+async fn cancel(
+    ctx: &Context,
+    lease: &Lease,
+    state: &mut StoredState,
+    c: &guards::Cancel,
+) -> Result<()> {
+    let mut rec = HistoryRecord {
+        reasons: vec![format!("backoff: {}", c.reason)],
+        source: "backoff".to_string(),
+        status: "intent".to_string(),
+        ..history(
+            ctx,
+            "scale_up_cancelled",
+            &c.group,
+            c.from,
+            c.to,
+            lease.token,
+        )
+    };
+    ctx.store.commit(lease, state, Some(&rec)).await?;
+    if !lease.fresh(ctx.cfg.state.lease_ttl) {
+        return Err(Error::Fenced {
+            ours: lease.token,
+            current: 0,
+        });
+    }
+    let r = ctx.actuator.set_desired(&c.group, c.to).await;
+    rec.status = match &r {
+        Ok(()) => "done".into(),
+        Err(e) => format!("failed: {e}"),
+    };
+    if r.is_ok() && !ctx.dry_run() {
+        state.last_desired.insert(c.group.clone(), c.to);
+    }
+    ctx.store.commit(lease, state, Some(&rec)).await?;
+    r
+}
+
+/// Write-ahead: the intent is recorded (fenced) before AWS is called, the outcome after. The
+/// policy's memory (`memory`: cooldowns, trend reset) and the desired capacity we set are
+/// committed only with a successful action, so a failed or throttled one is retried next cycle
+/// and a crash in between leaves an intent (resolved at start-up, `reconcile`), not false drift.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn act(
     ctx: &Context,
     lease: &Lease,
     state: &mut StoredState,
     d: &Decision,
+    memory: policy::Memory,
     group: Option<&policy::Group>,
     signals: serde_json::Value,
     source: &str,
@@ -378,7 +520,11 @@ pub(super) async fn act(
         reasons: d.reasons.clone(),
         signals,
         source: if d.action == Action::None {
-            "rollback"
+            if d.replace.is_empty() {
+                "rollback"
+            } else {
+                "replace"
+            }
         } else {
             source
         }
@@ -386,15 +532,22 @@ pub(super) async fn act(
         status: "intent".to_string(),
         ..history(ctx, d.action.as_str(), &name, d.from, d.to, lease.token)
     };
-    // Dry-run sets nothing, so it records no desired capacity to compare against later.
-    if d.action != Action::None && !dry {
-        state.last_desired.insert(name.clone(), d.to);
-    }
+    state.intent = Some(PendingIntent {
+        time: intent.time.clone(),
+        action: intent.action.clone(),
+        node_group: name.clone(),
+        from: d.from,
+        to: d.to,
+        victim: intent.victim.clone(),
+        source: intent.source.clone(),
+    });
     ctx.store.commit(lease, state, Some(&intent)).await?;
 
     // Each AWS write goes out only while the lease is fresh by our own monotonic clock: a
-    // replica paused after the commit (and replaced) must not act late.
-    let fresh = || {
+    // replica paused after the commit (and replaced) must not act late. The check sits right
+    // before each call (`ready`).
+    let ready = || {
+        crate::testing::pause_point("before-final-lease-check");
         if lease.fresh(ctx.cfg.state.lease_ttl) {
             Ok(())
         } else {
@@ -404,37 +557,57 @@ pub(super) async fn act(
             })
         }
     };
-    let mut result = Ok(());
-    for id in &d.rollback {
-        if let Err(e) = fresh() {
-            result = Err(e);
-            break;
+    // Overdue and broken instances are replaced (desired kept); a failure there is recorded but
+    // does not hold back the decision's own action.
+    let mut side_errors = Vec::new();
+    for id in d.rollback.iter().chain(&d.replace) {
+        if let Err(e) = ready() {
+            return finish(ctx, lease, state, &mut intent, None, Err(e)).await;
         }
         if let Err(e) = ctx.actuator.terminate(id, false).await {
-            result = Err(e);
+            tracing::warn!(instance = %id, error = %e, "could not replace the instance");
+            side_errors.push(format!("{id}: {e}"));
         }
     }
-    if result.is_ok() {
-        result = match (d.action, &d.victim) {
-            (Action::ScaleUp, _) => match fresh() {
-                Ok(()) => ctx.actuator.set_desired(&name, d.to).await,
+    let result = match (d.action, &d.victim) {
+        (Action::ScaleUp, _) => match ready() {
+            Ok(()) => ctx.actuator.set_desired(&name, d.to).await,
+            Err(e) => Err(e),
+        },
+        (Action::ScaleDown, Some(v)) => {
+            // Nothing new lands on it from here on; undone if the termination fails.
+            match ctx
+                .actuator
+                .mark_for_deletion(&v.node, jiff::Timestamp::now().as_second())
+                .await
+            {
                 Err(e) => Err(e),
-            },
-            (Action::ScaleDown, Some(v)) => match fresh() {
-                Ok(()) => ctx.actuator.terminate(&v.instance_id, true).await,
-                Err(e) => Err(e),
-            },
-            _ => Ok(()),
-        };
-    }
-    intent.status = match &result {
-        Ok(()) => "done".into(),
-        Err(e) => format!("failed: {e}"),
+                Ok(()) => {
+                    let r = match ready() {
+                        Ok(()) => ctx.actuator.terminate(&v.instance_id, true).await,
+                        Err(e) => Err(e),
+                    };
+                    if r.is_err()
+                        && let Err(e) = ctx.actuator.unmark(&v.node).await
+                    {
+                        tracing::warn!(node = %v.node, error = %e, "could not untaint the node after the failed termination");
+                    }
+                    r
+                }
+            }
+        }
+        _ => Ok(()),
     };
-    if let Err(e) = ctx.store.record(lease, &intent).await {
-        tracing::warn!(error = %e, "could not record the action's outcome");
+    if !side_errors.is_empty() {
+        intent
+            .reasons
+            .push(format!("replacements failed: {}", side_errors.join("; ")));
     }
-    if result.is_ok() && !dry {
+    let memory = result.is_ok().then_some(memory);
+    if result.is_ok() && d.action != Action::None && !dry {
+        state.last_desired.insert(name.clone(), d.to);
+    }
+    if result.is_ok() && !dry && d.action != Action::None {
         ctx.notifier.send(format!(
             "SmartScale ({}): {} {} {} → {}{}; {}",
             ctx.cfg.cluster_id,
@@ -448,6 +621,30 @@ pub(super) async fn act(
                 .unwrap_or_default(),
             d.reasons.join("; ")
         ));
+    }
+    finish(ctx, lease, state, &mut intent, memory, result).await
+}
+
+/// Records the outcome with the state: the new memory only after a success; the intent cleared.
+async fn finish(
+    ctx: &Context,
+    lease: &Lease,
+    state: &mut StoredState,
+    intent: &mut HistoryRecord,
+    memory: Option<policy::Memory>,
+    result: Result<()>,
+) -> Result<()> {
+    intent.status = match &result {
+        Ok(()) => "done".into(),
+        Err(e) => format!("failed: {e}"),
+    };
+    if let Some(m) = memory {
+        state.memory = m;
+    }
+    state.intent = None;
+    if let Err(e) = ctx.store.commit(lease, state, Some(intent)).await {
+        // The intent stays in the stored state; the next start-up resolves it against AWS.
+        tracing::warn!(error = %e, "could not record the action's outcome");
     }
     result
 }

@@ -77,19 +77,22 @@ fn allocatable(ctx: &Context, gi: usize, asg: &AsgState, snap: &ClusterSnapshot)
             n.ready
                 && n.instance_id
                     .as_ref()
-                    .is_some_and(|id| asg.instances.iter().any(|i| &i.0 == id))
+                    .is_some_and(|id| asg.instances.iter().any(|i| &i.id == id))
         })
         .map(|n| n.allocatable)
         .reduce(Resources::max)
         .unwrap_or(FALLBACK_ALLOCATABLE)
 }
 
+/// The policy's view. `safety` holds each group's unresolved problems (they block its
+/// scale-down); backoffs come from `state`.
 pub(super) fn build_observation(
     ctx: &Context,
     prom: &PromSignals,
     asgs: &[AsgState],
     snap: &ClusterSnapshot,
     state: &mut StoredState,
+    safety: &std::collections::HashMap<String, crate::actuator::GroupSafety>,
     now: i64,
 ) -> Observation {
     // Remember when each not-yet-Ready instance was first seen; forget the rest.
@@ -101,11 +104,9 @@ pub(super) fn build_observation(
         .collect();
     let booting: Vec<&str> = asgs
         .iter()
-        .flat_map(|g| g.instances.iter())
-        .filter(|(id, l, _)| {
-            matches!(l, Lifecycle::Launching | Lifecycle::InService) && !ready.contains(id.as_str())
-        })
-        .map(|(id, _, _)| id.as_str())
+        .flat_map(|g| g.live())
+        .filter(|i| !ready.contains(i.id.as_str()))
+        .map(|i| i.id.as_str())
         .collect();
     state
         .first_seen
@@ -116,9 +117,8 @@ pub(super) fn build_observation(
     // And which live instances have been Ready nodes at least once.
     let live: std::collections::HashSet<&str> = asgs
         .iter()
-        .flat_map(|g| g.instances.iter())
-        .filter(|(_, l, _)| matches!(l, Lifecycle::Launching | Lifecycle::InService))
-        .map(|(id, _, _)| id.as_str())
+        .flat_map(|g| g.live())
+        .map(|i| i.id.as_str())
         .collect();
     state.ever_ready.retain(|id, _| live.contains(id.as_str()));
     for id in live.intersection(&ready) {
@@ -131,14 +131,24 @@ pub(super) fn build_observation(
         .enumerate()
         .filter_map(|(gi, g)| {
             let asg = asgs.iter().find(|a| a.name == g.asg_name)?;
-            Some(asg.to_group(
+            let mut group = asg.to_group(
                 g.min,
                 g.max,
                 allocatable(ctx, gi, asg, snap),
                 &state.first_seen,
                 &state.ever_ready,
                 now,
-            ))
+            );
+            group.scale_down_blocked = safety
+                .get(&g.asg_name)
+                .filter(|s| !s.problems.is_empty())
+                .map(|s| s.problems.join("; "));
+            group.backoff = state
+                .backoff
+                .get(&g.asg_name)
+                .filter(|b| b.until > now)
+                .map(|b| format!("{} (until {}s from now)", b.reason, b.until - now));
+            Some(group)
         })
         .collect();
     Observation {
@@ -200,6 +210,11 @@ pub(super) fn export(
                 })
                 .set(v);
         };
+        m.group_backoff
+            .get_or_create(&GroupLabels {
+                node_group: g.asg_name.clone(),
+            })
+            .set(i64::from(g.backoff.is_some()));
         set("current", live);
         set("desired", g.desired as i64);
         set("ready", ready);

@@ -13,6 +13,18 @@ const CONSOLIDATION_MARGIN: f64 = 10.0;
 struct Boot {
     in_flight: u32,
     rollback: Vec<String>,
+    /// Instances past the provision time that are not rolled back (see `booting`).
+    unmatched: Vec<String>,
+}
+
+/// Worker nodes whose providerID names no EC2 instance: they belong to no group, but while any
+/// exist the controller cannot tell "booting" from "joined under another name".
+fn unknown_nodes(obs: &Observation) -> Vec<&str> {
+    obs.nodes
+        .iter()
+        .filter(|n| n.instance_id.is_none() && !n.control_plane)
+        .map(|n| n.name.as_str())
+        .collect()
 }
 
 fn booting(obs: &Observation, cfg: &PolicyConfig, now: i64) -> Boot {
@@ -23,9 +35,11 @@ fn booting(obs: &Observation, cfg: &PolicyConfig, now: i64) -> Boot {
         .filter_map(|n| n.instance_id.as_deref())
         .collect();
     let limit = cfg.max_node_provision_time.as_secs() as i64;
+    let unknown = unknown_nodes(obs);
     let mut boot = Boot {
         in_flight: 0,
         rollback: Vec::new(),
+        unmatched: Vec::new(),
     };
     let mut overdue: Vec<(i64, String)> = Vec::new();
     for g in &obs.groups {
@@ -39,12 +53,22 @@ fn booting(obs: &Observation, cfg: &PolicyConfig, now: i64) -> Boot {
                 continue;
             }
             if now - i.first_seen > limit {
-                overdue.push((i.first_seen, i.id.clone()));
+                if unknown.is_empty() {
+                    overdue.push((i.first_seen, i.id.clone()));
+                } else {
+                    // It may be one of the nodes we cannot match: neither in flight (it would
+                    // mute scale-ups forever) nor terminated (it may be running pods).
+                    boot.unmatched.push(i.id.clone());
+                    continue;
+                }
             }
             boot.in_flight += 1;
         }
-        // Desired capacity the group has not launched yet is on its way too.
-        boot.in_flight += g.desired.saturating_sub(live.len() as u32);
+        // Desired capacity the group has not launched yet is on its way too — unless the group
+        // is in backoff: its launches fail, that capacity is not coming.
+        if g.backoff.is_none() {
+            boot.in_flight += g.desired.saturating_sub(live.len() as u32);
+        }
     }
     // One rollback per decision, the oldest first: terminated without lowering desired
     // capacity, so the ASG launches a fresh replacement (still counted in flight above).
@@ -52,6 +76,58 @@ fn booting(obs: &Observation, cfg: &PolicyConfig, now: i64) -> Boot {
     boot.rollback
         .extend(overdue.into_iter().take(1).map(|(_, id)| id));
     boot
+}
+
+/// Nodes that were Ready and have been NotReady past `replace_unready_after`, while NotReady
+/// nodes are a minority of the workers (a cluster-wide fault must not replace the fleet); one
+/// per decision, the longest unready first.
+fn long_unready(
+    obs: &Observation,
+    cfg: &PolicyConfig,
+    now: i64,
+    reasons: &mut Vec<String>,
+) -> Vec<String> {
+    let ever_ready: HashSet<&str> = obs
+        .groups
+        .iter()
+        .flat_map(|g| &g.instances)
+        .filter(|i| i.ever_ready && i.lifecycle == Lifecycle::InService)
+        .map(|i| i.id.as_str())
+        .collect();
+    let workers: Vec<_> = obs
+        .nodes
+        .iter()
+        .filter(|n| !n.control_plane && n.instance_id.is_some())
+        .collect();
+    let unready = workers.iter().filter(|n| !n.ready).count();
+    let limit = cfg.replace_unready_after.as_secs() as i64;
+    let mut due: Vec<(i64, &str, &str)> = workers
+        .iter()
+        .filter(|n| !n.ready)
+        .filter_map(|n| {
+            let id = n.instance_id.as_deref()?;
+            let since = n.not_ready_since?;
+            (ever_ready.contains(id) && now - since > limit).then_some((since, id, n.name.as_str()))
+        })
+        .collect();
+    if due.is_empty() {
+        return Vec::new();
+    }
+    if unready * 2 >= workers.len() {
+        reasons.push(format!(
+            "{unready} of {} workers are NotReady: not replacing any (a cluster-wide fault, not broken machines)",
+            workers.len()
+        ));
+        return Vec::new();
+    }
+    due.sort();
+    let (since, id, name) = due[0];
+    reasons.push(format!(
+        "replacing {name} ({id}): NotReady for {}s, over {}s",
+        now - since,
+        limit
+    ));
+    vec![id.to_string()]
 }
 
 fn since(t: Option<i64>, now: i64) -> Option<i64> {
@@ -92,6 +168,24 @@ pub fn decide(obs: &Observation, mem: &Memory, cfg: &PolicyConfig, now: i64) -> 
         }
     }
 
+    if !boot.unmatched.is_empty() {
+        reasons.push(format!(
+            "{} not matched to a Node after {}s while Nodes {:?} have no AWS providerID: not rolled back, not counted as booting",
+            boot.unmatched.join(", "),
+            cfg.max_node_provision_time.as_secs(),
+            unknown_nodes(obs)
+        ));
+    }
+    for g in &obs.groups {
+        if let Some(why) = &g.backoff {
+            reasons.push(format!("{} in backoff: {why}", g.asg_name));
+        }
+        if let Some(why) = &g.scale_down_blocked {
+            reasons.push(format!("scale-down of {} is off: {why}", g.asg_name));
+        }
+    }
+    let replace = long_unready(obs, cfg, now, &mut reasons);
+
     let mut decision = Decision {
         action: Action::None,
         group: 0,
@@ -99,9 +193,29 @@ pub fn decide(obs: &Observation, mem: &Memory, cfg: &PolicyConfig, now: i64) -> 
         to: obs.groups.first().map_or(0, |g| g.desired),
         victim: None,
         rollback: boot.rollback,
+        replace,
         in_flight: boot.in_flight,
         reasons,
     };
+
+    // A desired capacity below the group's minimum (set outside SmartScale) is raised first.
+    if let Some((gi, g)) = obs
+        .groups
+        .iter()
+        .enumerate()
+        .find(|(_, g)| g.desired < g.min && g.backoff.is_none())
+    {
+        decision.action = Action::ScaleUp;
+        decision.group = gi;
+        decision.from = g.desired;
+        decision.to = g.min;
+        decision.reasons.push(format!(
+            "desired capacity {} of {} is below its minimum {}",
+            g.desired, g.asg_name, g.min
+        ));
+        next.last_scale_up = Some(now);
+        return (decision, next);
+    }
 
     let add = scale_up_count(
         obs,
@@ -113,7 +227,11 @@ pub fn decide(obs: &Observation, mem: &Memory, cfg: &PolicyConfig, now: i64) -> 
         &mut decision.reasons,
     );
     if add > 0 {
-        match obs.groups.iter().position(|g| g.desired < g.max) {
+        match obs
+            .groups
+            .iter()
+            .position(|g| g.desired < g.max && g.backoff.is_none())
+        {
             Some(gi) => {
                 let g = &obs.groups[gi];
                 decision.action = Action::ScaleUp;
@@ -131,7 +249,7 @@ pub fn decide(obs: &Observation, mem: &Memory, cfg: &PolicyConfig, now: i64) -> 
             }
             None => decision
                 .reasons
-                .push("every node group is at its maximum".to_string()),
+                .push("every node group is at its maximum or in backoff".to_string()),
         }
         return (decision, next);
     }
@@ -156,7 +274,7 @@ fn for_pending(
         let node = obs
             .groups
             .iter()
-            .find(|g| g.desired < g.max)
+            .find(|g| g.desired < g.max && g.backoff.is_none())
             .or(obs.groups.first())
             .map(|g| g.node_allocatable)
             .unwrap_or_default();
@@ -263,6 +381,9 @@ fn scale_down(
     }
     if in_flight > 0 || !d.rollback.is_empty() {
         return block(next, d, format!("{in_flight} nodes still booting"));
+    }
+    if !d.replace.is_empty() {
+        return block(next, d, "a broken node is being replaced".to_string());
     }
     // One removal at a time: while a node drains, its pods still need room that the fit check
     // below cannot see (they are on a cordoned node).

@@ -138,6 +138,9 @@ pub struct Node {
     pub scale_down_disabled: bool,
     pub allocatable: Resources,
     pub pods: Vec<Pod>,
+    /// Since when (unix seconds) the node has not been Ready, when it is not.
+    #[serde(default)]
+    pub not_ready_since: Option<i64>,
 }
 
 impl Node {
@@ -188,6 +191,13 @@ pub struct Group {
     /// Allocatable of one node of this group (used to pack pending pods).
     pub node_allocatable: Resources,
     pub instances: Vec<Instance>,
+    /// Why this group must not be scaled down now (no terminate hook, AZRebalance active, ...).
+    #[serde(default)]
+    pub scale_down_blocked: Option<String>,
+    /// Why this group is in launch backoff (its launches failed or never came): its missing
+    /// capacity is not counted as on its way, and scale-ups go to other groups.
+    #[serde(default)]
+    pub backoff: Option<String>,
 }
 
 /// Everything the policy looks at in one decision.
@@ -236,6 +246,16 @@ pub struct PolicyConfig {
     pub after_scale_up: Duration,
     pub after_scale_down: Duration,
     pub max_node_provision_time: Duration,
+    /// A node that was Ready and has been NotReady this long is replaced (its instance terminated
+    /// through the terminate hook, desired capacity kept), while NotReady nodes are a minority.
+    #[serde(default = "default_replace_unready_after")]
+    pub replace_unready_after: Duration,
+    /// A group whose launches fail (or never come within `max_node_provision_time`) backs off
+    /// for `backoff_initial`, doubling up to `backoff_max` (cluster-autoscaler's 5 and 30 min).
+    #[serde(default = "default_backoff_initial")]
+    pub backoff_initial: Duration,
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max: Duration,
     /// The controller's interval: CPU checks count at most once per interval, so the extra
     /// cycles of the pending-pod fast path cannot make "3 consecutive checks" pass in a second.
     #[serde(default = "default_check_interval")]
@@ -244,6 +264,18 @@ pub struct PolicyConfig {
 
 fn default_check_interval() -> Duration {
     Duration::from_secs(30)
+}
+
+fn default_replace_unready_after() -> Duration {
+    Duration::from_secs(20 * 60)
+}
+
+fn default_backoff_initial() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(30 * 60)
 }
 
 impl Default for PolicyConfig {
@@ -262,6 +294,9 @@ impl Default for PolicyConfig {
             after_scale_up: Duration::from_secs(300),
             after_scale_down: Duration::from_secs(0),
             max_node_provision_time: Duration::from_secs(900),
+            replace_unready_after: default_replace_unready_after(),
+            backoff_initial: default_backoff_initial(),
+            backoff_max: default_backoff_max(),
             check_interval: default_check_interval(),
         }
     }
@@ -319,6 +354,11 @@ pub struct Decision {
     /// Instances that never became Ready nodes within `max_node_provision_time`: terminate them
     /// (keeping desired capacity, so the ASG replaces them).
     pub rollback: Vec<String>,
+    /// Instances whose nodes were Ready once and have been NotReady past
+    /// `replace_unready_after`: terminate them through the terminate hook, keeping desired
+    /// capacity, so the ASG replaces them.
+    #[serde(default)]
+    pub replace: Vec<String>,
     /// Nodes still booting (capacity in flight), all groups.
     pub in_flight: u32,
     pub reasons: Vec<String>,

@@ -29,6 +29,7 @@ fn node(name: &str, pods: Vec<Pod>) -> Node {
         scale_down_disabled: false,
         allocatable: NODE,
         pods,
+        not_ready_since: None,
     }
 }
 
@@ -57,6 +58,8 @@ fn obs(nodes: Vec<Node>, pending: Vec<Pod>, cpu: f64, memory: f64) -> Observatio
             desired: instances.len() as u32,
             node_allocatable: NODE,
             instances,
+            scale_down_blocked: None,
+            backoff: None,
         }],
         nodes,
     }
@@ -494,4 +497,122 @@ fn fast_path_cycles_do_not_count_as_extra_cpu_checks() {
         Action::ScaleUp,
         "third check a full interval later"
     );
+}
+
+// ---- the real Auto Scaling group and faults (issue 11) ----
+
+fn low_load_with_two_workers() -> Observation {
+    obs(
+        vec![node("a", vec![]), node("b", vec![])],
+        vec![],
+        5.0,
+        10.0,
+    )
+}
+
+#[test]
+fn a_group_whose_scale_down_is_blocked_is_never_scaled_down() {
+    let mut o = low_load_with_two_workers();
+    o.groups[0].scale_down_blocked = Some("no terminate hook".into());
+    let cfg = PolicyConfig {
+        sustained: std::time::Duration::ZERO,
+        ..PolicyConfig::default()
+    };
+    let (d, _) = decide(&o, &Memory::default(), &cfg, 1_000);
+    assert_eq!(d.action, Action::None, "{d:?}");
+    assert!(
+        d.reasons
+            .iter()
+            .any(|r| r.contains("must not be scaled down")),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn pending_pods_skip_a_group_in_backoff() {
+    let mut o = obs(
+        vec![node("a", vec![pod("default", "big", 1.5)])],
+        vec![pod("default", "p", 1.5)],
+        50.0,
+        40.0,
+    );
+    let mut second = o.groups[0].clone();
+    second.asg_name = "on-demand".into();
+    second.instances.clear();
+    second.desired = 0;
+    second.min = 0;
+    o.groups[0].backoff = Some("launches failed: no spot capacity".into());
+    // The backed-off group asked for one more node that never launched: not in flight.
+    o.groups[0].desired += 1;
+    o.groups.push(second);
+    let (d, _) = decide(&o, &Memory::default(), &PolicyConfig::default(), 1_000);
+    assert_eq!((d.action, d.group, d.to), (Action::ScaleUp, 1, 1), "{d:?}");
+    assert_eq!(
+        d.in_flight, 0,
+        "capacity a backed-off group will not get is not on its way"
+    );
+}
+
+#[test]
+fn a_desired_capacity_below_min_is_raised() {
+    let mut o = low_load_with_two_workers();
+    o.groups[0].min = 3;
+    let (d, _) = decide(&o, &Memory::default(), &PolicyConfig::default(), 1_000);
+    assert_eq!((d.action, d.from, d.to), (Action::ScaleUp, 2, 3), "{d:?}");
+}
+
+#[test]
+fn a_long_unready_node_is_replaced_only_while_unready_nodes_are_a_minority() {
+    let cfg = PolicyConfig::default();
+    let limit = cfg.replace_unready_after.as_secs() as i64;
+    let broken = |name: &str, since: i64| Node {
+        ready: false,
+        not_ready_since: Some(since),
+        ..node(name, vec![])
+    };
+    let o = obs(
+        vec![broken("a", 0), node("b", vec![]), node("c", vec![])],
+        vec![],
+        20.0,
+        20.0,
+    );
+    let (d, _) = decide(&o, &Memory::default(), &cfg, limit + 1);
+    assert_eq!(d.replace, vec!["i-a".to_string()], "{d:?}");
+    let (d, _) = decide(&o, &Memory::default(), &cfg, limit - 1);
+    assert!(d.replace.is_empty(), "not yet: {d:?}");
+    let o = obs(
+        vec![broken("a", 0), broken("b", 0), node("c", vec![])],
+        vec![],
+        20.0,
+        20.0,
+    );
+    let (d, _) = decide(&o, &Memory::default(), &cfg, limit + 1);
+    assert!(
+        d.replace.is_empty(),
+        "a majority NotReady is a cluster fault: {d:?}"
+    );
+}
+
+#[test]
+fn instances_are_not_rolled_back_while_nodes_have_unknown_provider_ids() {
+    let cfg = PolicyConfig::default();
+    let mut o = obs(vec![node("a", vec![])], vec![], 20.0, 20.0);
+    o.groups[0].instances.push(Instance {
+        id: "i-new".into(),
+        lifecycle: Lifecycle::InService,
+        first_seen: 0,
+        ever_ready: false,
+    });
+    o.groups[0].desired = 2;
+    let late = cfg.max_node_provision_time.as_secs() as i64 + 1;
+    let (d, _) = decide(&o, &Memory::default(), &cfg, late);
+    assert_eq!(d.rollback, vec!["i-new".to_string()], "{d:?}");
+    // A worker registered as k3s://…: it may be i-new; neither roll it back nor count it booting.
+    o.nodes.push(Node {
+        instance_id: None,
+        ..node("ip-10-0-1-5", vec![])
+    });
+    let (d, _) = decide(&o, &Memory::default(), &cfg, late);
+    assert!(d.rollback.is_empty(), "{d:?}");
+    assert_eq!(d.in_flight, 0, "{d:?}");
 }

@@ -71,7 +71,9 @@ pub fn choose(obs: &Observation) -> Result<Candidate, String> {
             continue;
         };
         let group = &obs.groups[*gi];
-        if *lifecycle != Lifecycle::InService {
+        if group.scale_down_blocked.is_some() {
+            why.add("in a group that must not be scaled down now");
+        } else if *lifecycle != Lifecycle::InService {
             why.add("not InService");
         } else if !n.ready || n.unschedulable {
             why.add("not ready or cordoned");

@@ -56,12 +56,15 @@ pub struct ClusterSnapshot {
     pub unhelpable: Vec<String>,
 }
 
-/// A node's instance type, zone and capacity type, from its well-known labels.
+/// A node's instance type, zone and capacity type, from its well-known labels; its uid and
+/// providerID (for garbage collection and `/status`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NodeMeta {
     pub instance_type: String,
     pub zone: String,
     pub capacity_type: String,
+    pub uid: String,
+    pub provider_id: String,
 }
 
 fn node_meta(n: &Node) -> NodeMeta {
@@ -84,6 +87,12 @@ fn node_meta(n: &Node) -> NodeMeta {
             "smartscale.io/capacity-type",
             "eks.amazonaws.com/capacityType",
         ]),
+        uid: n.metadata.uid.clone().unwrap_or_default(),
+        provider_id: n
+            .spec
+            .as_ref()
+            .and_then(|s| s.provider_id.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -307,11 +316,13 @@ fn node_view(n: &Node) -> policy::Node {
     let annotations = n.metadata.annotations.clone().unwrap_or_default();
     let spec = n.spec.clone().unwrap_or_default();
     let status = n.status.clone().unwrap_or_default();
-    let ready = status
-        .conditions
-        .unwrap_or_default()
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let conditions = status.conditions.unwrap_or_default();
+    let ready_condition = conditions.iter().find(|c| c.type_ == "Ready");
+    let ready = ready_condition.is_some_and(|c| c.status == "True");
+    let not_ready_since = ready_condition
+        .filter(|c| c.status != "True")
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| t.0.as_second());
     let taints = spec.taints.unwrap_or_default();
     let draining = taints.iter().any(|t| t.key == DRAINING_TAINT);
     // Taints the node lifecycle controller adds for cordoned/not-ready nodes are covered by
@@ -343,6 +354,7 @@ fn node_view(n: &Node) -> policy::Node {
                 .unwrap_or(0.0),
         },
         pods: Vec::new(),
+        not_ready_since,
     }
 }
 

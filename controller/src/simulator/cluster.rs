@@ -325,6 +325,7 @@ impl Cluster {
                 scale_down_disabled: false,
                 allocatable: alloc,
                 pods: Vec::new(),
+                not_ready_since: None,
             });
         }
         let view = |p: &SimPod| policy::Pod {

@@ -223,6 +223,8 @@ pub fn run_all(
         desired: initial,
         node_allocatable: opts.allocatable,
         instances: vec![],
+        scale_down_blocked: None,
+        backoff: None,
     };
     let real = |name, config: PolicyConfig, interval_s, fast_path, cpu_reporting| RealPolicy {
         name,

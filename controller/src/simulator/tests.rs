@@ -93,6 +93,8 @@ fn smartscale(o: &SimOptions) -> RealPolicy {
             desired: 1,
             node_allocatable: o.allocatable,
             instances: vec![],
+            scale_down_blocked: None,
+            backoff: None,
         },
         interval_s: 30,
         fast_path: true,

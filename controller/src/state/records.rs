@@ -3,7 +3,7 @@
 use super::{n, s};
 use crate::policy::Memory;
 use aws_sdk_dynamodb::types::AttributeValue;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -36,6 +36,34 @@ pub struct StoredState {
     /// Live instances that have been Ready nodes (since when).
     pub ever_ready: HashMap<String, i64>,
     pub last_desired: HashMap<String, u32>,
+    /// An action whose intent was recorded and whose outcome was not (yet): the controller
+    /// stopped between the two. Resolved against AWS at start-up (`cycle::reconcile`).
+    pub intent: Option<PendingIntent>,
+    /// Groups in launch backoff.
+    pub backoff: HashMap<String, Backoff>,
+    /// Since when (unix seconds) each group has had desired capacity it has not launched.
+    pub unlaunched_since: HashMap<String, i64>,
+}
+
+/// A group's launch backoff: until when, how many times in a row, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Backoff {
+    pub until: i64,
+    pub level: u32,
+    pub reason: String,
+}
+
+/// What was about to be done, kept in the state record until its outcome is recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingIntent {
+    /// The `time` of its history record.
+    pub time: String,
+    pub action: String,
+    pub node_group: String,
+    pub from: u32,
+    pub to: u32,
+    pub victim: Option<String>,
+    pub source: String,
 }
 
 impl StoredState {
@@ -64,6 +92,11 @@ impl StoredState {
                 .into_iter()
                 .map(|(k, v)| (k, v.max(0) as u32))
                 .collect(),
+            intent: text(item, "intent").and_then(|t| serde_json::from_str(&t).ok()),
+            backoff: text(item, "backoff")
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default(),
+            unlaunched_since: map("unlaunched_since"),
         }
     }
 
@@ -110,6 +143,22 @@ impl StoredState {
             "last_desired".into(),
             map(self
                 .last_desired
+                .iter()
+                .map(|(k, v)| (k.clone(), n(v)))
+                .collect()),
+        );
+        if let Some(intent) = &self.intent
+            && let Ok(json) = serde_json::to_string(intent)
+        {
+            item.insert("intent".into(), s(json));
+        }
+        if let Ok(json) = serde_json::to_string(&self.backoff) {
+            item.insert("backoff".into(), s(json));
+        }
+        item.insert(
+            "unlaunched_since".into(),
+            map(self
+                .unlaunched_since
                 .iter()
                 .map(|(k, v)| (k.clone(), n(v)))
                 .collect()),
@@ -223,6 +272,24 @@ mod tests {
             first_seen: HashMap::from([("i-1".to_string(), 42)]),
             ever_ready: HashMap::from([("i-2".to_string(), 7)]),
             last_desired: HashMap::from([("w".to_string(), 3)]),
+            intent: Some(PendingIntent {
+                time: "t".into(),
+                action: "scale_down".into(),
+                node_group: "w".into(),
+                from: 3,
+                to: 2,
+                victim: Some("i-1".into()),
+                source: "policy".into(),
+            }),
+            backoff: HashMap::from([(
+                "w".to_string(),
+                Backoff {
+                    until: 99,
+                    level: 1,
+                    reason: "capacity".into(),
+                },
+            )]),
+            unlaunched_since: HashMap::from([("w".to_string(), 5)]),
         };
         assert_eq!(StoredState::from_item(&st.to_item(7)), st);
     }

@@ -250,6 +250,7 @@ async fn up(
             asg: DEMO_ASG.to_string(),
             cpu: opts.cpu,
             memory: opts.memory,
+            complete_terminations: false,
         });
         let path = state.join("controller.yaml");
         let text =

@@ -1,0 +1,50 @@
+//! The actuator: every write the controller makes outside its own state table, and the reads
+//! that guard them.
+//!
+//! - `autoscaling`: the worker groups (desired capacity, chosen terminations, the guards that
+//!   stop AWS from choosing victims of its own);
+//! - `nodes`: the victim's Node before its termination (tainted and cordoned, as
+//!   cluster-autoscaler's ToBeDeleted taint), and Nodes whose instance is gone (deleted: K3s
+//!   never deletes them);
+//! - `instances`: EC2's word on whether an instance still exists.
+//!
+//! Dry-run reads but never writes.
+
+mod autoscaling;
+mod instances;
+mod nodes;
+
+pub use autoscaling::{AZ_REBALANCE, AsgInstance, AsgState, GroupSafety, LaunchFailure, lifecycle};
+pub use instances::InstanceState;
+pub use nodes::TO_BE_DELETED_TAINT;
+
+use crate::metrics::AwsCalls;
+
+pub struct Actuator {
+    autoscaling: aws_sdk_autoscaling::Client,
+    ec2: aws_sdk_ec2::Client,
+    kube: kube::Client,
+    dry_run: bool,
+    calls: AwsCalls,
+}
+
+impl Actuator {
+    pub fn new(
+        sdk: &aws_config::SdkConfig,
+        kube: kube::Client,
+        dry_run: bool,
+        calls: AwsCalls,
+    ) -> Actuator {
+        Actuator {
+            autoscaling: aws_sdk_autoscaling::Client::new(sdk),
+            ec2: aws_sdk_ec2::Client::new(sdk),
+            kube,
+            dry_run,
+            calls,
+        }
+    }
+
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+}
