@@ -717,6 +717,26 @@ impl Setup<'_> {
                     aws_sdk_dynamodb::error::DisplayErrorContext(e),
                 )
             })?;
+        // As the stack creates it (pulumi/src/state.ts): history expires by TTL on `expires_at`,
+        // and the model deletes expired items as DynamoDB does.
+        self.dynamodb
+            .update_time_to_live()
+            .table_name(self.table)
+            .time_to_live_specification(
+                aws_sdk_dynamodb::types::TimeToLiveSpecification::builder()
+                    .attribute_name("expires_at")
+                    .enabled(true)
+                    .build()
+                    .map_err(|e| sdk_err("TTL", e))?,
+            )
+            .send()
+            .await
+            .map_err(|e| {
+                sdk_err(
+                    "UpdateTimeToLive",
+                    aws_sdk_dynamodb::error::DisplayErrorContext(e),
+                )
+            })?;
         Ok(())
     }
 

@@ -217,3 +217,128 @@ async fn launches_that_keep_failing_send_pending_pods_to_the_other_group() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_set_desired_capacity_below_the_live_count_terminates_no_instance() {
+    tokio::time::timeout(bounded(120), async {
+        let w = World::start(WorldOptions { workers: 3, ..WorldOptions::default() }).await.unwrap();
+        let prom = prometheus_at(50.0, 40.0, 3).await.unwrap();
+        let cfg = w.controller_config(prom.url(), "").unwrap();
+        // One cycle protects the group's instances from scale-in.
+        w.controller_once(&cfg, &[]).await.unwrap();
+        // A late SetDesiredCapacity (a paused old leader's, an operator's) lowers desired...
+        w.autoscaling
+            .set_desired_capacity()
+            .auto_scaling_group_name(&w.asg_name)
+            .desired_capacity(1)
+            .send()
+            .await
+            .unwrap();
+        let (desired, instances) = w.group().await.unwrap();
+        assert_eq!(desired, 1);
+        // ...but AWS may not choose victims among protected instances: all three stay.
+        assert_eq!(
+            instances.iter().filter(|(_, s)| s == "InService").count(),
+            3,
+            "{instances:?}"
+        );
+        assert!(w.activities().await.unwrap().iter().all(|a| !a.starts_with("Terminating")));
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lease_survives_all_replicas_down_past_its_ttl_and_its_token_keeps_rising() {
+    tokio::time::timeout(bounded(120), async {
+        let w = World::start(WorldOptions { workers: 1, ..WorldOptions::default() }).await.unwrap();
+        let prom = prometheus_at(50.0, 40.0, 1).await.unwrap();
+        let port = smartscale_testworld::process::free_port().unwrap();
+        let cfg = w
+            .controller_config(prom.url(), &format!("api: {{listen: '127.0.0.1:{port}'}}\n"))
+            .unwrap();
+        // A replica that dies holding the lease (SIGKILL: no hand-back).
+        let mut run = smartscale_testworld::world::product_command(&w, "smartscale-controller")
+            .unwrap()
+            .arg("--config")
+            .arg(&cfg)
+            .arg("run")
+            .spawn()
+            .unwrap();
+        let lease = || async {
+            let out = w
+                .dynamodb
+                .get_item()
+                .table_name(&w.table)
+                .key("cluster_id", aws_sdk_dynamodb::types::AttributeValue::S("e2e".into()))
+                .key("record", aws_sdk_dynamodb::types::AttributeValue::S("lease".into()))
+                .send()
+                .await
+                .map_err(|e| smartscale_testworld::Error::Invalid(e.to_string()))?;
+            Ok(out.item().cloned())
+        };
+        let num = |item: &std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>, k: &str| {
+            item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        };
+        let held = poll_until("the lease taken", bounded(30), || async {
+            Ok(lease().await?.filter(|i| num(i, "fencing_token") >= 1.0))
+        })
+        .await
+        .unwrap();
+        run.kill().await.unwrap();
+        let token = num(&held, "fencing_token");
+        // Everyone is down for longer than the TTL; the model deletes expired items by TTL.
+        poll_until("the lease expired for more than a second", bounded(30), || async {
+            let item = lease().await?.expect("the lease record is never deleted");
+            let now = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
+            Ok((now > num(&item, "lease_expires_at") + 1.0).then_some(()))
+        })
+        .await
+        .unwrap();
+        let d = w.controller_once(&cfg, &[]).await.unwrap();
+        assert_eq!(
+            d["fencing_token"].as_f64(),
+            Some(token + 1.0),
+            "the token continues from the old lease, never restarts at 1: {d}"
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_not_ready_past_the_limit_is_replaced_through_the_terminate_hook() {
+    tokio::time::timeout(bounded(180), async {
+        let w = World::start(WorldOptions {
+            workers: 3,
+            node_monitor_grace_period: Duration::from_secs(6),
+            ..WorldOptions::default()
+        })
+        .await
+        .unwrap();
+        let prom = prometheus_at(50.0, 40.0, 3).await.unwrap();
+        let cfg = w
+            .controller_config(prom.url(), "policy: {replace_unready_after: 10s}\n")
+            .unwrap();
+        // A cycle sees every node Ready (the controller remembers they were).
+        w.controller_once(&cfg, &[]).await.unwrap();
+        let workers = w.ready_workers().await.unwrap();
+        let broken = workers[0].metadata.name.clone().unwrap();
+        let instance = w.instance_of(&broken).await.unwrap();
+        // The machine hangs: its kubelet goes silent; the real node lifecycle controller notices.
+        assert!(w.k3s.stop_kubelet(&broken));
+        let d = poll_until("the broken node replaced", bounded(90), || async {
+            let d = w.controller_once(&cfg, &[]).await?;
+            Ok(d["reasons"].to_string().contains("replacing").then_some(d))
+        })
+        .await
+        .unwrap();
+        assert!(d["reasons"].to_string().contains(&broken), "{d}");
+        let (desired, instances) = w.group().await.unwrap();
+        assert_eq!(desired, 3, "desired kept: the ASG launches a replacement");
+        let state = instances.iter().find(|(id, _)| *id == instance).map(|(_, s)| s.as_str());
+        assert_eq!(state, Some("Terminating:Wait"), "through the terminate hook: {instances:?}");
+    })
+    .await
+    .expect("test timed out");
+}

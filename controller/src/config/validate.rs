@@ -248,8 +248,8 @@ pub(super) fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Confi
             rp.backoff.initial.0, rp.backoff.max.0
         ));
     }
-    if rp.replace_unready_after.0 < Duration::from_secs(60) {
-        p.push("policy.replace_unready_after: give a NotReady node at least 1m before replacing it (default 20m)".into());
+    if rp.replace_unready_after.0 < Duration::from_secs(10) {
+        p.push("policy.replace_unready_after: give a NotReady node at least 10s before replacing it (default 20m; the node lifecycle controller alone needs 50s to notice)".into());
     }
     if rp.max_node_provision_time.0 < Duration::from_secs(5) {
         p.push("policy.max_node_provision_time: allow nodes at least 5s to boot (EC2 needs minutes; default 15m)".into());
