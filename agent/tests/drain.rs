@@ -397,6 +397,23 @@ async fn asg_termination_cordons_drains_and_completes_the_hook() {
         assert!(!smartscale_agent::k8s::has_draining_taint(
             &w.node_obj().await
         ));
+        // What keeps new pods away instead (agent/README.md): kube-controller-manager's node
+        // lifecycle controller taints the cordoned node.
+        eventually(
+            "node.kubernetes.io/unschedulable:NoSchedule on the cordoned node",
+            Duration::from_secs(10),
+            || async {
+                let node = w.node_obj().await;
+                let taints = node.spec.and_then(|s| s.taints).unwrap_or_default();
+                taints
+                    .iter()
+                    .any(|t| {
+                        t.key == "node.kubernetes.io/unschedulable" && t.effect == "NoSchedule"
+                    })
+                    .then_some(())
+            },
+        )
+        .await;
 
         let metrics = w.metrics().await;
         assert_eq!(
