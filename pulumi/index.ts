@@ -5,7 +5,8 @@ import { createStack } from "./src/stack";
 const { outputs } = createStack();
 
 export const serverPublicIp = outputs.serverPublicIp;
-export const grafanaUrl = outputs.grafanaUrl;
+export const serverPrivateIp = outputs.serverPrivateIp;
+export const grafanaTunnel = outputs.grafanaTunnel;
 export const asgName = outputs.asgName;
 export const tableName = outputs.tableName;
 export const clusterId = outputs.clusterId;

@@ -1,39 +1,61 @@
 #!/bin/bash
-# SmartScale K3s server bootstrap. Rendered by pulumi/src/userdata.ts from userdata/server.sh.tpl.
-# It holds no secret: the K3s token and the Grafana admin password are read from Secrets Manager
-# at boot straight into 0600 files.
+# SmartScale K3s server bootstrap, first boot only. Rendered by pulumi/src/userdata.ts from
+# userdata/server.sh.tpl. It holds no secret, downloads nothing from the internet (pinned object
+# versions of the stack's bucket, SHA-256 checked, through the VPC's S3 endpoint), and carries
+# nothing that a later `pulumi up` may change: the controller binary, its config and the K3s
+# manifests come from SSM Parameter Store through smartscale-sync, which runs here now and then
+# every minute (systemd timer), so an update reaches this server without replacing it.
 #
-# Steps: token -> k3s config -> verified manifests (Prometheus, kube-state-metrics, node-exporter,
-# Grafana, dashboards, controller RBAC) -> k3s server -> Grafana admin Secret -> controller.
+# Steps: server token + a new agent token password -> k3s config -> controller user -> sync
+# (manifests, controller, its config) -> k3s server -> agent token published -> Grafana admin
+# Secret -> controller (API token, ServiceAccount kubeconfig, unit) -> sync timer.
 set -euo pipefail
 umask 077
 
 REGION='@@REGION@@'
 CLUSTER_ID='@@CLUSTER_ID@@'
 ARTIFACT_BUCKET='@@ARTIFACT_BUCKET@@'
-CONTROLLER_KEY='@@CONTROLLER_KEY@@'
-CONTROLLER_VERSION_ID='@@CONTROLLER_VERSION_ID@@'
-CONTROLLER_SHA256='@@CONTROLLER_SHA256@@'
-TOKEN_SECRET_ID='@@TOKEN_SECRET_ID@@'
-GRAFANA_SECRET_ID='@@GRAFANA_SECRET_ID@@'
 K3S_VERSION='@@K3S_VERSION@@'
+K3S_BINARY_KEY='@@K3S_BINARY_KEY@@'
+K3S_BINARY_VERSION_ID='@@K3S_BINARY_VERSION_ID@@'
+K3S_BINARY_SHA256='@@K3S_BINARY_SHA256@@'
+K3S_INSTALL_KEY='@@K3S_INSTALL_KEY@@'
+K3S_INSTALL_VERSION_ID='@@K3S_INSTALL_VERSION_ID@@'
+K3S_INSTALL_SHA256='@@K3S_INSTALL_SHA256@@'
+SERVER_TOKEN_SECRET_ID='@@SERVER_TOKEN_SECRET_ID@@'
+AGENT_TOKEN_SECRET_ID='@@AGENT_TOKEN_SECRET_ID@@'
+GRAFANA_SECRET_ID='@@GRAFANA_SECRET_ID@@'
+RELEASE_PARAM='@@RELEASE_PARAM@@'
+CONTROLLER_CONFIG_PARAM='@@CONTROLLER_CONFIG_PARAM@@'
 
 @@BLOCK:COMMON_FUNCTIONS@@
 
+install -d -m 0755 /usr/local/lib/smartscale
+cat >"$AWS_HELPER" <<'SMARTSCALE_EOF'
+@@BLOCK:AWS_HELPER@@
+SMARTSCALE_EOF
+chmod 0755 "$AWS_HELPER"
+
 K3S_DIR=/etc/rancher/k3s
-MANIFEST_DIR=/var/lib/rancher/k3s/server/manifests
+K3S_SERVER_DIR=/var/lib/rancher/k3s/server
 ETC_DIR=/etc/smartscale
 
 log "starting server bootstrap (cluster ${CLUSTER_ID})"
 PRIVATE_IP=$(retry 10 2 imds_get local-ipv4)
 PUBLIC_IP=$(imds_get public-ipv4 || true)
-ensure_aws_cli
 
-# 1. The join token: Secrets Manager -> 0600 file, which k3s reads through token-file.
+# 1. Tokens, both 0600 files that k3s reads. The server token (cluster admin) comes from Secrets
+# Manager, readable by this role only. Workers get a separate agent token: its password is made
+# here; K3s writes the full token (K10<CA hash>::node:<password>) once it runs (step 5).
 install -d -m 0700 "$K3S_DIR"
-read_secret_to_file "$TOKEN_SECRET_ID" "${K3S_DIR}/token"
+saws secret-get --id "$SERVER_TOKEN_SECRET_ID" --dest "${K3S_DIR}/token"
+if [[ ! -s "${K3S_DIR}/agent-token" ]]; then
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"${K3S_DIR}/agent-token"
+fi
+chmod 0600 "${K3S_DIR}/agent-token"
 {
   echo "token-file: ${K3S_DIR}/token"
+  echo "agent-token-file: ${K3S_DIR}/agent-token"
   echo 'write-kubeconfig-mode: "0600"'
   echo "node-ip: ${PRIVATE_IP}"
   echo "tls-san:"
@@ -50,44 +72,49 @@ read_secret_to_file "$TOKEN_SECRET_ID" "${K3S_DIR}/token"
   echo "secrets-encryption: true"
 } >"${K3S_DIR}/config.yaml"
 
-# 2. Manifests that K3s applies at start: HelmCharts for the monitoring stack, the dashboards
-# ConfigMap and the controller's ServiceAccount/RBAC. Each is a pinned S3 version, SHA-256 checked.
-install -d -m 0700 "$MANIFEST_DIR"
-@@BLOCK:MANIFEST_FETCHES@@
+# 2. The controller's own system user and config directory (smartscale-sync writes into it).
+if ! id smartscale >/dev/null 2>&1; then
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin smartscale
+fi
+install -d -m 0750 -o root -g smartscale "$ETC_DIR"
+
+# 3. The release: K3s manifests (applied by K3s at start and whenever they change: HelmCharts for
+# the monitoring stack with its rules, the dashboards, the controller's RBAC), the controller
+# binary and its config.
+install -d -m 0700 "${K3S_SERVER_DIR}/manifests"
 # Prometheus keeps its TSDB on the server's disk (hostPath), written as nobody (65534).
 install -d -m 0755 /var/lib/smartscale
 install -d -m 0700 -o 65534 -g 65534 /var/lib/smartscale/prometheus
+saws sync --release-param "$RELEASE_PARAM" --config-param "$CONTROLLER_CONFIG_PARAM"
 
-# 3. K3s server.
+# 4. K3s server.
 install_k3s server
 wait_for "the Kubernetes API" 600 k3s kubectl get --raw /readyz
 
-# 4. Grafana admin password: Secrets Manager -> 0600 file -> Kubernetes Secret (through a pipe,
+# 5. The agent token, once checked: secure format with this cluster's CA hash (a joining worker
+# authenticates the server with it before it sends the token), and not the server token.
+agent_token_ready() {
+  local ca_hash
+  ca_hash=$(sha256sum "${K3S_SERVER_DIR}/tls/server-ca.crt" | cut -d' ' -f1)
+  grep -Eq "^K10${ca_hash}::[a-z]+:.+$" "${K3S_SERVER_DIR}/agent-token" &&
+    ! cmp -s "${K3S_SERVER_DIR}/agent-token" "${K3S_SERVER_DIR}/token"
+}
+wait_for "K3s's agent token in the secure format" 300 agent_token_ready
+saws secret-put --id "$AGENT_TOKEN_SECRET_ID" --src "${K3S_SERVER_DIR}/agent-token"
+
+# 6. Grafana admin password: Secrets Manager -> 0600 file -> Kubernetes Secret (through a pipe,
 # not an argument); the file is removed.
 wait_for "namespace monitoring" 600 k3s kubectl get namespace monitoring
 install -d -m 0700 /run/smartscale
-read_secret_to_file "$GRAFANA_SECRET_ID" /run/smartscale/grafana-admin-password
+saws secret-get --id "$GRAFANA_SECRET_ID" --dest /run/smartscale/grafana-admin-password
 k3s kubectl -n monitoring create secret generic grafana-admin \
   --from-literal=admin-user=admin \
   --from-file=admin-password=/run/smartscale/grafana-admin-password \
   --dry-run=client -o yaml | k3s kubectl apply -f - >/dev/null
 rm -f /run/smartscale/grafana-admin-password
 
-# 5. Controller: own system user, verified binary, config, an API token generated here, and a
-# kubeconfig for its ServiceAccount (read-only RBAC), not the cluster-admin one.
-if ! id smartscale >/dev/null 2>&1; then
-  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin smartscale
-fi
-fetch_verified "$ARTIFACT_BUCKET" "$CONTROLLER_KEY" "$CONTROLLER_VERSION_ID" "$CONTROLLER_SHA256" \
-  /usr/local/bin/smartscale-controller 0755
-install -d -m 0750 -o root -g smartscale "$ETC_DIR"
-
-cat >"${ETC_DIR}/controller.yaml" <<'SMARTSCALE_EOF'
-@@BLOCK:CONTROLLER_CONFIG@@
-SMARTSCALE_EOF
-chgrp smartscale "${ETC_DIR}/controller.yaml"
-chmod 0640 "${ETC_DIR}/controller.yaml"
-
+# 7. Controller: an API token generated here, and a kubeconfig for its ServiceAccount (read-only
+# RBAC), not the cluster-admin one.
 if [[ ! -s "${ETC_DIR}/api-token" ]]; then
   head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"${ETC_DIR}/api-token"
 fi
@@ -133,6 +160,21 @@ chgrp smartscale "${ETC_DIR}/controller.env"
 cat >/etc/systemd/system/smartscale-controller.service <<'SMARTSCALE_EOF'
 @@BLOCK:CONTROLLER_UNIT@@
 SMARTSCALE_EOF
+
+# 8. From now on every `pulumi up` reaches this server through smartscale-sync.
+cat >"${ETC_DIR}/sync.env" <<SMARTSCALE_EOF
+AWS_REGION=${REGION}
+RELEASE_PARAM=${RELEASE_PARAM}
+CONTROLLER_CONFIG_PARAM=${CONTROLLER_CONFIG_PARAM}
+SMARTSCALE_EOF
+chmod 0600 "${ETC_DIR}/sync.env"
+cat >/etc/systemd/system/smartscale-sync.service <<'SMARTSCALE_EOF'
+@@BLOCK:SYNC_SERVICE@@
+SMARTSCALE_EOF
+cat >/etc/systemd/system/smartscale-sync.timer <<'SMARTSCALE_EOF'
+@@BLOCK:SYNC_TIMER@@
+SMARTSCALE_EOF
 systemctl daemon-reload
 systemctl enable --now smartscale-controller.service
+systemctl enable --now smartscale-sync.timer
 log "server bootstrap complete"

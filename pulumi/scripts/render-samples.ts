@@ -1,14 +1,17 @@
-// Renders the server and worker UserData, the units and the server manifest with sample values,
-// exactly as the Pulumi program does, into OUTDIR. scripts/check-infra.sh runs shellcheck and
-// systemd-analyze on the result.
+// Renders the server and worker UserData, the units, the server manifest and the controller config
+// with sample values, exactly as the Pulumi program does, into OUTDIR. scripts/check-infra.sh runs
+// shellcheck, systemd-analyze, promtool and the manifest checks on the result.
 //
 //   npx ts-node --transpile-only scripts/render-samples.ts OUTDIR
 import * as fs from "fs";
 import * as path from "path";
 import { StackConfig } from "../src/config";
+import { controllerConfigYaml } from "../src/controller-config";
 import { readRepoFile } from "../src/files";
-import { serverManifest } from "../src/artifacts";
-import { serverUserData, workerUserData } from "../src/userdata";
+import { costRules, serverManifest } from "../src/monitoring";
+import { namesFor } from "../src/names";
+import { heartbeatIntervalSeconds } from "../src/params";
+import { serverScript, workerScript } from "../src/userdata";
 
 const out = process.argv[2];
 if (!out) {
@@ -18,51 +21,70 @@ if (!out) {
 fs.mkdirSync(out, { recursive: true });
 
 const region = "eu-west-1";
+const cfg = {
+    region,
+    stack: "demo",
+    clusterId: "demo",
+    serverInstanceType: "t3.medium",
+    serverRootVolumeGiB: 30,
+    workerRootVolumeGiB: 20,
+    workerInstanceTypes: ["t3.medium", "t3a.medium"],
+    workerMinSize: 1,
+    workerMaxSize: 10,
+    workerAllocatableCpu: 2,
+    workerAllocatableMemoryGib: 3.5,
+    workerHourlyPrice: 0.0416,
+    controllerInterval: "30s",
+    dryRun: false,
+    lifecycleHeartbeatTimeout: 300,
+    grafanaNodePort: 30300,
+} as StackConfig;
+const names = namesFor(cfg);
+// The prices dashboards/rules/cost.test.yml expects.
+const prices = {
+    serverHourly: { dollars: 0.0416, source: "price_list" },
+    ebsGibMonth: { dollars: 0.08, source: "price_list" },
+    publicIpv4Hourly: { dollars: 0.005, source: "config" },
+};
 const secretArn = (n: string) => `arn:aws:secretsmanager:${region}:123456789012:secret:smartscale/demo/${n}-AbC123`;
-const bucket = "smartscale-demo-artifacts-20240101000000000000000001";
+const bucket = "smartscale-demo-20240101000000000000000001";
 const sha = (c: string) => c.repeat(64);
+const k3s = {
+    version: "v1.33.4+k3s1",
+    binary: { key: "k3s/v1.33.4+k3s1/k3s", versionId: "k3s.1_abcdef", sha256: sha("d") },
+    installScript: { key: "k3s/v1.33.4+k3s1/install.sh", versionId: "inst.2_abcdef", sha256: sha("e") },
+};
 
 const files: Record<string, string> = {
-    "worker.sh": workerUserData({
+    "worker.sh": workerScript({
         region,
         clusterId: "demo",
-        asgName: "smartscale-demo-workers",
-        launchHookName: "smartscale-demo-launch",
+        asgName: names.asgName,
+        launchHookName: names.launchHookName,
+        heartbeatIntervalSeconds: heartbeatIntervalSeconds(cfg.lifecycleHeartbeatTimeout),
         bucket,
-        agentKey: "bin/smartscale-agent",
-        agentVersionId: "3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY",
-        agentSha256: sha("a"),
-        k3sVersion: "v1.33.4+k3s1",
-        agent: { ssmPath: "/smartscale/demo/agent", tokenSecretId: secretArn("k3s-token"), joinTimeoutSeconds: 300 },
+        agent: { key: "bin/smartscale-agent", versionId: "3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY", sha256: sha("a") },
+        k3s,
+        agentConfig: { ssmPath: names.ssmPath, tokenSecretId: secretArn("k3s-agent-token"), joinTimeout: "10m" },
     }),
-    "server.sh": serverUserData({
+    "server.sh": serverScript({
         region,
         clusterId: "demo",
         bucket,
-        controllerKey: "bin/smartscale-controller",
-        controllerVersionId: "Xy9.bC_3HL4kqtJlcpXroDTDm",
-        controllerSha256: sha("b"),
-        tokenSecretId: secretArn("k3s-token"),
+        k3s,
+        serverTokenSecretId: secretArn("k3s-server-token"),
+        agentTokenSecretId: secretArn("k3s-agent-token"),
         grafanaSecretId: secretArn("grafana-admin"),
-        k3sVersion: "v1.33.4+k3s1",
-        manifests: [{ fileName: "smartscale.yaml", key: "manifests/smartscale.yaml", versionId: "m.1_abc", sha256: sha("c") }],
-        controller: {
-            clusterId: "demo",
-            interval: "30s",
-            dryRun: false,
-            tableName: "smartscale-demo-state",
-            asgName: "smartscale-demo-workers",
-            minSize: 1,
-            maxSize: 10,
-            instanceType: "t3.medium",
-            allocatableCpu: 2,
-            allocatableMemoryGib: 3.5,
-            hourlyPrice: 0.0416,
-        },
+        releaseParam: names.serverReleaseParam,
+        controllerConfigParam: names.controllerConfigParam,
     }),
     "smartscale-agent.service": readRepoFile("userdata", "systemd", "smartscale-agent.service"),
     "smartscale-controller.service": readRepoFile("userdata", "systemd", "smartscale-controller.service"),
-    "smartscale.yaml": serverManifest({ grafanaNodePort: 30300 } as StackConfig),
+    "smartscale-sync.service": readRepoFile("userdata", "systemd", "smartscale-sync.service"),
+    "smartscale-sync.timer": readRepoFile("userdata", "systemd", "smartscale-sync.timer"),
+    "smartscale.yaml": serverManifest(cfg, prices),
+    "recording_rules.yml": costRules(cfg, prices),
+    "controller.yaml": controllerConfigYaml(cfg, names),
 };
 
 for (const [name, text] of Object.entries(files)) {

@@ -1,17 +1,18 @@
-// The private, versioned artifacts bucket and what the instances download from it:
-// the two binaries (uploaded from the local build paths in stack config) and the server's K3s
-// manifest (monitoring HelmCharts, controller RBAC, dashboards). Every object's SHA-256 is computed
-// here at deploy time and rendered into the UserData, which checks it before installing.
+// The private, versioned artifacts bucket and what the instances download from it through the
+// VPC's S3 endpoint: the agent and controller binaries (uploaded from the local builds), the
+// pinned k3s binary and install script (checked against pulumi/k3s-releases.json before upload),
+// and the server's K3s manifest. Every object's SHA-256 is known here at deploy time and the
+// instances check it before installing; they fetch exact object versions.
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import { StackConfig } from "./config";
-import { dashboardFiles, readRepoFile, sha256File, sha256Text } from "./files";
+import { sha256File, sha256Text } from "./files";
+import { K3sFiles } from "./k3s";
 import { Names, baseTags } from "./names";
-import { renderTemplate } from "./render";
 
 export interface Artifact {
     key: string;
-    sha256: string;
+    sha256: pulumi.Output<string>;
     object: aws.s3.BucketObjectv2;
     /** The uploaded version; instances download exactly this version. */
     versionId: pulumi.Output<string>;
@@ -21,8 +22,10 @@ export interface Artifacts {
     bucket: aws.s3.Bucket;
     agent: Artifact;
     controller: Artifact;
+    k3sBinary: Artifact;
+    k3sInstallScript: Artifact;
     /** Manifests for /var/lib/rancher/k3s/server/manifests, by file name. */
-    manifests: { fileName: string; artifact: Artifact }[];
+    manifests: Record<string, Artifact>;
     resources: pulumi.Resource[];
 }
 
@@ -30,36 +33,14 @@ export const AGENT_KEY = "bin/smartscale-agent";
 export const CONTROLLER_KEY = "bin/smartscale-controller";
 export const MANIFEST_KEY_PREFIX = "manifests/";
 
-/** userdata/manifests/smartscale.yaml with its placeholders filled and the dashboards ConfigMap appended. */
-export function serverManifest(cfg: StackConfig): string {
-    const base = renderTemplate(readRepoFile("userdata", "manifests", "smartscale.yaml"), {
-        values: { GRAFANA_NODE_PORT: String(cfg.grafanaNodePort) },
-        shell: false,
-    });
-    const lines = [
-        "---",
-        "# Grafana dashboards from dashboards/*.json (loaded by the Grafana chart's dashboardsConfigMaps).",
-        "apiVersion: v1",
-        "kind: ConfigMap",
-        "metadata:",
-        "  name: smartscale-dashboards",
-        "  namespace: monitoring",
-        "data:",
-    ];
-    for (const d of dashboardFiles()) {
-        // Re-serialise so the block scalar has no tabs or trailing spaces.
-        const pretty = JSON.stringify(JSON.parse(d.json), null, 2);
-        lines.push(`  ${d.name}: |-`);
-        for (const l of pretty.split("\n")) {
-            lines.push(`    ${l}`);
-        }
-    }
-    return `${base.trimEnd()}\n${lines.join("\n")}\n`;
-}
-
-export function createArtifacts(cfg: StackConfig, names: Names): Artifacts {
+export function createArtifacts(
+    cfg: StackConfig,
+    names: Names,
+    k3s: K3sFiles,
+    manifestText: pulumi.Output<string>,
+): Artifacts {
     const bucket = new aws.s3.Bucket("artifacts", {
-        bucketPrefix: `${names.prefix}-artifacts-`,
+        bucketPrefix: names.bucketPrefix,
         // `pulumi destroy` must be able to remove the bucket with all object versions in it.
         forceDestroy: true,
         tags: baseTags(cfg, names),
@@ -85,7 +66,7 @@ export function createArtifacts(cfg: StackConfig, names: Names): Artifacts {
     });
     const bucketReady = [publicAccessBlock, ownership, versioning, encryption];
 
-    const upload = (name: string, key: string, source: pulumi.asset.Asset, sha256: string): Artifact => {
+    const upload = (name: string, key: string, source: pulumi.Input<pulumi.asset.Asset>, sha256: pulumi.Input<string>): Artifact => {
         const object = new aws.s3.BucketObjectv2(
             name,
             {
@@ -99,29 +80,29 @@ export function createArtifacts(cfg: StackConfig, names: Names): Artifacts {
             // Versioning must be on before the upload, or the object has no version id to pin.
             { dependsOn: bucketReady },
         );
-        return { key, sha256, object, versionId: object.versionId };
+        return { key, sha256: pulumi.output(sha256), object, versionId: object.versionId };
     };
+    const file = (name: string, key: string, path: string, sha256 = sha256File(path)) =>
+        upload(name, key, new pulumi.asset.FileAsset(path), sha256);
 
-    const agent = upload("agent-binary", AGENT_KEY, new pulumi.asset.FileAsset(cfg.agentBinaryPath), sha256File(cfg.agentBinaryPath));
-    const controller = upload(
-        "controller-binary",
-        CONTROLLER_KEY,
-        new pulumi.asset.FileAsset(cfg.controllerBinaryPath),
-        sha256File(cfg.controllerBinaryPath),
-    );
-    const manifestText = serverManifest(cfg);
+    const agent = file("agent-binary", AGENT_KEY, cfg.agentBinaryPath);
+    const controller = file("controller-binary", CONTROLLER_KEY, cfg.controllerBinaryPath);
+    const k3sBinary = file("k3s-binary", `k3s/${k3s.version}/k3s`, k3s.binary.path, k3s.binary.sha256);
+    const k3sInstallScript = file("k3s-install-script", `k3s/${k3s.version}/install.sh`, k3s.installScript.path, k3s.installScript.sha256);
     const manifest = upload(
         "server-manifest",
         `${MANIFEST_KEY_PREFIX}smartscale.yaml`,
-        new pulumi.asset.StringAsset(manifestText),
-        sha256Text(manifestText),
+        manifestText.apply((t) => new pulumi.asset.StringAsset(t)),
+        manifestText.apply(sha256Text),
     );
 
     return {
         bucket,
         agent,
         controller,
-        manifests: [{ fileName: "smartscale.yaml", artifact: manifest }],
-        resources: [bucket, ...bucketReady, agent.object, controller.object, manifest.object],
+        k3sBinary,
+        k3sInstallScript,
+        manifests: { "smartscale.yaml": manifest },
+        resources: [bucket, ...bucketReady, agent.object, controller.object, k3sBinary.object, k3sInstallScript.object, manifest.object],
     };
 }

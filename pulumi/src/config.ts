@@ -7,6 +7,8 @@
 import * as fs from "fs";
 import * as path from "path";
 import * as pulumi from "@pulumi/pulumi";
+import { nodeLabelProblems, nodeTaintProblems } from "./kubelet-labels";
+import { AGENT_TOKEN_WAIT_SECONDS } from "./userdata";
 
 export const NAMESPACE = "smartscale";
 
@@ -26,6 +28,7 @@ export interface StackConfig {
     stack: string;
     clusterId: string;
     adminCidr: string;
+    allowWideAdminCidr: boolean;
     agentBinaryPath: string;
     controllerBinaryPath: string;
     azCount: number;
@@ -40,6 +43,8 @@ export interface StackConfig {
     onDemandPercentageAboveBase: number;
     spotAllocationStrategy: string;
     lifecycleHeartbeatTimeout: number;
+    workerJoinTimeout: string;
+    workerCapacityTimeout: string;
     drainTimeout: string;
     spotDrainDeadline: string;
     onDrainTimeout: "continue" | "keep_heartbeating";
@@ -48,11 +53,16 @@ export interface StackConfig {
     workerNodeLabels?: string;
     workerNodeTaints?: string;
     workerHourlyPrice: number;
+    serverHourlyPrice?: number;
+    ebsGibMonthPrice?: number;
+    publicIpv4HourlyPrice: number;
     workerAllocatableCpu: number;
     workerAllocatableMemoryGib: number;
     controllerInterval: string;
     dryRun: boolean;
     k3sVersion: string;
+    /** Directory holding the pinned k3s release (`k3s`, `install.sh`), from pulumi/scripts/fetch-k3s.sh. */
+    k3sDir: string;
     amiId?: string;
     sshKeyName?: string;
     grafanaNodePort: number;
@@ -65,7 +75,11 @@ export const CONFIG_KEYS: KeyDoc[] = [
     { key: "aws:region", required: true, example: "us-east-1", description: "AWS region to deploy into" },
     {
         key: "smartscale:adminCidr", required: true, example: "203.0.113.7/32",
-        description: "CIDR allowed to reach the K3s API (6443), Grafana and, if sshKeyName is set, SSH",
+        description: "CIDR allowed to reach the K3s API (6443) and, if sshKeyName is set, SSH (the way to Grafana); a prefix shorter than /16 needs allowWideAdminCidr",
+    },
+    {
+        key: "smartscale:allowWideAdminCidr", required: false, example: "true", default: "false",
+        description: "confirms an adminCidr wider than a /16 (0.0.0.0/0 opens the K3s API and SSH to the whole internet)",
     },
     {
         key: "smartscale:agentBinaryPath", required: true, example: "../target/release-agent/smartscale-agent",
@@ -93,23 +107,29 @@ export const CONFIG_KEYS: KeyDoc[] = [
     { key: "smartscale:onDemandBaseCapacity", required: false, example: "2", default: "1", description: "on-demand instances before any spot" },
     { key: "smartscale:onDemandPercentageAboveBase", required: false, example: "0", default: "20", description: "percentage of on-demand above the base; the rest is spot" },
     { key: "smartscale:spotAllocationStrategy", required: false, example: "capacity-optimized", default: "price-capacity-optimized", description: "spot allocation strategy" },
-    { key: "smartscale:lifecycleHeartbeatTimeout", required: false, example: "600", default: "300", description: "heartbeat timeout of both lifecycle hooks, seconds (30-7200); also the agent's join_timeout" },
+    { key: "smartscale:lifecycleHeartbeatTimeout", required: false, example: "600", default: "300", description: "heartbeat timeout of both lifecycle hooks, seconds (30-7200), set when the ASG is created (docs/deploy.md, Updating); agents heartbeat every fifth of it" },
+    { key: "smartscale:workerJoinTimeout", required: false, example: "15m", default: "10m", description: "agent join_timeout: how long a new worker may take from the join to Ready before it is abandoned" },
+    { key: "smartscale:workerCapacityTimeout", required: false, example: "30m", default: "20m", description: "how long `pulumi up` waits for workerMinSize workers to join (in service) before it fails (5m-2h)" },
     { key: "smartscale:drainTimeout", required: false, example: "15m", default: "10m", description: "agent SSM parameter drain_timeout" },
     { key: "smartscale:spotDrainDeadline", required: false, example: "100s", default: "90s", description: "agent SSM parameter spot_drain_deadline" },
     { key: "smartscale:onDrainTimeout", required: false, example: "keep_heartbeating", default: "continue", description: "agent SSM parameter on_drain_timeout (continue | keep_heartbeating)" },
     { key: "smartscale:evictionConcurrency", required: false, example: "5", default: "10", description: "agent SSM parameter eviction_concurrency" },
-    { key: "smartscale:rebalanceEnabled", required: false, example: "true", default: "false", description: "agent SSM parameter rebalance_enabled (drain on EC2 rebalance recommendations)" },
-    { key: "smartscale:workerNodeLabels", required: false, example: "team=web,tier=batch", default: "(none)", description: "agent SSM parameter node_labels (comma-separated k=v)" },
+    { key: "smartscale:rebalanceEnabled", required: false, example: "false", default: "false", description: "agent SSM parameter rebalance_enabled; only false: the ASG's capacity rebalancing replaces an at-risk spot instance and the terminate hook drains it, while an agent drain alone would leave a cordoned node nothing removes" },
+    { key: "smartscale:workerNodeLabels", required: false, example: "team=web,tier=batch", default: "(none)", description: "agent SSM parameter node_labels (comma-separated k=v); keys in the kubernetes.io and k8s.io namespaces only where the kubelet allows them (node.kubernetes.io/, kubelet.kubernetes.io/), none the agent sets itself" },
     { key: "smartscale:workerNodeTaints", required: false, example: "dedicated=batch:NoSchedule", default: "(none)", description: "agent SSM parameter node_taints (comma-separated k=v:Effect)" },
-    { key: "smartscale:workerHourlyPrice", required: false, example: "0.0376", default: "0.0416", description: "on-demand $/hour of the first worker type, for the controller's cost metrics (t3.medium in us-east-1)" },
+    { key: "smartscale:workerHourlyPrice", required: false, example: "0.0376", default: "0.0416", description: "fallback on-demand $/hour of a worker, used by the controller when the AWS price APIs do not answer (t3.medium in us-east-1)" },
+    { key: "smartscale:serverHourlyPrice", required: false, example: "0.0832", default: "from the AWS Price List API", description: "on-demand $/hour of the server for the Cost dashboard; set it to skip the Price List lookup" },
+    { key: "smartscale:ebsGibMonthPrice", required: false, example: "0.088", default: "from the AWS Price List API", description: "gp3 $ per GiB-month for the Cost dashboard; set it to skip the Price List lookup" },
+    { key: "smartscale:publicIpv4HourlyPrice", required: false, example: "0.005", default: "0.005", description: "$/hour of a public IPv4 address (AWS's price since February 2024) for the Cost dashboard" },
     { key: "smartscale:workerAllocatableCpu", required: false, example: "2", default: "2", description: "allocatable vCPUs per worker, for bin-packing pending pods" },
     { key: "smartscale:workerAllocatableMemoryGib", required: false, example: "3.8", default: "3.5", description: "allocatable memory per worker in GiB" },
     { key: "smartscale:controllerInterval", required: false, example: "15s", default: "30s", description: "controller decision interval" },
     { key: "smartscale:dryRun", required: false, example: "true", default: "false", description: "controller decides and records but never changes the ASG" },
-    { key: "smartscale:k3sVersion", required: false, example: "v1.33.4+k3s1", default: "v1.33.4+k3s1", description: "K3s release installed on the server and workers" },
+    { key: "smartscale:k3sVersion", required: false, example: "v1.33.4+k3s1", default: "v1.33.4+k3s1", description: "K3s release installed on the server and workers; it must be pinned in pulumi/k3s-releases.json" },
+    { key: "smartscale:k3sDir", required: false, example: ".k3s/v1.33.4+k3s1", default: ".k3s/<k3sVersion>", description: "directory with that release's k3s binary and install.sh (pulumi/scripts/fetch-k3s.sh puts them there); uploaded to the bucket after their SHA-256 is checked against the pins" },
     { key: "smartscale:amiId", required: false, example: "ami-0123456789abcdef0", default: "latest Canonical Ubuntu 24.04 LTS amd64", description: "AMI for all instances (must have glibc >= what scripts/check-glibc.sh reports)" },
-    { key: "smartscale:sshKeyName", required: false, example: "my-keypair", default: "(none: no SSH)", description: "EC2 key pair for SSH to the server; opens 22/tcp to adminCidr" },
-    { key: "smartscale:grafanaNodePort", required: false, example: "30300", default: "30300", description: "NodePort on the server where Grafana listens (30000-32767), open to adminCidr" },
+    { key: "smartscale:sshKeyName", required: false, example: "my-keypair", default: "(none: no SSH)", description: "EC2 key pair for SSH to the server (kubectl, logs, the tunnel to Grafana); opens 22/tcp to adminCidr" },
+    { key: "smartscale:grafanaNodePort", required: false, example: "30300", default: "30300", description: "NodePort on the server where Grafana listens (30000-32767); reachable only through an SSH tunnel, never opened in a security group" },
 ];
 
 const KNOWN = new Map(CONFIG_KEYS.map((k) => [k.key, k]));
@@ -311,11 +331,37 @@ const instanceTypes = (raw: string): string[] => {
     return types;
 };
 
-const labelList = pattern(/^[A-Za-z0-9./_-]+=[A-Za-z0-9._-]*(,[A-Za-z0-9./_-]+=[A-Za-z0-9._-]*)*$/, "a comma-separated list of key=value");
-const taintList = pattern(
-    /^[A-Za-z0-9./_-]+=[A-Za-z0-9._-]*:(NoSchedule|PreferNoSchedule|NoExecute)(,[A-Za-z0-9./_-]+=[A-Za-z0-9._-]*:(NoSchedule|PreferNoSchedule|NoExecute))*$/,
-    "a comma-separated list of key=value:Effect",
-);
+const checked = (problems: (raw: string) => string[]) => (raw: string): string => {
+    const p = problems(raw);
+    if (p.length > 0) {
+        throw new Error(p.join("; "));
+    }
+    return raw;
+};
+const labelList = checked(nodeLabelProblems);
+const taintList = checked(nodeTaintProblems);
+
+/** A duration like 90s, 10m or 1h within [min, max] seconds. */
+const durationIn = (min: number, max: number) => (raw: string): string => {
+    duration(raw);
+    const n = Number(raw.slice(0, -1)) * { s: 1, m: 60, h: 3600 }[raw.slice(-1) as "s" | "m" | "h"];
+    if (n < min || n > max) {
+        throw new Error(`${raw} is outside ${min}s..${max}s`);
+    }
+    return raw;
+};
+
+/** Only `false`: see the rebalanceEnabled description. */
+const rebalance = (raw: string): boolean => {
+    if (bool(raw)) {
+        throw new Error(
+            "an agent drain on a rebalance recommendation leaves a cordoned node that nothing removes; the ASG's capacity " +
+                "rebalancing already launches a replacement and terminates the at-risk instance through the terminate hook, " +
+                "which the agent drains",
+        );
+    }
+    return false;
+};
 
 const clusterIdPattern = /^[a-z][a-z0-9-]{0,19}$/;
 const clusterId = (raw: string): string => {
@@ -385,11 +431,13 @@ export function loadConfig(): StackConfig {
     const agentBinaryPath = r.required(s("agentBinaryPath"), elfPath);
     const controllerBinaryPath = r.required(s("controllerBinaryPath"), elfPath);
 
+    const k3sVersion = r.optional(s("k3sVersion"), pattern(/^v\d+\.\d+\.\d+\+k3s\d+$/, "a K3s release like v1.33.4+k3s1"), "v1.33.4+k3s1");
     const cfg = {
         region,
         stack,
         clusterId: r.optional(s("clusterId"), clusterId, clusterIdFromStack(stack)),
         adminCidr,
+        allowWideAdminCidr: r.optional(s("allowWideAdminCidr"), bool, false),
         agentBinaryPath,
         controllerBinaryPath,
         azCount: r.optional(s("azCount"), int(2, 6), 2),
@@ -408,19 +456,25 @@ export function loadConfig(): StackConfig {
             "price-capacity-optimized",
         ),
         lifecycleHeartbeatTimeout: r.optional(s("lifecycleHeartbeatTimeout"), int(30, 7200), 300),
+        workerJoinTimeout: r.optional(s("workerJoinTimeout"), durationIn(60, 7200), "10m"),
+        workerCapacityTimeout: r.optional(s("workerCapacityTimeout"), durationIn(300, 7200), "20m"),
         drainTimeout: r.optional(s("drainTimeout"), duration, "10m"),
         spotDrainDeadline: r.optional(s("spotDrainDeadline"), duration, "90s"),
         onDrainTimeout: r.optional(s("onDrainTimeout"), oneOf("continue", "keep_heartbeating"), "continue"),
         evictionConcurrency: r.optional(s("evictionConcurrency"), int(1, 100), 10),
-        rebalanceEnabled: r.optional(s("rebalanceEnabled"), bool, false),
+        rebalanceEnabled: r.optional(s("rebalanceEnabled"), rebalance, false),
         workerNodeLabels: r.optional<string | undefined>(s("workerNodeLabels"), labelList, undefined),
         workerNodeTaints: r.optional<string | undefined>(s("workerNodeTaints"), taintList, undefined),
         workerHourlyPrice: r.optional(s("workerHourlyPrice"), positiveNumber, 0.0416),
+        serverHourlyPrice: r.optional<number | undefined>(s("serverHourlyPrice"), positiveNumber, undefined),
+        ebsGibMonthPrice: r.optional<number | undefined>(s("ebsGibMonthPrice"), positiveNumber, undefined),
+        publicIpv4HourlyPrice: r.optional(s("publicIpv4HourlyPrice"), positiveNumber, 0.005),
         workerAllocatableCpu: r.optional(s("workerAllocatableCpu"), positiveNumber, 2),
         workerAllocatableMemoryGib: r.optional(s("workerAllocatableMemoryGib"), positiveNumber, 3.5),
         controllerInterval: r.optional(s("controllerInterval"), duration, "30s"),
         dryRun: r.optional(s("dryRun"), bool, false),
-        k3sVersion: r.optional(s("k3sVersion"), pattern(/^v\d+\.\d+\.\d+\+k3s\d+$/, "a K3s release like v1.33.4+k3s1"), "v1.33.4+k3s1"),
+        k3sVersion,
+        k3sDir: path.resolve(r.optional(s("k3sDir"), (raw: string) => raw, `.k3s/${k3sVersion}`)),
         amiId: r.optional<string | undefined>(s("amiId"), pattern(/^ami-[0-9a-f]{8,17}$/, "an AMI id like ami-0123456789abcdef0"), undefined),
         sshKeyName: r.optional<string | undefined>(s("sshKeyName"), pattern(/^[A-Za-z0-9._ -]{1,255}$/, "an EC2 key pair name"), undefined),
         grafanaNodePort: r.optional(s("grafanaNodePort"), int(30000, 32767), 30300),
@@ -428,6 +482,24 @@ export function loadConfig(): StackConfig {
 
     if (cfg.workerMinSize > cfg.workerMaxSize) {
         r.problems.add(`smartscale:workerMinSize (${cfg.workerMinSize}) is larger than smartscale:workerMaxSize (${cfg.workerMaxSize})`);
+    }
+    if (adminCidr && Number(adminCidr.split("/")[1]) < 16 && !cfg.allowWideAdminCidr) {
+        r.problems.add(
+            `smartscale:adminCidr ${adminCidr} is wider than a /16: the K3s API${cfg.sshKeyName ? " and SSH" : ""} would be open to ` +
+                `${adminCidr === "0.0.0.0/0" ? "the whole internet" : "a large part of the internet"}\n` +
+                "      use your own address (curl -s https://checkip.amazonaws.com)/32, or confirm with: pulumi config set smartscale:allowWideAdminCidr true",
+        );
+    }
+    // A launch action lives at most min(48 h, 100 x HeartbeatTimeout), heartbeats or not: the wait
+    // for the agent token and the join must end before that.
+    const seconds = (d: string) => Number(d.slice(0, -1)) * { s: 1, m: 60, h: 3600 }[d.slice(-1) as "s" | "m" | "h"];
+    const globalTimeout = Math.min(172800, 100 * cfg.lifecycleHeartbeatTimeout);
+    if (AGENT_TOKEN_WAIT_SECONDS + seconds(cfg.workerJoinTimeout) >= globalTimeout) {
+        r.problems.add(
+            `smartscale:workerJoinTimeout (${cfg.workerJoinTimeout}) plus the ${AGENT_TOKEN_WAIT_SECONDS}s a worker may wait for the agent token ` +
+                `does not fit in the launch action's global timeout (100 x smartscale:lifecycleHeartbeatTimeout = ${globalTimeout}s); ` +
+                "raise the heartbeat timeout or lower the join timeout",
+        );
     }
     if (cfg.onDemandBaseCapacity > cfg.workerMaxSize) {
         r.problems.add(`smartscale:onDemandBaseCapacity (${cfg.onDemandBaseCapacity}) is larger than smartscale:workerMaxSize (${cfg.workerMaxSize})`);

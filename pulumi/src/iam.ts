@@ -1,25 +1,28 @@
 // IAM: one role per instance kind, with inline policies that name exact resources.
 //
-// Rules (checked by test/stack.test.ts on every policy the program creates):
+// Rules (checked by test/stack.test.ts and test/aws-limits.test.ts on every policy created):
 //   - no action is "*" or contains a wildcard; every action is listed by name;
-//   - every resource is an exact ARN (the secret, each SSM parameter, each S3 object, the ASG,
-//     the table), except READ_ONLY_DESCRIBE_ACTIONS below;
-//   - actions that change the ASG are also conditioned on the cluster tag of the ASG.
-//
-// The one unavoidable resource "*": AWS Auto Scaling's Describe* calls do not support
-// resource-level permissions (the Service Authorization Reference lists no resource type for
-// them), so a policy can only grant them on "*". They are read-only (group, instance, hook and
-// activity metadata; no secrets, no changes) and are the only actions ever granted on "*".
+//   - every resource is an exact ARN (a secret, an SSM parameter, an S3 object key, the table),
+//     except:
+//       * the worker ASG, written `autoScalingGroup:*:autoScalingGroupName/<exact name>`: the
+//         group's id is only known once it exists, and the policy must be in place before the
+//         first instance boots; AWS documents this form for name-scoped Auto Scaling policies.
+//         Actions that change the group are also conditioned on its cluster tag.
+//       * NO_RESOURCE_LEVEL_ACTIONS: read-only calls the Service Authorization Reference lists with
+//         no resource type, which AWS accepts only on "*".
+//   - each role's inline policies stay under IAM's 10,240-character aggregate limit.
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import { StackConfig } from "./config";
 import { Names, baseTags } from "./names";
 
-export const READ_ONLY_DESCRIBE_ACTIONS = [
+export const NO_RESOURCE_LEVEL_ACTIONS = [
     "autoscaling:DescribeAutoScalingGroups",
     "autoscaling:DescribeAutoScalingInstances",
     "autoscaling:DescribeLifecycleHooks",
     "autoscaling:DescribeScalingActivities",
+    "ec2:DescribeSpotPriceHistory",
+    "pricing:GetProducts",
 ];
 
 export interface Statement {
@@ -37,11 +40,25 @@ export function policyDocument(statements: Statement[]): pulumi.Output<string> {
                 throw new Error(`IAM statement ${s.Sid}: wildcard action ${a} is not allowed`);
             }
         }
-        if (s.Resource === "*" && !s.Action.every((a) => READ_ONLY_DESCRIBE_ACTIONS.includes(a))) {
-            throw new Error(`IAM statement ${s.Sid}: only ${READ_ONLY_DESCRIBE_ACTIONS.join(", ")} may use resource "*"`);
+        if (s.Resource === "*" && !s.Action.every((a) => NO_RESOURCE_LEVEL_ACTIONS.includes(a))) {
+            throw new Error(`IAM statement ${s.Sid}: only ${NO_RESOURCE_LEVEL_ACTIONS.join(", ")} may use resource "*"`);
         }
     }
     return pulumi.jsonStringify({ Version: "2012-10-17", Statement: statements });
+}
+
+export interface Arns {
+    partition: pulumi.Input<string>;
+    accountId: pulumi.Input<string>;
+}
+
+/** The worker ASG by name (see the header): usable before the group exists. */
+export function asgArn(cfg: StackConfig, names: Names, a: Arns): pulumi.Output<string> {
+    return pulumi.interpolate`arn:${a.partition}:autoscaling:${cfg.region}:${a.accountId}:autoScalingGroup:*:autoScalingGroupName/${names.asgName}`;
+}
+
+export function ssmParameterArn(cfg: StackConfig, a: Arns, name: string): pulumi.Output<string> {
+    return pulumi.interpolate`arn:${a.partition}:ssm:${cfg.region}:${a.accountId}:parameter${name}`;
 }
 
 const EC2_ASSUME_ROLE = JSON.stringify({
@@ -69,32 +86,40 @@ function clusterTagCondition(cfg: StackConfig, names: Names) {
     return { StringEquals: { [`autoscaling:ResourceTag/${names.clusterTagKey}`]: cfg.clusterId } };
 }
 
-/** What a worker needs before it can join: its token, its parameters, its agent binary. */
-export function workerBootStatements(i: {
-    tokenSecretArn: pulumi.Input<string>;
-    ssmPathArn: pulumi.Input<string>;
-    ssmParameterArns: pulumi.Input<string>[];
-    agentObjectArn: pulumi.Input<string>;
-}): Statement[] {
+const download = (sid: string, objectArns: pulumi.Input<string>[]): Statement => ({
+    Sid: sid,
+    Effect: "Allow",
+    Action: ["s3:GetObject", "s3:GetObjectVersion"],
+    Resource: objectArns,
+});
+
+/** A worker: the agent token, its parameters, its binaries, and its own ASG's lifecycle hooks. */
+export function workerStatements(
+    cfg: StackConfig,
+    names: Names,
+    i: {
+        agentTokenSecretArn: pulumi.Input<string>;
+        ssmPathArn: pulumi.Input<string>;
+        ssmParameterArns: pulumi.Input<string>[];
+        objectArns: pulumi.Input<string>[];
+        asgArn: pulumi.Input<string>;
+    },
+): Statement[] {
     return [
-        { Sid: "ReadJoinToken", Effect: "Allow", Action: ["secretsmanager:GetSecretValue"], Resource: i.tokenSecretArn },
+        // The agent token only: the server token (cluster admin) is not readable from a worker.
+        { Sid: "ReadAgentToken", Effect: "Allow", Action: ["secretsmanager:GetSecretValue"], Resource: i.agentTokenSecretArn },
         { Sid: "ReadAgentParameterPath", Effect: "Allow", Action: ["ssm:GetParametersByPath"], Resource: i.ssmPathArn },
         { Sid: "ReadAgentParameters", Effect: "Allow", Action: ["ssm:GetParameter", "ssm:GetParameters"], Resource: i.ssmParameterArns },
-        { Sid: "DownloadAgent", Effect: "Allow", Action: ["s3:GetObject", "s3:GetObjectVersion"], Resource: i.agentObjectArn },
-    ];
-}
-
-/** The agent answering its own ASG's lifecycle hooks. */
-export function workerLifecycleStatements(cfg: StackConfig, names: Names, asgArn: pulumi.Input<string>): Statement[] {
-    return [
+        download("DownloadWorkerArtifacts", i.objectArns),
         {
             Sid: "AnswerOwnLifecycleHooks",
             Effect: "Allow",
             Action: ["autoscaling:CompleteLifecycleAction", "autoscaling:RecordLifecycleActionHeartbeat"],
-            Resource: asgArn,
+            Resource: i.asgArn,
             Condition: clusterTagCondition(cfg, names),
         },
-        // Read-only, resource "*" only (see the header): lets the agent find its ASG and hooks.
+        // Read-only, resource "*" only (see the header): the agent finds its ASG (instance metadata
+        // tags are off) and its hooks' timeouts.
         {
             Sid: "DescribeOwnInstanceReadOnly",
             Effect: "Allow",
@@ -104,24 +129,23 @@ export function workerLifecycleStatements(cfg: StackConfig, names: Names, asgArn
     ];
 }
 
-/** What the server needs to boot: the two secrets and its pinned S3 objects. */
-export function serverBootStatements(i: {
-    tokenSecretArn: pulumi.Input<string>;
+/** The server: its secrets, publishing the agent token, its objects and its two parameters. */
+export function serverStatements(i: {
+    serverTokenSecretArn: pulumi.Input<string>;
     grafanaSecretArn: pulumi.Input<string>;
+    agentTokenSecretArn: pulumi.Input<string>;
     objectArns: pulumi.Input<string>[];
+    parameterArns: pulumi.Input<string>[];
 }): Statement[] {
     return [
-        {
-            Sid: "ReadBootSecrets",
-            Effect: "Allow",
-            Action: ["secretsmanager:GetSecretValue"],
-            Resource: [i.tokenSecretArn, i.grafanaSecretArn],
-        },
-        { Sid: "DownloadServerArtifacts", Effect: "Allow", Action: ["s3:GetObject", "s3:GetObjectVersion"], Resource: i.objectArns },
+        { Sid: "ReadServerSecrets", Effect: "Allow", Action: ["secretsmanager:GetSecretValue"], Resource: [i.serverTokenSecretArn, i.grafanaSecretArn] },
+        { Sid: "PublishAgentToken", Effect: "Allow", Action: ["secretsmanager:PutSecretValue"], Resource: i.agentTokenSecretArn },
+        download("DownloadServerArtifacts", i.objectArns),
+        { Sid: "ReadReleaseAndControllerConfig", Effect: "Allow", Action: ["ssm:GetParameter"], Resource: i.parameterArns },
     ];
 }
 
-/** The controller: scale and terminate in the tagged ASG, describe, and its own table. */
+/** The controller: scale and terminate in the tagged ASG, describe, prices, and its own table. */
 export function controllerStatements(
     cfg: StackConfig,
     names: Names,
@@ -135,8 +159,9 @@ export function controllerStatements(
             Resource: i.asgArn,
             Condition: clusterTagCondition(cfg, names),
         },
-        // Read-only, resource "*" only (see the header).
-        { Sid: "DescribeAutoScalingReadOnly", Effect: "Allow", Action: [...READ_ONLY_DESCRIBE_ACTIONS], Resource: "*" },
+        // Read-only, resource "*" only (see the header): groups and activities, and the real
+        // on-demand (Price List) and spot (DescribeSpotPriceHistory) prices of the workers.
+        { Sid: "ReadOnlyWithoutResourceLevel", Effect: "Allow", Action: [...NO_RESOURCE_LEVEL_ACTIONS], Resource: "*" },
         {
             Sid: "ControllerStateTable",
             Effect: "Allow",

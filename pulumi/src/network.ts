@@ -1,8 +1,10 @@
 // VPC with one public subnet per AZ (at least two AZs), and the two security groups.
 //
-// Subnets are public so instances reach the K3s release, container registries and AWS APIs
-// without a NAT gateway (which would cost more per hour than a worker). Nothing is reachable
-// from the internet except what the security groups below open to adminCidr.
+// Subnets are public so instances reach container registries and AWS APIs without a NAT gateway
+// (which would cost more per hour than a worker); their bootstrap downloads come from the stack's
+// bucket through the S3 gateway endpoint. Nothing is reachable from the internet except what the
+// security groups below open to adminCidr: the K3s API and, with a key pair, SSH. Grafana is not
+// opened at all: it is reached through an SSH tunnel (docs/deploy.md).
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import { StackConfig } from "./config";
@@ -106,13 +108,12 @@ export function createNetwork(cfg: StackConfig, names: Names): Network {
     const tcp = (port: number) => ({ ipProtocol: "tcp", fromPort: port, toPort: port });
     const udp = (port: number) => ({ ipProtocol: "udp", fromPort: port, toPort: port });
 
-    // Server: the K3s API for workers and the admin; flannel and kubelet inside the cluster;
-    // Grafana (and SSH if a key pair is configured) for the admin only.
+    // Server: the K3s API for workers and the admin; flannel and kubelet inside the cluster; SSH
+    // (the way to Grafana) for the admin only, if a key pair is configured.
     rule("server-api-admin", { securityGroupId: serverSg.id, cidrIpv4: cfg.adminCidr, ...tcp(PORTS.k3sApi), description: "K3s API from the admin" });
     rule("server-api-workers", { securityGroupId: serverSg.id, referencedSecurityGroupId: workerSg.id, ...tcp(PORTS.k3sApi), description: "K3s API from workers" });
     rule("server-vxlan-workers", { securityGroupId: serverSg.id, referencedSecurityGroupId: workerSg.id, ...udp(PORTS.flannelVxlan), description: "flannel VXLAN from workers" });
     rule("server-kubelet-workers", { securityGroupId: serverSg.id, referencedSecurityGroupId: workerSg.id, ...tcp(PORTS.kubelet), description: "kubelet from workers (metrics-server)" });
-    rule("server-grafana-admin", { securityGroupId: serverSg.id, cidrIpv4: cfg.adminCidr, ...tcp(cfg.grafanaNodePort), description: "Grafana from the admin" });
     if (cfg.sshKeyName) {
         rule("server-ssh-admin", { securityGroupId: serverSg.id, cidrIpv4: cfg.adminCidr, ...tcp(PORTS.ssh), description: "SSH from the admin" });
     }
@@ -126,14 +127,14 @@ export function createNetwork(cfg: StackConfig, names: Names): Network {
     rule("worker-node-exporter-server", { securityGroupId: workerSg.id, referencedSecurityGroupId: serverSg.id, ...tcp(PORTS.nodeExporter), description: "node-exporter scrape from Prometheus" });
     rule("worker-agent-metrics-server", { securityGroupId: workerSg.id, referencedSecurityGroupId: serverSg.id, ...tcp(PORTS.agentMetrics), description: "smartscale-agent metrics scrape from Prometheus" });
 
-    // Egress: both need the internet (K3s release, images, AWS APIs).
+    // Egress: both need the internet (container images, AWS APIs).
     for (const [name, sg] of [["server", serverSg], ["worker", workerSg]] as const) {
         resources.push(
             new aws.vpc.SecurityGroupEgressRule(`${name}-egress`, {
                 securityGroupId: sg.id,
                 cidrIpv4: "0.0.0.0/0",
                 ipProtocol: "-1",
-                description: "outbound: K3s release, container images, AWS APIs",
+                description: "outbound: container images, AWS APIs",
             }),
         );
     }

@@ -4,7 +4,8 @@
 //                   ('@@NAME@@') and may not contain a quote, so no value can break out of it.
 //   @@BLOCK:NAME@@  a multi-line block (a file: systemd unit, config, shared functions), alone on
 //                   its line; blocks are placed inside quoted heredocs (<<'SMARTSCALE_EOF') or are
-//                   shell code we ship, and may not contain the heredoc terminator.
+//                   shell code we ship, and may not contain the heredoc terminator. Whitespace
+//                   before the placeholder indents every line of the block (YAML in YAML).
 //
 // Missing values, unused values and leftover placeholders are errors, so a template and its caller
 // cannot drift apart silently.
@@ -46,7 +47,8 @@ export function renderTemplate(template: string, input: RenderInput): string {
             const lineStart = template.lastIndexOf("\n", offset - 1) + 1;
             const lineEnd = template.indexOf("\n", offset);
             const line = template.slice(lineStart, lineEnd === -1 ? undefined : lineEnd);
-            if (line !== match) {
+            const indent = line.slice(0, line.length - line.trimStart().length);
+            if (line !== indent + match) {
                 errors.push(`${match} must be alone on its line`);
             }
             if (!(name in blocks)) {
@@ -54,7 +56,11 @@ export function renderTemplate(template: string, input: RenderInput): string {
                 return match;
             }
             used.add(`BLOCK:${name}`);
-            return blocks[name].replace(/\n+$/, "");
+            return blocks[name]
+                .replace(/\n+$/, "")
+                .split("\n")
+                .map((l, i) => (i === 0 || l === "" ? l : indent + l))
+                .join("\n");
         }
         if (input.shell && (template[offset - 1] !== "'" || template[offset + match.length] !== "'")) {
             errors.push(`${match} must be written as '${match}' in a shell template`);

@@ -1,5 +1,6 @@
-// The K3s server instance. Its UserData (userdata/server.sh.tpl) installs k3s with the token from
-// Secrets Manager, the monitoring stack through K3s HelmChart manifests, and the controller unit.
+// The K3s server instance. Its UserData (userdata/server.sh.tpl) installs k3s with the server
+// token from Secrets Manager, publishes the agent token, and starts smartscale-sync, which keeps
+// the controller, its config and the K3s manifests in line with SSM Parameter Store.
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import { Ami } from "./ami";
@@ -14,7 +15,8 @@ export function createServer(
     net: Network,
     ami: Ami,
     identity: InstanceIdentity,
-    userData: pulumi.Output<string>,
+    /** gzip + base64 (userdata.ts packUserData). */
+    userDataBase64: pulumi.Output<string>,
     dependsOn: pulumi.Resource[],
 ): aws.ec2.Instance {
     return new aws.ec2.Instance(
@@ -37,16 +39,16 @@ export function createServer(
                 encrypted: true,
                 deleteOnTermination: true,
             },
-            userData,
+            userDataBase64,
             tags: baseTags(cfg, names, `${names.prefix}-server`),
             volumeTags: baseTags(cfg, names, `${names.prefix}-server`),
         },
         {
             dependsOn,
-            // A newer Ubuntu image or a new controller build must not stop or replace the running
-            // server (and with it the cluster); UserData runs only at first boot anyway. New
-            // controller builds are rolled out as docs/deploy.md ("Updating") describes.
-            ignoreChanges: ["ami", "userData"],
+            // A newer Ubuntu image must not replace the running server (and with it the cluster),
+            // and its UserData runs only at first boot anyway: everything a later `pulumi up`
+            // changes reaches it through SSM and smartscale-sync (docs/deploy.md, "Updating").
+            ignoreChanges: ["ami", "userData", "userDataBase64"],
         },
     );
 }

@@ -1,36 +1,40 @@
 // Wires the modules together. `index.ts` calls createStack() and exports its outputs; the unit
 // tests call it directly under Pulumi's mocks.
+//
+// Order matters where AWS reads something before Pulumi would otherwise create it: the server
+// boots with its policy, its two SSM parameters and every artifact in place; the ASG is created
+// only after the worker policy (its hooks are answered from the first boot), the agent's
+// parameters and the server exist.
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import { lookupAmi } from "./ami";
-import { createArtifacts } from "./artifacts";
+import { Artifact, createArtifacts } from "./artifacts";
 import { StackConfig, loadConfig } from "./config";
-import {
-    attachPolicy,
-    controllerStatements,
-    createInstanceIdentity,
-    serverBootStatements,
-    workerBootStatements,
-    workerLifecycleStatements,
-} from "./iam";
+import { controllerConfigYaml } from "./controller-config";
+import { asgArn, attachPolicy, controllerStatements, createInstanceIdentity, serverStatements, ssmParameterArn, workerStatements } from "./iam";
+import { k3sFiles } from "./k3s";
+import { serverManifest } from "./monitoring";
 import { namesFor } from "./names";
 import { createNetwork } from "./network";
-import { createAgentParams } from "./params";
+import { createAgentParams, createServerParams, heartbeatIntervalSeconds, releaseJson } from "./params";
+import { fixedPrices } from "./pricing";
 import { createSecrets } from "./secrets";
 import { createServer } from "./server";
 import { createStateTable } from "./state";
-import { serverUserData, workerUserData } from "./userdata";
+import { ObjectRef, packUserData, serverScript, workerScript } from "./userdata";
 import { createWorkers } from "./workers";
 
 export interface StackOutputs {
     serverPublicIp: pulumi.Output<string>;
-    grafanaUrl: pulumi.Output<string>;
+    serverPrivateIp: pulumi.Output<string>;
+    /** The SSH command that opens Grafana on http://localhost:3000. */
+    grafanaTunnel: pulumi.Output<string>;
     asgName: pulumi.Output<string>;
     tableName: pulumi.Output<string>;
     clusterId: string;
     artifactBucket: pulumi.Output<string>;
-    agentSha256: string;
-    controllerSha256: string;
+    agentSha256: pulumi.Output<string>;
+    controllerSha256: pulumi.Output<string>;
     grafanaAdminPassword: pulumi.Output<string>;
 }
 
@@ -41,145 +45,139 @@ export interface Stack {
     resources: pulumi.Resource[];
 }
 
+const ref = (a: Artifact): pulumi.Output<ObjectRef> =>
+    pulumi.all([a.versionId, a.sha256]).apply(([versionId, sha256]) => ({ key: a.key, versionId, sha256 }));
+
 export function createStack(): Stack {
     const cfg = loadConfig();
     const names = namesFor(cfg);
-    const resources: pulumi.Resource[] = [];
+    const k3s = k3sFiles(cfg.k3sVersion, cfg.k3sDir);
 
     const net = createNetwork(cfg, names);
     const secrets = createSecrets(cfg, names);
     const table = createStateTable(cfg, names);
-    const artifacts = createArtifacts(cfg, names);
+    const prices = fixedPrices(cfg);
+    const manifest = pulumi
+        .all([prices.serverHourly, prices.ebsGibMonth, prices.publicIpv4Hourly])
+        .apply(([serverHourly, ebsGibMonth, publicIpv4Hourly]) => serverManifest(cfg, { serverHourly, ebsGibMonth, publicIpv4Hourly }));
+    const artifacts = createArtifacts(cfg, names, k3s, manifest);
     const ami = lookupAmi(cfg);
-    resources.push(...net.resources, ...secrets.resources, table, ...artifacts.resources);
 
     const identity = aws.getCallerIdentityOutput();
     const partition = aws.getPartitionOutput();
-    const objectArn = (key: string) => pulumi.interpolate`${artifacts.bucket.arn}/${key}`;
+    const arns = { partition: partition.partition, accountId: identity.accountId };
+    const objectArn = (a: Artifact) => pulumi.interpolate`${artifacts.bucket.arn}/${a.key}`;
+    const workerAsgArn = asgArn(cfg, names, arns);
+    const k3sRefs = pulumi
+        .all([ref(artifacts.k3sBinary), ref(artifacts.k3sInstallScript)])
+        .apply(([binary, installScript]) => ({ version: k3s.version, binary, installScript }));
 
-    // ---- server: boot permissions exist before it starts; controller permissions follow the ASG.
+    // ---- the server: what it reads at first boot exists before it starts.
+    const serverParams = createServerParams(cfg, names, {
+        controllerConfig: controllerConfigYaml(cfg, names),
+        release: releaseJson(artifacts.bucket.bucket, artifacts.controller, artifacts.manifests),
+    });
     const serverIdentity = createInstanceIdentity(cfg, names, "server");
-    const serverBootPolicy = attachPolicy(
-        "server-boot",
+    const serverPolicy = attachPolicy(
+        "server",
         serverIdentity,
-        serverBootStatements({
-            tokenSecretArn: secrets.tokenSecret.arn,
+        serverStatements({
+            serverTokenSecretArn: secrets.serverTokenSecret.arn,
             grafanaSecretArn: secrets.grafanaSecret.arn,
-            objectArns: [objectArn(artifacts.controller.key), ...artifacts.manifests.map((m) => objectArn(m.artifact.key))],
+            agentTokenSecretArn: secrets.agentTokenSecret.arn,
+            objectArns: [artifacts.controller, artifacts.k3sBinary, artifacts.k3sInstallScript, ...Object.values(artifacts.manifests)].map(objectArn),
+            parameterArns: [names.serverReleaseParam, names.controllerConfigParam].map((n) => ssmParameterArn(cfg, arns, n)),
         }),
     );
-
-    const serverScript = pulumi
-        .all([
-            artifacts.bucket.bucket,
-            artifacts.controller.versionId,
-            secrets.tokenSecret.arn,
-            secrets.grafanaSecret.arn,
-            pulumi.all(artifacts.manifests.map((m) => m.artifact.versionId)),
-        ])
-        .apply(([bucket, controllerVersionId, tokenSecretArn, grafanaSecretArn, manifestVersions]) =>
-            serverUserData({
-                region: cfg.region,
-                clusterId: cfg.clusterId,
-                bucket,
-                controllerKey: artifacts.controller.key,
-                controllerVersionId,
-                controllerSha256: artifacts.controller.sha256,
-                tokenSecretId: tokenSecretArn,
-                grafanaSecretId: grafanaSecretArn,
-                k3sVersion: cfg.k3sVersion,
-                manifests: artifacts.manifests.map((m, i) => ({
-                    fileName: m.fileName,
-                    key: m.artifact.key,
-                    versionId: manifestVersions[i],
-                    sha256: m.artifact.sha256,
-                })),
-                controller: {
-                    clusterId: cfg.clusterId,
-                    interval: cfg.controllerInterval,
-                    dryRun: cfg.dryRun,
-                    tableName: names.tableName,
-                    asgName: names.asgName,
-                    minSize: cfg.workerMinSize,
-                    maxSize: cfg.workerMaxSize,
-                    instanceType: cfg.workerInstanceTypes[0],
-                    allocatableCpu: cfg.workerAllocatableCpu,
-                    allocatableMemoryGib: cfg.workerAllocatableMemoryGib,
-                    hourlyPrice: cfg.workerHourlyPrice,
-                },
-            }),
-        );
-    const server = createServer(cfg, names, net, ami, serverIdentity, serverScript, [serverBootPolicy, ...artifacts.resources]);
-    resources.push(serverIdentity.role, serverIdentity.profile, serverBootPolicy, server);
-
-    // ---- agent settings in SSM (server_url needs the server's private address).
-    const params = createAgentParams(cfg, names, pulumi.interpolate`https://${server.privateIp}:6443`);
-    resources.push(...params.params);
-
-    // ---- workers: boot permissions before the ASG exists; lifecycle permissions name the ASG.
-    const workerIdentity = createInstanceIdentity(cfg, names, "worker");
-    const ssmPathArn = pulumi.interpolate`arn:${partition.partition}:ssm:${cfg.region}:${identity.accountId}:parameter${names.ssmPath}`;
-    const workerBootPolicy = attachPolicy(
-        "worker-boot",
-        workerIdentity,
-        workerBootStatements({
-            tokenSecretArn: secrets.tokenSecret.arn,
-            ssmPathArn,
-            ssmParameterArns: params.params.map((p) => p.arn),
-            agentObjectArn: objectArn(artifacts.agent.key),
-        }),
-    );
-
-    const workerScript = pulumi
-        .all([artifacts.bucket.bucket, artifacts.agent.versionId, secrets.tokenSecret.arn])
-        .apply(([bucket, agentVersionId, tokenSecretArn]) =>
-            workerUserData({
-                region: cfg.region,
-                clusterId: cfg.clusterId,
-                asgName: names.asgName,
-                launchHookName: names.launchHookName,
-                bucket,
-                agentKey: artifacts.agent.key,
-                agentVersionId,
-                agentSha256: artifacts.agent.sha256,
-                k3sVersion: cfg.k3sVersion,
-                agent: {
-                    ssmPath: names.ssmPath,
-                    tokenSecretId: tokenSecretArn,
-                    joinTimeoutSeconds: cfg.lifecycleHeartbeatTimeout,
-                },
-            }),
-        );
-    const workers = createWorkers(cfg, names, net, ami, workerIdentity, workerScript, [workerBootPolicy, ...params.params, server]);
-    const workerLifecyclePolicy = attachPolicy(
-        "worker-lifecycle",
-        workerIdentity,
-        workerLifecycleStatements(cfg, names, workers.asg.arn),
-    );
-    resources.push(
-        workerIdentity.role,
-        workerIdentity.profile,
-        workerBootPolicy,
-        workers.launchTemplate,
-        workers.asg,
-        ...workers.hooks,
-        workerLifecyclePolicy,
-    );
-
-    // ---- controller permissions: the tagged ASG and the table.
     const controllerPolicy = attachPolicy(
         "server-controller",
         serverIdentity,
-        controllerStatements(cfg, names, { asgArn: workers.asg.arn, tableArn: table.arn }),
+        controllerStatements(cfg, names, { asgArn: workerAsgArn, tableArn: table.arn }),
     );
-    resources.push(controllerPolicy);
+    const serverUserData = pulumi
+        .all([artifacts.bucket.bucket, k3sRefs, secrets.serverTokenSecret.arn, secrets.agentTokenSecret.arn, secrets.grafanaSecret.arn])
+        .apply(([bucket, k3sRef, serverTokenSecretId, agentTokenSecretId, grafanaSecretId]) =>
+            packUserData(
+                "server",
+                serverScript({
+                    region: cfg.region,
+                    clusterId: cfg.clusterId,
+                    bucket,
+                    k3s: k3sRef,
+                    serverTokenSecretId,
+                    agentTokenSecretId,
+                    grafanaSecretId,
+                    releaseParam: names.serverReleaseParam,
+                    controllerConfigParam: names.controllerConfigParam,
+                }),
+            ),
+        );
+    const server = createServer(cfg, names, net, ami, serverIdentity, serverUserData, [
+        serverPolicy,
+        ...serverParams,
+        ...secrets.resources,
+        ...artifacts.resources,
+    ]);
+
+    // ---- workers: policy, parameters and the server exist before the group launches anything.
+    const agentParams = createAgentParams(cfg, names, pulumi.interpolate`https://${server.privateIp}:6443`);
+    const workerIdentity = createInstanceIdentity(cfg, names, "worker");
+    const workerPolicy = attachPolicy(
+        "worker",
+        workerIdentity,
+        workerStatements(cfg, names, {
+            agentTokenSecretArn: secrets.agentTokenSecret.arn,
+            ssmPathArn: ssmParameterArn(cfg, arns, names.ssmPath),
+            ssmParameterArns: agentParams.map((p) => p.arn),
+            objectArns: [artifacts.agent, artifacts.k3sBinary, artifacts.k3sInstallScript].map(objectArn),
+            asgArn: workerAsgArn,
+        }),
+    );
+    const workerUserData = pulumi
+        .all([artifacts.bucket.bucket, ref(artifacts.agent), k3sRefs, secrets.agentTokenSecret.arn])
+        .apply(([bucket, agent, k3sRef, agentTokenSecretId]) =>
+            packUserData(
+                "worker",
+                workerScript({
+                    region: cfg.region,
+                    clusterId: cfg.clusterId,
+                    asgName: names.asgName,
+                    launchHookName: names.launchHookName,
+                    heartbeatIntervalSeconds: heartbeatIntervalSeconds(cfg.lifecycleHeartbeatTimeout),
+                    bucket,
+                    agent,
+                    k3s: k3sRef,
+                    agentConfig: { ssmPath: names.ssmPath, tokenSecretId: agentTokenSecretId, joinTimeout: cfg.workerJoinTimeout },
+                }),
+            ),
+        );
+    const workers = createWorkers(cfg, names, net, ami, workerIdentity, workerUserData, [workerPolicy, ...agentParams, server]);
 
     return {
         config: cfg,
-        resources,
+        resources: [
+            ...net.resources,
+            ...secrets.resources,
+            table,
+            ...prices.resources,
+            ...artifacts.resources,
+            ...serverParams,
+            serverIdentity.role,
+            serverIdentity.profile,
+            serverPolicy,
+            controllerPolicy,
+            server,
+            ...agentParams,
+            workerIdentity.role,
+            workerIdentity.profile,
+            workerPolicy,
+            workers.launchTemplate,
+            workers.asg,
+        ],
         outputs: {
             serverPublicIp: server.publicIp,
-            grafanaUrl: pulumi.interpolate`http://${server.publicIp}:${cfg.grafanaNodePort}`,
+            serverPrivateIp: server.privateIp,
+            grafanaTunnel: pulumi.interpolate`ssh -N -L 3000:${server.privateIp}:${cfg.grafanaNodePort} ubuntu@${server.publicIp}`,
             asgName: workers.asg.name,
             tableName: table.name,
             clusterId: cfg.clusterId,

@@ -1,8 +1,11 @@
-// UserData for the server and the workers, and the config files they write.
+// UserData for the server and the workers, and the agent's config file.
 //
 // Inputs are plain strings: callers resolve Outputs first (pulumi.all(...).apply(...)) so the same
 // functions serve the Pulumi program, the unit tests and scripts/check-infra.sh (via
 // pulumi/scripts/render-samples.ts), and what shellcheck checks is exactly what instances run.
+// Instances receive it gzip-compressed (cloud-init decompresses gzip user data), which keeps the
+// script with its AWS helper and units under EC2's 16 KiB limit.
+import * as zlib from "zlib";
 import { readRepoFile } from "./files";
 import { renderTemplate } from "./render";
 
@@ -10,13 +13,13 @@ import { renderTemplate } from "./render";
 export const USERDATA_LIMIT_BYTES = 16384;
 
 export const AGENT_METRICS_PORT = 9102;
-export const CONTROLLER_API_LISTEN = "127.0.0.1:8080";
-export const PROMETHEUS_URL = "http://127.0.0.1:9090";
+/** How long a new worker waits for the server to publish the agent token (a new cluster's server installs meanwhile). */
+export const AGENT_TOKEN_WAIT_SECONDS = 1800;
 
 export interface AgentConfigInput {
     ssmPath: string;
     tokenSecretId: string;
-    joinTimeoutSeconds: number;
+    joinTimeout: string;
 }
 
 /** /etc/smartscale/agent.yaml: keys and defaults as in docs/interfaces.md. */
@@ -29,159 +32,126 @@ export function agentConfigYaml(i: AgentConfigInput): string {
         "k3s_config_path: /etc/rancher/k3s/config.yaml",
         'k3s_start_command: ["systemctl", "start", "k3s-agent"]',
         "kubeconfig: /var/lib/rancher/k3s/agent/kubelet.kubeconfig",
-        `join_timeout: ${i.joinTimeoutSeconds}s`,
+        `join_timeout: ${i.joinTimeout}`,
         `metrics_listen: 127.0.0.1:${AGENT_METRICS_PORT}`,
         "state_dir: /var/lib/smartscale-agent",
         "",
     ].join("\n");
 }
 
-export interface ControllerConfigInput {
-    clusterId: string;
-    interval: string;
-    dryRun: boolean;
-    tableName: string;
-    asgName: string;
-    minSize: number;
-    maxSize: number;
-    instanceType: string;
-    allocatableCpu: number;
-    allocatableMemoryGib: number;
-    hourlyPrice: number;
+/** A pinned object version of the artifacts bucket. */
+export interface ObjectRef {
+    key: string;
+    versionId: string;
+    sha256: string;
 }
 
-/** /etc/smartscale/controller.yaml: keys as in docs/interfaces.md; everything else keeps its default. */
-export function controllerConfigYaml(i: ControllerConfigInput): string {
-    return [
-        "# smartscale-controller configuration (docs/interfaces.md), written by the server bootstrap.",
-        `cluster_id: ${i.clusterId}`,
-        `interval: ${i.interval}`,
-        `dry_run: ${i.dryRun}`,
-        "log_format: json",
-        "prometheus:",
-        `  url: ${PROMETHEUS_URL}`,
-        "state:",
-        `  table: ${i.tableName}`,
-        "node_groups:",
-        `  - asg_name: ${i.asgName}`,
-        `    min: ${i.minSize}`,
-        `    max: ${i.maxSize}`,
-        `    instance_type: ${i.instanceType}`,
-        `    allocatable: { cpu: ${i.allocatableCpu}, memory_gib: ${i.allocatableMemoryGib} }`,
-        `    hourly_price: ${i.hourlyPrice}`,
-        "api:",
-        `  listen: ${CONTROLLER_API_LISTEN}`,
-        "  token_file: /etc/smartscale/api-token",
-        "",
-    ].join("\n");
+export interface K3sRefs {
+    version: string;
+    binary: ObjectRef;
+    installScript: ObjectRef;
 }
+
+function k3sValues(k: K3sRefs): Record<string, string> {
+    return {
+        K3S_VERSION: k.version,
+        K3S_BINARY_KEY: k.binary.key,
+        K3S_BINARY_VERSION_ID: k.binary.versionId,
+        K3S_BINARY_SHA256: k.binary.sha256,
+        K3S_INSTALL_KEY: k.installScript.key,
+        K3S_INSTALL_VERSION_ID: k.installScript.versionId,
+        K3S_INSTALL_SHA256: k.installScript.sha256,
+    };
+}
+
+const commonBlocks = () => ({
+    COMMON_FUNCTIONS: readRepoFile("userdata", "common.sh"),
+    AWS_HELPER: readRepoFile("userdata", "smartscale-aws.py"),
+});
 
 export interface WorkerUserDataInput {
     region: string;
     clusterId: string;
     asgName: string;
     launchHookName: string;
+    heartbeatIntervalSeconds: number;
     bucket: string;
-    agentKey: string;
-    agentVersionId: string;
-    agentSha256: string;
-    k3sVersion: string;
-    agent: AgentConfigInput;
+    agent: ObjectRef;
+    k3s: K3sRefs;
+    agentConfig: AgentConfigInput;
 }
 
-export function workerUserData(i: WorkerUserDataInput): string {
-    return checkSize(
-        "worker",
-        renderTemplate(readRepoFile("userdata", "worker.sh.tpl"), {
-            shell: true,
-            values: {
-                REGION: i.region,
-                CLUSTER_ID: i.clusterId,
-                ASG_NAME: i.asgName,
-                LAUNCH_HOOK_NAME: i.launchHookName,
-                ARTIFACT_BUCKET: i.bucket,
-                AGENT_KEY: i.agentKey,
-                AGENT_VERSION_ID: i.agentVersionId,
-                AGENT_SHA256: i.agentSha256,
-                K3S_VERSION: i.k3sVersion,
-                AGENT_METRICS_PORT: String(AGENT_METRICS_PORT),
-            },
-            blocks: {
-                COMMON_FUNCTIONS: readRepoFile("userdata", "common.sh"),
-                AGENT_CONFIG: agentConfigYaml(i.agent),
-                AGENT_UNIT: readRepoFile("userdata", "systemd", "smartscale-agent.service"),
-            },
-        }),
-    );
-}
-
-export interface ManifestFetch {
-    fileName: string;
-    key: string;
-    versionId: string;
-    sha256: string;
+export function workerScript(i: WorkerUserDataInput): string {
+    return renderTemplate(readRepoFile("userdata", "worker.sh.tpl"), {
+        shell: true,
+        values: {
+            REGION: i.region,
+            CLUSTER_ID: i.clusterId,
+            ASG_NAME: i.asgName,
+            LAUNCH_HOOK_NAME: i.launchHookName,
+            HEARTBEAT_INTERVAL: String(i.heartbeatIntervalSeconds),
+            ARTIFACT_BUCKET: i.bucket,
+            AGENT_KEY: i.agent.key,
+            AGENT_VERSION_ID: i.agent.versionId,
+            AGENT_SHA256: i.agent.sha256,
+            ...k3sValues(i.k3s),
+            AGENT_TOKEN_SECRET_ID: i.agentConfig.tokenSecretId,
+            AGENT_TOKEN_WAIT_SECONDS: String(AGENT_TOKEN_WAIT_SECONDS),
+            AGENT_METRICS_PORT: String(AGENT_METRICS_PORT),
+        },
+        blocks: {
+            ...commonBlocks(),
+            AGENT_CONFIG: agentConfigYaml(i.agentConfig),
+            AGENT_UNIT: readRepoFile("userdata", "systemd", "smartscale-agent.service"),
+        },
+    });
 }
 
 export interface ServerUserDataInput {
     region: string;
     clusterId: string;
     bucket: string;
-    controllerKey: string;
-    controllerVersionId: string;
-    controllerSha256: string;
-    tokenSecretId: string;
+    k3s: K3sRefs;
+    serverTokenSecretId: string;
+    agentTokenSecretId: string;
     grafanaSecretId: string;
-    k3sVersion: string;
-    manifests: ManifestFetch[];
-    controller: ControllerConfigInput;
+    releaseParam: string;
+    controllerConfigParam: string;
 }
 
-function shellQuote(s: string): string {
-    if (!/^[\x20-\x26\x28-\x7e]*$/.test(s)) {
-        throw new Error(`refusing to quote ${JSON.stringify(s)} for the shell`);
-    }
-    return `'${s}'`;
-}
-
-export function serverUserData(i: ServerUserDataInput): string {
-    const fetches = i.manifests.map((m) => {
-        if (!/^[a-z0-9-]+\.yaml$/.test(m.fileName)) {
-            throw new Error(`bad manifest file name ${m.fileName}`);
-        }
-        return (
-            `fetch_verified "$ARTIFACT_BUCKET" ${shellQuote(m.key)} ${shellQuote(m.versionId)} ${shellQuote(m.sha256)} \\\n` +
-            `  "\${MANIFEST_DIR}/${m.fileName}" 0600`
-        );
+export function serverScript(i: ServerUserDataInput): string {
+    return renderTemplate(readRepoFile("userdata", "server.sh.tpl"), {
+        shell: true,
+        values: {
+            REGION: i.region,
+            CLUSTER_ID: i.clusterId,
+            ARTIFACT_BUCKET: i.bucket,
+            ...k3sValues(i.k3s),
+            SERVER_TOKEN_SECRET_ID: i.serverTokenSecretId,
+            AGENT_TOKEN_SECRET_ID: i.agentTokenSecretId,
+            GRAFANA_SECRET_ID: i.grafanaSecretId,
+            RELEASE_PARAM: i.releaseParam,
+            CONTROLLER_CONFIG_PARAM: i.controllerConfigParam,
+        },
+        blocks: {
+            ...commonBlocks(),
+            CONTROLLER_UNIT: readRepoFile("userdata", "systemd", "smartscale-controller.service"),
+            SYNC_SERVICE: readRepoFile("userdata", "systemd", "smartscale-sync.service"),
+            SYNC_TIMER: readRepoFile("userdata", "systemd", "smartscale-sync.timer"),
+        },
     });
-    return checkSize(
-        "server",
-        renderTemplate(readRepoFile("userdata", "server.sh.tpl"), {
-            shell: true,
-            values: {
-                REGION: i.region,
-                CLUSTER_ID: i.clusterId,
-                ARTIFACT_BUCKET: i.bucket,
-                CONTROLLER_KEY: i.controllerKey,
-                CONTROLLER_VERSION_ID: i.controllerVersionId,
-                CONTROLLER_SHA256: i.controllerSha256,
-                TOKEN_SECRET_ID: i.tokenSecretId,
-                GRAFANA_SECRET_ID: i.grafanaSecretId,
-                K3S_VERSION: i.k3sVersion,
-            },
-            blocks: {
-                COMMON_FUNCTIONS: readRepoFile("userdata", "common.sh"),
-                MANIFEST_FETCHES: fetches.join("\n"),
-                CONTROLLER_CONFIG: controllerConfigYaml(i.controller),
-                CONTROLLER_UNIT: readRepoFile("userdata", "systemd", "smartscale-controller.service"),
-            },
-        }),
-    );
 }
 
-function checkSize(what: string, script: string): string {
-    const bytes = Buffer.byteLength(script, "utf8");
-    if (bytes > USERDATA_LIMIT_BYTES) {
-        throw new Error(`${what} UserData is ${bytes} bytes, over EC2's ${USERDATA_LIMIT_BYTES}-byte limit`);
+/** The script as EC2 receives it: gzip, base64-encoded; refused if over EC2's limit. */
+export function packUserData(what: string, script: string): string {
+    const gz = zlib.gzipSync(Buffer.from(script, "utf8"), { level: 9 });
+    if (gz.length > USERDATA_LIMIT_BYTES) {
+        throw new Error(`${what} UserData is ${gz.length} bytes gzip-compressed, over EC2's ${USERDATA_LIMIT_BYTES}-byte limit`);
     }
-    return script;
+    return gz.toString("base64");
+}
+
+/** Inverse of packUserData (tests, render-samples). */
+export function unpackUserData(base64: string): string {
+    return zlib.gunzipSync(Buffer.from(base64, "base64")).toString("utf8");
 }

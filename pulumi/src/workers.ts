@@ -11,10 +11,17 @@ import { Network } from "./network";
 export const LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING";
 export const TERMINATING = "autoscaling:EC2_INSTANCE_TERMINATING";
 
+/**
+ * Resource options of the ASG: the controller owns the desired capacity, and the hooks are set at
+ * creation only. Since provider 5.25 a change to initialLifecycleHooks replaces the group (every
+ * worker with it), and a second definition as LifecycleHook resources is what the provider docs
+ * warn against; docs/deploy.md ("Updating") says how to change a hook's timeout.
+ */
+export const ASG_IGNORE_CHANGES = ["desiredCapacity", "initialLifecycleHooks"];
+
 export interface Workers {
     launchTemplate: aws.ec2.LaunchTemplate;
     asg: aws.autoscaling.Group;
-    hooks: aws.autoscaling.LifecycleHook[];
 }
 
 export function createWorkers(
@@ -23,7 +30,8 @@ export function createWorkers(
     net: Network,
     ami: Ami,
     identity: InstanceIdentity,
-    userData: pulumi.Output<string>,
+    /** gzip + base64 (userdata.ts packUserData). */
+    userDataBase64: pulumi.Output<string>,
     dependsOn: pulumi.Resource[],
 ): Workers {
     const tags = baseTags(cfg, names, `${names.prefix}-worker`);
@@ -37,7 +45,10 @@ export function createWorkers(
             httpEndpoint: "enabled",
             httpTokens: "required", // IMDSv2 only
             httpPutResponseHopLimit: 1, // pods (one hop further) cannot reach IMDS and the role
-            instanceMetadataTags: "enabled", // the agent can read aws:autoscaling:groupName locally
+            // Off, as Karpenter does: with metadata tags on, EC2 refuses to launch an instance whose
+            // tag keys contain '/' (smartscale.io/cluster, cluster-autoscaler node-template tags).
+            // The agent finds its ASG with DescribeAutoScalingInstances instead.
+            instanceMetadataTags: "disabled",
         },
         blockDeviceMappings: [
             {
@@ -50,29 +61,12 @@ export function createWorkers(
                 },
             },
         ],
-        userData: userData.apply((u) => Buffer.from(u, "utf8").toString("base64")),
+        userData: userDataBase64,
         updateDefaultVersion: true,
         // Instance tags come from the ASG (propagateAtLaunch); volumes get theirs here.
         tagSpecifications: [{ resourceType: "volume", tags }],
         tags,
     });
-
-    const hooks = [
-        {
-            name: names.launchHookName,
-            lifecycleTransition: LAUNCHING,
-            // Not Ready in time -> the instance is terminated and replaced.
-            defaultResult: "ABANDON",
-            heartbeatTimeout: cfg.lifecycleHeartbeatTimeout,
-        },
-        {
-            name: names.terminateHookName,
-            lifecycleTransition: TERMINATING,
-            // Agent gone or stuck -> termination proceeds anyway.
-            defaultResult: "CONTINUE",
-            heartbeatTimeout: cfg.lifecycleHeartbeatTimeout,
-        },
-    ];
 
     const asg = new aws.autoscaling.Group(
         "workers",
@@ -85,8 +79,9 @@ export function createWorkers(
             capacityRebalance: true,
             healthCheckType: "EC2",
             healthCheckGracePeriod: 300,
-            // Do not block `pulumi up` on workers joining; watch them with `kubectl get nodes`.
-            waitForCapacityTimeout: "0",
+            // `pulumi up` waits until workerMinSize workers are in service, i.e. joined and Ready
+            // (the launch hook holds them in Pending:Wait until then), and fails if they are not.
+            waitForCapacityTimeout: cfg.workerCapacityTimeout,
             mixedInstancesPolicy: {
                 instancesDistribution: {
                     onDemandBaseCapacity: cfg.onDemandBaseCapacity,
@@ -103,24 +98,27 @@ export function createWorkers(
                 },
             },
             // Created with the group, so that the very first instances already wait in Pending:Wait.
-            initialLifecycleHooks: hooks,
+            initialLifecycleHooks: [
+                {
+                    name: names.launchHookName,
+                    lifecycleTransition: LAUNCHING,
+                    // Not Ready in time -> the instance is terminated and replaced.
+                    defaultResult: "ABANDON",
+                    heartbeatTimeout: cfg.lifecycleHeartbeatTimeout,
+                },
+                {
+                    name: names.terminateHookName,
+                    lifecycleTransition: TERMINATING,
+                    // Agent gone or stuck -> termination proceeds anyway.
+                    defaultResult: "CONTINUE",
+                    heartbeatTimeout: cfg.lifecycleHeartbeatTimeout,
+                },
+            ],
             tags: Object.entries(tags).map(([key, value]) => ({ key, value, propagateAtLaunch: true })),
         },
-        {
-            dependsOn,
-            // The controller owns the desired capacity after creation.
-            ignoreChanges: ["desiredCapacity"],
-        },
+        // dependsOn: the worker policy (hooks answered from the first boot), the agent's
+        // parameters and the server (workers join it).
+        { dependsOn, ignoreChanges: ASG_IGNORE_CHANGES },
     );
-    // The provider applies initialLifecycleHooks only when it creates the group; these resources
-    // (same names, PutLifecycleHook is an upsert) keep the hooks in line with later config changes,
-    // e.g. a new heartbeat timeout.
-    const hookResources = hooks.map(
-        (h, i) =>
-            new aws.autoscaling.LifecycleHook(i === 0 ? "launch-hook" : "terminate-hook", {
-                ...h,
-                autoscalingGroupName: asg.name,
-            }),
-    );
-    return { launchTemplate, asg, hooks: hookResources };
+    return { launchTemplate, asg };
 }

@@ -98,6 +98,59 @@ describe("stack configuration", () => {
         assert.strictEqual(clusterIdFromStack("___"), "smartscale");
     });
 
+    it("finding 10: refuses an adminCidr wider than a /16 unless explicitly confirmed", async () => {
+        const msg = await configError({ ...baseConfig(bins), "smartscale:adminCidr": "0.0.0.0/0" });
+        assert.match(msg, /smartscale:adminCidr 0\.0\.0\.0\/0 is wider than a \/16: the K3s API would be open to the whole internet/);
+        assert.match(msg, /pulumi config set smartscale:allowWideAdminCidr true/);
+        const { loadConfig } = await import("../src/config");
+        await prepare({ ...baseConfig(bins), "smartscale:adminCidr": "0.0.0.0/0", "smartscale:allowWideAdminCidr": "true" });
+        assert.strictEqual(loadConfig().adminCidr, "0.0.0.0/0");
+        await prepare({ ...baseConfig(bins), "smartscale:adminCidr": "10.0.0.0/16" });
+        assert.strictEqual(loadConfig().adminCidr, "10.0.0.0/16");
+    });
+
+    it("finding 10: refuses node labels the kubelet would refuse to register with", async () => {
+        for (const [labels, why] of [
+            ["node-role.kubernetes.io/worker=true", /kubelet refuses node labels in the kubernetes\.io and k8s\.io namespaces/],
+            ["kubernetes.io/team=web", /kubelet refuses/],
+            ["example.k8s.io/x=y", /kubelet refuses/],
+            ["smartscale.io/node-group=other", /is set by the agent on every worker/],
+            ["team=-web", /a value must be empty or 1-63/],
+            ["Team.Example.com/x=y", /prefix must be a lowercase DNS subdomain/],
+        ] as const) {
+            const msg = await configError({ ...baseConfig(bins), "smartscale:workerNodeLabels": labels });
+            assert.match(msg, /invalid value for smartscale:workerNodeLabels/, labels);
+            assert.match(msg, why, labels);
+        }
+        const { loadConfig } = await import("../src/config");
+        const ok = "team=web,node.kubernetes.io/pool=batch,kubelet.kubernetes.io/x=1,example.com/tier=";
+        await prepare({ ...baseConfig(bins), "smartscale:workerNodeLabels": ok });
+        assert.strictEqual(loadConfig().workerNodeLabels, ok);
+        assert.match(await configError({ ...baseConfig(bins), "smartscale:workerNodeTaints": "smartscale.io/draining=true:NoSchedule" }), /the agent's draining taint/);
+    });
+
+    it("finding 10: refuses the agent's own rebalance drain, which would leave a cordoned node behind", async () => {
+        const msg = await configError({ ...baseConfig(bins), "smartscale:rebalanceEnabled": "true" });
+        assert.match(msg, /invalid value for smartscale:rebalanceEnabled: an agent drain on a rebalance recommendation leaves a cordoned node/);
+    });
+
+    it("bounds the join and capacity timeouts", async () => {
+        const msg = await configError({ ...baseConfig(bins), "smartscale:workerCapacityTimeout": "0s", "smartscale:workerJoinTimeout": "5h" });
+        assert.match(msg, /invalid value for smartscale:workerCapacityTimeout: "0s" is not a duration/);
+        assert.match(msg, /invalid value for smartscale:workerJoinTimeout: 5h is outside 60s\.\.7200s/);
+    });
+
+    it("keeps the token wait and the join inside the launch action's global timeout", async () => {
+        const msg = await configError({ ...baseConfig(bins), "smartscale:lifecycleHeartbeatTimeout": "30", "smartscale:workerJoinTimeout": "30m" });
+        assert.match(msg, /smartscale:workerJoinTimeout \(30m\) plus the 1800s a worker may wait for the agent token does not fit in the launch action's global timeout \(100 x smartscale:lifecycleHeartbeatTimeout = 3000s\)/);
+    });
+
+    it("finding 9: refuses a K3s release that is not pinned by SHA-256", async () => {
+        await prepare({ ...baseConfig(bins), "smartscale:k3sVersion": "v1.99.0+k3s1" });
+        const { createStack } = await import("../src/stack");
+        assert.throws(() => createStack(), /k3s v1\.99\.0\+k3s1 has no pinned SHA-256 in pulumi\/k3s-releases\.json[\s\S]*fetch-k3s\.sh --pin v1\.99\.0\+k3s1/);
+    });
+
     it("documents every key in docs/deploy.md", () => {
         const doc = readRepoFile("docs", "deploy.md");
         for (const k of CONFIG_KEYS) {

