@@ -9,9 +9,16 @@
    deployment (controller, agents, kube-state-metrics, node-exporter; label sets as documented),
    backfills it with `promtool tsdb create-blocks-from openmetrics`, and starts `prometheus` on a
    free 127.0.0.1 port with its own temporary data directory (readiness is polled, not slept on).
-4. Runs each query as an instant query at the end of the history, twice: with the template
+4. Backfills the cost recording rules (dashboards/rules/cost.yml.tpl with the sample prices of
+   pulumi/scripts/render-samples.ts) over the same history with `promtool tsdb create-blocks-from
+   rules`, and restarts Prometheus with those blocks.
+5. Runs each query as an instant query at the end of the history, twice: with the template
    variables set to "All" and to one node group. Each must parse and return at least one sample.
-5. Stops Prometheus by PID and removes the temporary directory.
+6. Checks values, not just shapes: CPU and memory panels and the controller's worker signals
+   (dashboards/signals/worker-signals.json) average over the workers only, never the K3s server;
+   the Cost dashboard's hourly cost is every worker at its own price plus the server, disks and
+   IPv4 addresses; the savings count spot prices.
+7. Stops Prometheus by PID and removes the temporary directory.
 
 Python standard library only. Exit status 0 when every check passes. The last line is
 "N passed, N failed".
@@ -52,9 +59,10 @@ BUILTINS = {
     "$__interval_ms": "30000",
     "$__interval": "30s",
 }
-# Dashboard variables: "All" (allValue .*) and one concrete value.
+# Dashboard variables: "All" (allValue .+: every worker, never a series without node_group) and
+# one concrete value.
 VARIABLE_SETS = {
-    "all": {"node_group": ".*"},
+    "all": {"node_group": ".+"},
     "one": {"node_group": NODE_GROUP},
 }
 
@@ -64,7 +72,20 @@ KNOWN_EXTERNAL = {
     "kube_node_spec_unschedulable", "kube_pod_status_phase", "kube_pod_status_unschedulable",
     "kube_pod_container_resource_requests", "kube_pod_info",
     "node_cpu_seconds_total", "node_memory_MemAvailable_bytes", "node_memory_MemTotal_bytes",
+    "ALERTS",  # Prometheus' own series of alerting rule states
 }
+RULES = ROOT / "dashboards" / "rules"
+SIGNALS = ROOT / "dashboards" / "signals" / "worker-signals.json"
+# The sample prices of pulumi/scripts/render-samples.ts (and dashboards/rules/cost.test.yml).
+COST_VALUES = {
+    "SERVER_HOURLY": 0.0416, "SERVER_INSTANCE_TYPE": "t3.medium", "SERVER_PRICE_SOURCE": "price_list",
+    "SERVER_EBS_HOURLY": 30 * 0.08 / 730, "SERVER_VOLUME_GIB": 30, "EBS_PRICE_SOURCE": "price_list",
+    "IPV4_HOURLY": 0.005, "IPV4_PRICE_SOURCE": "config", "WORKER_EBS_HOURLY": 20 * 0.08 / 730,
+    "WORKER_VOLUME_GIB": 20, "WORKER_OVERHEAD_HOURLY": 20 * 0.08 / 730 + 0.005,
+}
+# Spot prices the controller reports per node (its zone's price); the on-demand node is left to the
+# recording rule's fallback (its group's price for its type and lifecycle).
+NODE_PRICES = {"ip-10-20-16-12": 0.0119, "ip-10-20-32-13": 0.0131, "ip-10-20-16-14": 0.0119}
 PROMQL_WORDS = {
     "sum", "avg", "max", "min", "count", "by", "without", "on", "ignoring", "group_left", "group_right",
     "rate", "increase", "irate", "histogram_quantile", "sum_over_time", "max_over_time", "avg_over_time",
@@ -170,6 +191,15 @@ def documented_metrics() -> set[str]:
             if "histogram" in line:
                 names.update({f"{name}_bucket", f"{name}_sum", f"{name}_count"})
     return names
+
+
+def recorded_metrics() -> set[str]:
+    return set(re.findall(r"^\s*- record: (\S+)", (RULES / "cost.yml.tpl").read_text(), re.M))
+
+
+def render_cost_rules() -> str:
+    fmt = lambda v: f"{v:.6g}" if isinstance(v, float) else str(v)  # noqa: E731 (as toPrecision(6))
+    return re.sub(r"@@([A-Z0-9_]+)@@", lambda m: fmt(COST_VALUES[m.group(1)]), (RULES / "cost.yml.tpl").read_text())
 
 
 def metric_names(expr: str) -> set[str]:
@@ -290,8 +320,11 @@ def generate_history(path: Path, end: int) -> None:
                        {**ksm, "node": n["node"], "condition": "Ready", "status": status}, t, 1 if (status == "true") == is_ready and status != "unknown" else 0)
             om.add("kube_node_status_allocatable", "gauge", "kube_node_status_allocatable", {**ksm, "node": n["node"], "resource": "cpu", "unit": "core"}, t, 2)
             om.add("kube_node_status_allocatable", "gauge", "kube_node_status_allocatable", {**ksm, "node": n["node"], "resource": "memory", "unit": "byte"}, t, 3.8e9)
-            ne = {"job": "kubernetes-service-endpoints", "instance": f"{n['ip']}:9100", "namespace": "monitoring",
-                  "service": "prometheus-prometheus-node-exporter", "node": n["node"]}
+            # The chart's node-exporter job (userdata/manifests/smartscale.yaml): workers carry node_group.
+            ne = {"job": "node-exporter", "instance": f"{n['ip']}:9100", "node": n["node"],
+                  "node_role": "server" if is_server else "worker"}
+            if not is_server:
+                ne["node_group"] = NODE_GROUP
             node_load = 0.2 if is_server else min(0.95, max(0.05, load + rnd.uniform(-0.05, 0.05)))
             for cpu in ("0", "1"):
                 for mode, share in (("idle", 1 - node_load), ("user", node_load * 0.8), ("system", node_load * 0.2)):
@@ -354,8 +387,14 @@ def generate_history(path: Path, end: int) -> None:
             om.add("smartscale_node_hourly_price_dollars", "gauge", "smartscale_node_hourly_price_dollars",
                    {**ng, "instance_type": itype, "capacity_type": cap}, t, price)
         for w in live:
-            om.add("smartscale_node_info", "gauge", "smartscale_node_info",
-                   {**ng, "node": w["node"], "instance_id": w["id"], "instance_type": w["type"], "capacity_type": w["cap"], "zone": w["zone"]}, t, 1)
+            node = {**ng, "node": w["node"], "instance_id": w["id"], "instance_type": w["type"], "capacity_type": w["cap"], "zone": w["zone"]}
+            om.add("smartscale_node_info", "gauge", "smartscale_node_info", node, t, 1)
+            if w["node"] in NODE_PRICES:
+                om.add("smartscale_node_hourly_cost_dollars", "gauge", "smartscale_node_hourly_cost_dollars",
+                       {**node, "price_source": "spot_price_history"}, t, NODE_PRICES[w["node"]])
+        if off >= 5 * H:
+            om.add("ALERTS", "gauge", "ALERTS", {"alertname": "SmartScaleNodeGroupBackoff", "alertstate": "firing",
+                                                  "severity": "warning", "node_group": NODE_GROUP}, t, 1)
 
         # ---- agents (one per live worker; the one terminated at 4 h drained first)
         for w in live:
@@ -428,6 +467,53 @@ def instant_query(base: str, expr: str, at: int):
     return result, None
 
 
+def scalar(base: str, expr: str, at: int) -> float | None:
+    result, err = instant_query(base, expr, at)
+    if err or not result:
+        return None
+    return float(result[0]["value"][1])
+
+
+def check_values(base: str, end: int, targets) -> None:
+    """What the panels and signals compute, against what the history holds (generate_history)."""
+    expr = {(d, t, r): substitute(e, VARIABLE_SETS["all"]) for d, t, r, e in targets}
+    workers_now = "ip-10-20-0-11|ip-10-20-16-12|ip-10-20-16-14"  # alive at the end; ip-10-20-0-10 is the server
+    only_workers = scalar(base, f'(1 - avg(rate(node_cpu_seconds_total{{mode="idle",node=~"{workers_now}"}}[2m]))) * 100', end)
+    with_server = scalar(base, '(1 - avg(rate(node_cpu_seconds_total{mode="idle"}[2m]))) * 100', end)
+    panel = scalar(base, expr[("cluster.json", "CPU utilisation", "A")], end)
+    check("cluster / CPU utilisation is the workers' average, without the K3s server",
+          None not in (panel, only_workers, with_server) and abs(panel - only_workers) < 0.01 and abs(with_server - only_workers) > 1,
+          f"panel {panel}, workers {only_workers}, all node-exporter targets {with_server}")
+    signals = json.loads(SIGNALS.read_text())
+    cpu = scalar(base, signals["cpu"].replace("[5m]", "[2m]"), end)
+    check("the controller's cpu signal (worker-signals.json) reads the workers only",
+          cpu is not None and abs(cpu - only_workers) < 0.01, f"{cpu} vs {only_workers}")
+    mem_workers = scalar(base, f'(1 - avg(node_memory_MemAvailable_bytes{{node=~"{workers_now}"}} / node_memory_MemTotal_bytes{{node=~"{workers_now}"}})) * 100', end)
+    mem = scalar(base, signals["memory"], end)
+    mem_all = scalar(base, '(1 - avg(node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes)) * 100', end)
+    check("the controller's memory signal reads the workers only",
+          None not in (mem, mem_workers, mem_all) and abs(mem - mem_workers) < 0.01 and abs(mem_all - mem_workers) > 1, f"{mem} vs {mem_workers} (all {mem_all})")
+
+    # At the end: ip-10-20-0-11 (t3.medium on demand, priced by its group: 0.0416), ip-10-20-16-12 and
+    # ip-10-20-16-14 (t3a.medium spot, priced per node: 0.0119); 3 worker instances; the server.
+    c = COST_VALUES
+    workers = 0.0416 + 0.0119 + 0.0119
+    infra = c["SERVER_HOURLY"] + float(f"{c['SERVER_EBS_HOURLY']:.6g}") + c["IPV4_HOURLY"] + 3 * (float(f"{c['WORKER_EBS_HOURLY']:.6g}") + c["IPV4_HOURLY"])
+    now = scalar(base, expr[("cost.json", "Cost now (per hour)", "A")], end)
+    check("cost / Cost now is every worker at its own price plus the server, the disks and the IPv4 addresses",
+          now is not None and abs(now - (workers + infra)) < 1e-6, f"{now} vs {workers + infra}")
+    spot = scalar(base, 'sum(smartscale:node_hourly_cost_dollars{capacity_type="spot"})', end)
+    check("spot workers are priced at their own (zone's) spot price, not an on-demand price", spot is not None and abs(spot - 0.0238) < 1e-9, str(spot))
+    static = scalar(base, expr[("cost.json", "Static peak-sized fleet in range", "A")], end)
+    actual = scalar(base, expr[("cost.json", "Workers actually cost in range", "A")], end)
+    on_demand = scalar(base, 'sum_over_time((sum(smartscale_node_info * on (instance_type) group_left max by (instance_type) '
+                             '(smartscale_node_hourly_price_dollars{capacity_type="on-demand"})))[6h:1m]) / 60', end)
+    check("savings: the autoscaled spot/on-demand workers cost less than the same node-hours on demand, which cost less than the static fleet",
+          None not in (static, actual, on_demand) and actual < on_demand < static, f"actual {actual}, same hours on demand {on_demand}, static {static}")
+    if VERBOSE:
+        print(f"        cost now {now}, actual {actual}, on demand {on_demand}, static {static}, cpu {panel} vs {with_server}")
+
+
 def main() -> int:
     for tool in ("prometheus", "promtool"):
         if not shutil.which(tool):
@@ -440,7 +526,9 @@ def main() -> int:
     for dash, title, ref, expr in targets:
         names = metric_names(substitute(expr, VARIABLE_SETS["all"]))
         own = {n for n in names if n.startswith("smartscale_")}
-        unknown = sorted((own - documented) | {n for n in names - own if n not in KNOWN_EXTERNAL})
+        rules = {n for n in names if n.startswith("smartscale:")}
+        unknown = sorted((own - documented) | (rules - recorded_metrics())
+                         | {n for n in names - own - rules if n not in KNOWN_EXTERNAL})
         check(f"{dash} / {title} / {ref}: metric names are documented or known", not unknown, f"unknown {unknown}")
 
     work = Path(tempfile.mkdtemp(prefix="smartscale-dashboards-"))
@@ -462,13 +550,33 @@ def main() -> int:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         log = work / "prometheus.log"
-        with log.open("w") as logf:
-            proc = subprocess.Popen(
-                ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={data_dir}",
-                 "--storage.tsdb.retention.time=3650d", f"--web.listen-address=127.0.0.1:{port}"],
-                stdout=logf, stderr=subprocess.STDOUT)
-        wait_ready(base, proc, log)
-        print(f"  (prometheus pid {proc.pid} ready on {base})")
+
+        def start():
+            with log.open("a") as logf:
+                p = subprocess.Popen(
+                    ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={data_dir}",
+                     "--storage.tsdb.retention.time=3650d", f"--web.listen-address=127.0.0.1:{port}"],
+                    stdout=logf, stderr=subprocess.STDOUT)
+            wait_ready(base, p, log)
+            return p
+
+        proc = start()
+        # The cost recording rules over the history, as Prometheus would have recorded them.
+        rules_file = work / "recording_rules.yml"
+        rules_file.write_text(render_cost_rules())
+        t0 = time.monotonic()
+        r = subprocess.run(["promtool", "tsdb", "create-blocks-from", "rules", "--start", str(end - HISTORY_SECONDS),
+                            "--end", str(end + 1), "--url", base, "--eval-interval", "60s", "--output-dir", str(work / "rules"),
+                            str(rules_file)], capture_output=True, text=True)
+        if not check("promtool backfills the cost recording rules", r.returncode == 0, (r.stdout + r.stderr)[-2000:]):
+            return 1
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+        for block in (work / "rules").iterdir():
+            if block.is_dir():
+                shutil.move(str(block), str(data_dir / block.name))
+        proc = start()
+        print(f"  (recording rules backfilled in {time.monotonic() - t0:.1f}s; prometheus pid {proc.pid} ready on {base})")
 
         for set_name, values in VARIABLE_SETS.items():
             for dash, title, ref, expr in targets:
@@ -490,6 +598,7 @@ def main() -> int:
             result, err = instant_query(base, promql, end)
             values = sorted(r["metric"].get(promql.split("(")[1].split(")")[0], "") for r in result or [])
             check(f"{dash} / variable {var}: {q} returns values", err is None and NODE_GROUP in values, err or str(values))
+        check_values(base, end, targets)
     finally:
         if proc is not None and proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)

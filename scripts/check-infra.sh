@@ -3,16 +3,24 @@
 #
 #   1. pulumi:     npm ci (when node_modules is missing or stale), tsc --noEmit, npm test (mocha
 #                  unit tests of the program under Pulumi mocks)
-#   2. userdata:   render the server/worker UserData, units and server manifest with sample values,
-#                  exactly as the program does; shellcheck the scripts; check the manifest (YAML,
-#                  promtool check config on the extra scrape configs); systemd-analyze verify +
-#                  offline security score of the units (skipped, with a message, where
-#                  systemd-analyze is missing)
-#   3. glibc:      scripts/check-glibc.sh self-test, and the release binaries if they are built
-#   4. dashboards: every panel query against a real Prometheus backfilled with promtool
+#   2. userdata:   render the server/worker UserData, units, server manifest and controller config
+#                  with sample values, exactly as the program does; shellcheck the scripts; run the
+#                  rendered worker bootstrap with its outside effects stubbed (order, heartbeats,
+#                  no internet, ABANDON on failure); the smartscale-aws helper against the test
+#                  world's AWS model with moto's signature checks on; check the manifest (YAML,
+#                  promtool check/test rules on the shipped alert and cost rules, the scrape
+#                  configs' relabelling in a real Prometheus); systemd-analyze verify + offline
+#                  security score of the units (skipped, with a message, where systemd-analyze is
+#                  missing)
+#   3. rules:      promtool test rules on dashboards/rules/alerts.test.yml (every alert fires on
+#                  data that should fire it and stays quiet otherwise)
+#   4. glibc:      scripts/check-glibc.sh self-test, and the release binaries if they are built
+#   5. dashboards: every panel query against a real Prometheus backfilled with promtool, and the
+#                  values of the worker signals and cost panels
 #
 # Exit status 0 only if every step passes. The last line is "check-infra: N passed, N failed".
-# Installs shellcheck and prometheus from Debian when missing (needs root and apt-get).
+# Installs shellcheck and prometheus from Debian when missing (needs root and apt-get), and the test
+# world's Python venv (tests/aws_model/requirements.txt, from PyPI) when it is missing.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -113,25 +121,65 @@ check_manifest() {
   python3 "$ROOT/userdata/check_manifest.py" "$WORK/rendered/smartscale.yaml"
 }
 
+# The scripts this check owns: the rendered UserData, this script, the k3s fetcher. (The other
+# scripts under scripts/ belong to the test world and CI.)
 shellcheck_scripts() {
-  local files=("$WORK"/rendered/*.sh "$ROOT"/scripts/*.sh)
+  local files=("$WORK"/rendered/*.sh "$ROOT/scripts/check-infra.sh" "$ROOT/pulumi/scripts/fetch-k3s.sh")
   shellcheck --version | sed -n 2p
   shellcheck -s bash -S style "${files[@]}"
   echo "shellcheck clean: ${#files[@]} scripts (${files[*]##*/})"
+}
+
+worker_bootstrap() {
+  python3 "$ROOT/userdata/test_worker_bootstrap.py" "$WORK/rendered"
+}
+
+# The test world's venv (moto and boto3 pinned): the one scripts/setup-backends.sh made, else our own.
+aws_venv() {
+  local venv=${SMARTSCALE_BACKENDS_DIR:-/tmp/smartscale-backends}/venv
+  if [[ -x $venv/bin/python ]] && "$venv/bin/python" -c 'import moto, boto3' 2>/dev/null; then
+    echo "$venv"
+    return 0
+  fi
+  venv=${XDG_CACHE_HOME:-$HOME/.cache}/smartscale-check-infra/venv
+  if ! [[ -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import moto, boto3' 2>/dev/null; then
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/tests/aws_model/requirements.txt" >&2
+  fi
+  echo "$venv"
+}
+
+aws_helper() {
+  local venv
+  venv=$(aws_venv)
+  "$venv/bin/python" "$ROOT/userdata/test_smartscale_aws.py"
+}
+
+alert_rules() {
+  cd "$ROOT/dashboards/rules"
+  promtool check rules alerts.yml
+  promtool test rules alerts.test.yml
 }
 
 systemd_checks() {
   local root=$WORK/sysroot out rc=0 unit
   # An offline root with the distribution's units (for sysinit.target and friends) and stand-ins
   # for the two binaries, which verify requires to exist.
-  mkdir -p "$root/usr/local/bin" "$root/etc/systemd/system" "$root/usr/lib/systemd"
+  mkdir -p "$root/usr/local/bin" "$root/usr/local/lib/smartscale" "$root/etc/systemd/system" "$root/usr/lib/systemd"
   cp -a /usr/lib/systemd/system "$root/usr/lib/systemd/"
-  for b in smartscale-agent smartscale-controller; do
-    printf '#!/bin/sh\n' >"$root/usr/local/bin/$b"
-    chmod 0755 "$root/usr/local/bin/$b"
+  for b in bin/smartscale-agent bin/smartscale-controller lib/smartscale/aws; do
+    printf '#!/bin/sh\n' >"$root/usr/local/$b"
+    chmod 0755 "$root/usr/local/$b"
   done
-  cp "$WORK"/rendered/*.service "$root/etc/systemd/system/"
-  for unit in smartscale-agent.service smartscale-controller.service; do
+  cp "$WORK"/rendered/*.service "$WORK"/rendered/*.timer "$root/etc/systemd/system/"
+  out=$(systemd-analyze --root="$root" verify "$root/etc/systemd/system/smartscale-sync.timer" 2>&1) || rc=1
+  if [[ -n "$out" ]]; then
+    echo "$out"
+    rc=1
+  else
+    echo "systemd-analyze verify smartscale-sync.timer: clean"
+  fi
+  for unit in smartscale-agent.service smartscale-controller.service smartscale-sync.service; do
     # verify exits 0 even when it ignores a bad directive: any output is a failure.
     out=$(systemd-analyze --root="$root" verify "$root/etc/systemd/system/$unit" 2>&1) || rc=1
     if [[ -n "$out" ]]; then
@@ -187,14 +235,17 @@ step "pulumi: tsc --noEmit" pulumi_tsc
 step "pulumi: npm test (mocha, Pulumi mocks)" pulumi_test
 step "userdata: render with sample values" render_samples
 step "userdata: shellcheck" shellcheck_scripts
-step "userdata: server manifest (YAML, promtool check config)" check_manifest
+step "userdata: worker bootstrap, stubbed (heartbeats first, no internet, ABANDON)" worker_bootstrap
+step "userdata: smartscale-aws against the AWS model (signatures checked)" aws_helper
+step "userdata: server manifest (YAML, rules, relabelling in Prometheus)" check_manifest
 if command -v systemd-analyze >/dev/null && [[ -d /usr/lib/systemd/system ]]; then
   step "userdata: systemd-analyze verify + security" systemd_checks
 else
   skip "userdata: systemd-analyze" "systemd-analyze or /usr/lib/systemd/system not available on this machine"
 fi
+step "rules: promtool test rules (alerts)" alert_rules
 step "glibc: scripts/check-glibc.sh" glibc_checks
-step "dashboards: every query against Prometheus" python3 "$ROOT/dashboards/test_queries.py"
+step "dashboards: every query and the cost and signal values against Prometheus" python3 "$ROOT/dashboards/test_queries.py"
 
 echo
 echo "==> summary"
