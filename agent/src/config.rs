@@ -95,8 +95,12 @@ pub fn load(path: &Path) -> Result<Config> {
 
 /// Parses and validates; on failure every problem found, one per line.
 pub fn parse(source: &str, yaml: &str, env: &[(String, String)]) -> Result<Config> {
-    let (raw, mut problems) =
+    let loaded =
         smartscale_common::config::load::<Raw>(source, yaml, env, ENV_PREFIX, &[], &template());
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let (raw, mut problems) = (loaded.value, loaded.problems);
     let fail = |problems| Error::Config {
         source_name: source.to_string(),
         problems,
@@ -463,12 +467,11 @@ mod tests {
         let err = parse(
             "agent.yaml",
             "ssm_path: relative\njoin_timeout: soon\npoll_interval: 5s\nmetrics_listen: nowhere\nk3s_start_command: []\nkubeconfg: /x\n",
-            &env(&[("SMARTSCALE_AGENT_STATE_DIRR", "/y")]),
+            &env(&[]),
         )
         .unwrap_err()
         .to_string();
         for needle in [
-            "SMARTSCALE_AGENT_STATE_DIRR matches no config key",
             "join_timeout",
             "kubeconfg: unknown key; did you mean `kubeconfig`?",
             "ssm_path: `relative`",

@@ -77,11 +77,16 @@ pub async fn join(config: &Config) -> Result<()> {
         r = bootstrap(config, &settings, &instance, asg.as_deref(), &sdk) => r,
         e = launch_ended(launch.as_ref(), keepalive.as_ref()) => Err(e),
     };
+    // CONTINUE is part of the join: if it cannot go through (the action ended, the call is
+    // refused past the action's time), the join failed and is cleaned up like any other failure.
+    let joined = match (joined, &launch, &keepalive) {
+        (Ok(()), Some((lifecycle, hook)), Some(keepalive)) => {
+            continue_launch(lifecycle, hook, keepalive).await
+        }
+        (other, _, _) => other,
+    };
     match joined {
         Ok(()) => {
-            if let (Some((lifecycle, hook)), Some(keepalive)) = (&launch, &keepalive) {
-                continue_launch(lifecycle, hook, keepalive).await?;
-            }
             tracing::info!(node = %instance.hostname, "joined: node Ready");
             Ok(())
         }

@@ -8,10 +8,23 @@
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
 
+/// What [`load`] found.
+#[derive(Debug)]
+pub struct Loaded<T> {
+    /// The value, with defaults where input was bad; `None` when nothing could be read.
+    pub value: Option<T>,
+    /// What makes the config invalid, one line each.
+    pub problems: Vec<String>,
+    /// What deserves a word but not a refusal: environment variables with the prefix that match
+    /// no key. They are often not meant for us — Kubernetes injects `<SERVICE>_SERVICE_HOST`
+    /// for every Service, so a Service named `smartscale-controller` yields
+    /// `SMARTSCALE_CONTROLLER_SERVICE_HOST` — so they are named once and otherwise ignored.
+    pub warnings: Vec<String>,
+}
+
 /// Parses `yaml` into `T`, applying overrides from `env` whose names start with `prefix`
 /// (except those in `ignore`). `template` is `T` serialised with one element in every list:
 /// it tells which keys exist, to resolve env names and suggest fixes for typos.
-/// Returns the value (with defaults where input was bad) and the problems found.
 pub fn load<T: DeserializeOwned + Serialize>(
     source: &str,
     yaml: &str,
@@ -19,6 +32,24 @@ pub fn load<T: DeserializeOwned + Serialize>(
     prefix: &str,
     ignore: &[&str],
     template: &Value,
+) -> Loaded<T> {
+    let mut warnings = Vec::new();
+    let (value, problems) = parse(source, yaml, env, prefix, ignore, template, &mut warnings);
+    Loaded {
+        value,
+        problems,
+        warnings,
+    }
+}
+
+fn parse<T: DeserializeOwned + Serialize>(
+    source: &str,
+    yaml: &str,
+    env: &[(String, String)],
+    prefix: &str,
+    ignore: &[&str],
+    template: &Value,
+    warnings: &mut Vec<String>,
 ) -> (Option<T>, Vec<String>) {
     let mut problems = Vec::new();
     let mut value = if yaml.trim().is_empty() {
@@ -49,8 +80,8 @@ pub fn load<T: DeserializeOwned + Serialize>(
         }
         match resolve(template, &rest.to_ascii_lowercase()) {
             Some(path) => set(&mut value, &path, scalar(raw)),
-            None => problems.push(format!(
-                "environment variable {name} matches no config key; remove it or fix its name (e.g. {prefix}{})",
+            None => warnings.push(format!(
+                "environment variable {name} matches no config key and is ignored (an override would look like {prefix}{})",
                 first_leaf(template)
             )),
         }
@@ -315,7 +346,10 @@ mod tests {
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect();
-        load("c.yaml", yaml, &env, "APP_", &["APP_TOKEN"], &template())
+        let loaded = load("c.yaml", yaml, &env, "APP_", &["APP_TOKEN"], &template());
+        let mut problems = loaded.problems;
+        problems.extend(loaded.warnings.into_iter().map(|w| format!("warning: {w}")));
+        (loaded.value, problems)
     }
 
     #[test]
@@ -359,9 +393,16 @@ mod tests {
     }
 
     #[test]
-    fn unknown_env_names_are_problems() {
-        let (_, problems) = run("", &[("APP_PROMETHEUS_URLL", "x")]);
-        assert!(problems[0].contains("APP_PROMETHEUS_URLL matches no config key"));
+    fn unknown_env_names_are_warnings_not_problems() {
+        let env = vec![("APP_CONTROLLER_SERVICE_HOST".to_string(), "10.43.0.7".to_string())];
+        let loaded: Loaded<Root> = load("c.yaml", "", &env, "APP_", &[], &template());
+        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+        assert!(loaded.value.is_some());
+        assert!(
+            loaded.warnings[0].contains("APP_CONTROLLER_SERVICE_HOST matches no config key and is ignored"),
+            "{:?}",
+            loaded.warnings
+        );
     }
 
     #[test]

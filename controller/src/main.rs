@@ -98,6 +98,9 @@ fn check(config: Option<PathBuf>) -> ExitCode {
                 c.node_groups.len(),
                 smartscale_common::duration::format(c.interval)
             );
+            for w in &c.warnings {
+                eprintln!("  warning: {w}");
+            }
             ExitCode::SUCCESS
         }
         Err(Error::Config(problems)) => {
@@ -139,6 +142,9 @@ fn with_runtime(
     };
     if let Err(e) = logging::init(log_format.unwrap_or(cfg.log_format)) {
         return fail(e);
+    }
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
     }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

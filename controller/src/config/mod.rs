@@ -35,6 +35,8 @@ pub struct Config {
     pub api: ApiConfig,
     pub notifications: Notifications,
     pub simulate: SimOptions,
+    /// Not wrong, but worth a word at start-up (unknown `SMARTSCALE_*` variables).
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -162,6 +164,7 @@ pub(super) fn unreachable_default() -> Config {
             error_threshold: 3,
         },
         simulate: SimOptions::default(),
+        warnings: vec![],
     }
 }
 
@@ -177,7 +180,7 @@ pub fn parse(
         .filter(|(k, _)| !k.starts_with("SMARTSCALE_AGENT_"))
         .cloned()
         .collect();
-    let (raw, mut problems) = smartscale_common::config::load::<Raw>(
+    let loaded = smartscale_common::config::load::<Raw>(
         source,
         yaml,
         &env,
@@ -185,10 +188,12 @@ pub fn parse(
         NOT_CONFIG,
         &template(),
     );
-    let Some(raw) = raw else {
+    let mut problems = loaded.problems;
+    let Some(raw) = loaded.value else {
         return Err(problems);
     };
-    let cfg = validate::validate(raw, purpose, &mut problems);
+    let mut cfg = validate::validate(raw, purpose, &mut problems);
+    cfg.warnings = loaded.warnings;
     if problems.is_empty() {
         Ok(cfg)
     } else {

@@ -362,6 +362,7 @@ pub(super) fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Confi
             error_threshold: raw.notifications.error_threshold.clamp(1, 1000) as u32,
         },
         simulate: raw.simulate,
+        warnings: vec![],
     }
 }
 
