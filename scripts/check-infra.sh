@@ -6,7 +6,8 @@
 #   2. userdata:   render the server/worker UserData, units, server manifest and controller config
 #                  with sample values, exactly as the program does; shellcheck the scripts; run the
 #                  rendered worker bootstrap with its outside effects stubbed (order, heartbeats,
-#                  no internet, ABANDON on failure); the smartscale-aws helper against the test
+#                  no internet, ABANDON on failure) and the server's (the agent token it
+#                  publishes, the sync before K3s); the smartscale-aws helper against the test
 #                  world's AWS model with moto's signature checks on; check the manifest (YAML,
 #                  promtool check/test rules on the shipped alert and cost rules, the scrape
 #                  configs' relabelling in a real Prometheus); systemd-analyze verify + offline
@@ -134,6 +135,10 @@ worker_bootstrap() {
   python3 "$ROOT/userdata/test_worker_bootstrap.py" "$WORK/rendered"
 }
 
+server_bootstrap() {
+  python3 "$ROOT/userdata/test_server_bootstrap.py" "$WORK/rendered"
+}
+
 # The test world's venv (moto and boto3 pinned): the one scripts/setup-backends.sh made, else our own.
 aws_venv() {
   local venv=${SMARTSCALE_BACKENDS_DIR:-/tmp/smartscale-backends}/venv
@@ -236,6 +241,7 @@ step "pulumi: npm test (mocha, Pulumi mocks)" pulumi_test
 step "userdata: render with sample values" render_samples
 step "userdata: shellcheck" shellcheck_scripts
 step "userdata: worker bootstrap, stubbed (heartbeats first, no internet, ABANDON)" worker_bootstrap
+step "userdata: server bootstrap, stubbed (agent token checked before it is published)" server_bootstrap
 step "userdata: smartscale-aws against the AWS model (signatures checked)" aws_helper
 step "userdata: server manifest (YAML, rules, relabelling in Prometheus)" check_manifest
 if command -v systemd-analyze >/dev/null && [[ -d /usr/lib/systemd/system ]]; then

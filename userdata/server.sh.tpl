@@ -6,9 +6,9 @@
 # manifests come from SSM Parameter Store through smartscale-sync, which runs here now and then
 # every minute (systemd timer), so an update reaches this server without replacing it.
 #
-# Steps: server token + a new agent token password -> k3s config -> controller user -> sync
-# (manifests, controller, its config) -> k3s server -> agent token published -> Grafana admin
-# Secret -> controller (API token, ServiceAccount kubeconfig, unit) -> sync timer.
+# Steps: server token + a new agent token password -> k3s config -> controller user and units ->
+# sync (manifests, controller, its config) -> k3s server -> agent token published -> Grafana admin
+# Secret -> controller (API token, ServiceAccount kubeconfig) started -> sync timer.
 set -euo pipefail
 umask 077
 
@@ -72,11 +72,28 @@ chmod 0600 "${K3S_DIR}/agent-token"
   echo "secrets-encryption: true"
 } >"${K3S_DIR}/config.yaml"
 
-# 2. The controller's own system user and config directory (smartscale-sync writes into it).
+# 2. The controller's own system user and config directory (smartscale-sync writes into it), its
+# unit (started in step 7; smartscale-sync restarts it only once it runs) and smartscale-sync's.
 if ! id smartscale >/dev/null 2>&1; then
   useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin smartscale
 fi
 install -d -m 0750 -o root -g smartscale "$ETC_DIR"
+cat >/etc/systemd/system/smartscale-controller.service <<'SMARTSCALE_EOF'
+@@BLOCK:CONTROLLER_UNIT@@
+SMARTSCALE_EOF
+cat >"${ETC_DIR}/sync.env" <<SMARTSCALE_EOF
+AWS_REGION=${REGION}
+RELEASE_PARAM=${RELEASE_PARAM}
+CONTROLLER_CONFIG_PARAM=${CONTROLLER_CONFIG_PARAM}
+SMARTSCALE_EOF
+chmod 0600 "${ETC_DIR}/sync.env"
+cat >/etc/systemd/system/smartscale-sync.service <<'SMARTSCALE_EOF'
+@@BLOCK:SYNC_SERVICE@@
+SMARTSCALE_EOF
+cat >/etc/systemd/system/smartscale-sync.timer <<'SMARTSCALE_EOF'
+@@BLOCK:SYNC_TIMER@@
+SMARTSCALE_EOF
+systemctl daemon-reload
 
 # 3. The release: K3s manifests (applied by K3s at start and whenever they change: HelmCharts for
 # the monitoring stack with its rules, the dashboards, the controller's RBAC), the controller
@@ -157,24 +174,7 @@ SMARTSCALE_EOF
 chmod 0640 "${ETC_DIR}/controller.env"
 chgrp smartscale "${ETC_DIR}/controller.env"
 
-cat >/etc/systemd/system/smartscale-controller.service <<'SMARTSCALE_EOF'
-@@BLOCK:CONTROLLER_UNIT@@
-SMARTSCALE_EOF
-
-# 8. From now on every `pulumi up` reaches this server through smartscale-sync.
-cat >"${ETC_DIR}/sync.env" <<SMARTSCALE_EOF
-AWS_REGION=${REGION}
-RELEASE_PARAM=${RELEASE_PARAM}
-CONTROLLER_CONFIG_PARAM=${CONTROLLER_CONFIG_PARAM}
-SMARTSCALE_EOF
-chmod 0600 "${ETC_DIR}/sync.env"
-cat >/etc/systemd/system/smartscale-sync.service <<'SMARTSCALE_EOF'
-@@BLOCK:SYNC_SERVICE@@
-SMARTSCALE_EOF
-cat >/etc/systemd/system/smartscale-sync.timer <<'SMARTSCALE_EOF'
-@@BLOCK:SYNC_TIMER@@
-SMARTSCALE_EOF
-systemctl daemon-reload
 systemctl enable --now smartscale-controller.service
+# 8. From now on every `pulumi up` reaches this server through smartscale-sync.
 systemctl enable --now smartscale-sync.timer
 log "server bootstrap complete"

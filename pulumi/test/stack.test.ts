@@ -622,14 +622,15 @@ describe("SmartScale stack under Pulumi mocks", function () {
             assert.match(workerUserData, /ExecStart=\/usr\/local\/bin\/smartscale-agent --config \/etc\/smartscale\/agent.yaml run/);
         });
 
-        it("server: tokens, sync, k3s, agent token, Grafana secret, controller unit, sync timer", () => {
+        it("server: tokens, units, sync, k3s, agent token, Grafana secret, controller, sync timer", () => {
             const order = [
                 'saws secret-get --id "$SERVER_TOKEN_SECRET_ID"',
+                "ExecStart=/usr/local/bin/smartscale-controller --config /etc/smartscale/controller.yaml",
+                "systemctl daemon-reload",
                 "saws sync --release-param",
                 "install_k3s server",
                 'saws secret-put --id "$AGENT_TOKEN_SECRET_ID"',
                 "create secret generic grafana-admin",
-                "ExecStart=/usr/local/bin/smartscale-controller --config /etc/smartscale/controller.yaml",
                 "systemctl enable --now smartscale-controller.service",
                 "systemctl enable --now smartscale-sync.timer",
             ].map((s) => serverUserData.indexOf(s));
