@@ -10,21 +10,30 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Dependencies the controller cannot act safely without.
 const NEEDED: [&str; 4] = ["prometheus", "kubernetes", "autoscaling", "dynamodb"];
+/// A manual scaling request is a few dozen bytes; nothing bigger is read.
+const MAX_BODY: usize = 16 * 1024;
+/// `/history` needs no authentication, so it must not be a DynamoDB query per request: answers
+/// are served from the last query for this long.
+const HISTORY_CACHE: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct Api {
     ctx: Arc<Context>,
     /// Bearer token for `POST /scale`; `None` disables manual scaling.
     token: Option<Arc<str>>,
+    /// The last history query: when, how many records it asked for, and what came back.
+    history: Arc<tokio::sync::Mutex<Option<(Instant, u32, Vec<crate::state::HistoryRecord>)>>>,
 }
 
 pub fn router(ctx: Arc<Context>, token: Option<String>) -> Router {
     let api = Api {
         ctx,
         token: token.map(Arc::from),
+        history: Arc::default(),
     };
     Router::new()
         .route("/healthz", get(healthz))
@@ -106,8 +115,20 @@ async fn history(State(api): State<Api>, Query(q): Query<HistoryQuery>) -> Respo
             );
         }
     };
+    let mut cache = api.history.lock().await;
+    if let Some((at, cached_limit, records)) = cache.as_ref()
+        && at.elapsed() < HISTORY_CACHE
+        && *cached_limit >= limit
+    {
+        let records: Vec<_> = records.iter().take(limit as usize).collect();
+        return axum::Json(json!({ "history": records })).into_response();
+    }
     match api.ctx.store.history(limit).await {
-        Ok(records) => axum::Json(json!({ "history": records })).into_response(),
+        Ok(records) => {
+            let body = axum::Json(json!({ "history": records })).into_response();
+            *cache = Some((Instant::now(), limit, records));
+            body
+        }
         Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
     }
 }
@@ -133,7 +154,9 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn scale(State(api): State<Api>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+/// `POST /scale`. The token is checked before a byte of the body is read, and at most
+/// [`MAX_BODY`] bytes are read.
+async fn scale(State(api): State<Api>, headers: HeaderMap, body: axum::body::Body) -> Response {
     let Some(token) = api.token.as_deref() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -152,6 +175,17 @@ async fn scale(State(api): State<Api>, headers: HeaderMap, body: axum::body::Byt
         )
             .into_response();
     }
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the body is over {MAX_BODY} bytes (or was cut off); a request is a few dozen"
+                ),
+            );
+        }
+    };
     let req: ScaleBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {

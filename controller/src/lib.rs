@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod notify;
 pub mod policy;
 pub mod run;
+pub mod serve;
 pub mod signals;
 pub mod simulator;
 pub mod state;

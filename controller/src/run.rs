@@ -139,13 +139,9 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     let server = {
         let app = crate::api::router(ctx.clone(), token);
         let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.changed().await;
-                })
-                .await
-        })
+        tokio::spawn(crate::serve::serve(listener, app, async move {
+            let _ = stop.changed().await;
+        }))
     };
 
     let mut tick = tokio::time::interval(ctx.cfg.interval);

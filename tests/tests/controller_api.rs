@@ -455,3 +455,75 @@ async fn a_standby_refuses_manual_requests_and_scale_up_never_lowers_the_group()
     .await
     .expect("test timed out");
 }
+
+/// The API on a shared host: the token is checked before the body is read, bodies are small,
+/// a client that never finishes its request head is cut off, and `/history` is served from a
+/// short cache instead of querying DynamoDB on every unauthenticated request.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_refuses_oversized_unauthenticated_and_slow_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let w = World::start(WorldOptions { workers: 1, ..WorldOptions::default() }).await.unwrap();
+        let prom = prometheus(50.0, 40.0).await;
+        let r = start(&w, prom.url(), "", &[]).await;
+        let addr = r.base.trim_start_matches("http://").to_string();
+        let raw = |request: Vec<u8>| {
+            let addr = addr.clone();
+            async move {
+                let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+                s.write_all(&request).await.unwrap();
+                let mut answer = vec![0u8; 4096];
+                let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut answer))
+                    .await
+                    .expect("an answer")
+                    .unwrap_or(0);
+                String::from_utf8_lossy(&answer[..n]).into_owned()
+            }
+        };
+        // No token: 401 at once, though the request announces 50 MB it never sends.
+        let answer = raw(b"POST /scale HTTP/1.1\r\nHost: x\r\nContent-Length: 52428800\r\n\r\n".to_vec()).await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        // With the token, a body over 16 KiB is refused.
+        let big = format!("{{\"action\":\"scale_up\",\"reason\":\"{}\"}}", "x".repeat(20_000));
+        let answer = raw(
+            format!(
+                "POST /scale HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{big}",
+                big.len()
+            )
+            .into_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        // A request head that never ends is cut off (header read timeout, 5 s).
+        let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        slow.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 256];
+        let closed = tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                match slow.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the slow client was never cut off");
+        assert!(started.elapsed() >= Duration::from_secs(4), "cut off after {:?}", started.elapsed());
+        // /history: two answers within the cache's life are one DynamoDB query.
+        let queries = |m: &str| {
+            m.lines()
+                .filter(|l| l.starts_with("smartscale_aws_calls_total{") && l.contains("\"Query\""))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        };
+        let before = queries(&get(&r, "/metrics").await.1);
+        for _ in 0..5 {
+            assert_eq!(get(&r, "/history?limit=5").await.0, 200);
+        }
+        let after = queries(&get(&r, "/metrics").await.1);
+        assert!(after - before <= 1.0, "{} queries for 5 requests", after - before);
+    })
+    .await
+    .expect("test timed out");
+}

@@ -221,7 +221,12 @@ async fn launches_that_keep_failing_send_pending_pods_to_the_other_group() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_set_desired_capacity_below_the_live_count_terminates_no_instance() {
     tokio::time::timeout(bounded(120), async {
-        let w = World::start(WorldOptions { workers: 3, ..WorldOptions::default() }).await.unwrap();
+        let w = World::start(WorldOptions {
+            workers: 3,
+            ..WorldOptions::default()
+        })
+        .await
+        .unwrap();
         let prom = prometheus_at(50.0, 40.0, 3).await.unwrap();
         let cfg = w.controller_config(prom.url(), "").unwrap();
         // One cycle protects the group's instances from scale-in.
@@ -242,7 +247,13 @@ async fn a_set_desired_capacity_below_the_live_count_terminates_no_instance() {
             3,
             "{instances:?}"
         );
-        assert!(w.activities().await.unwrap().iter().all(|a| !a.starts_with("Terminating")));
+        assert!(
+            w.activities()
+                .await
+                .unwrap()
+                .iter()
+                .all(|a| !a.starts_with("Terminating"))
+        );
     })
     .await
     .expect("test timed out");
@@ -251,11 +262,19 @@ async fn a_set_desired_capacity_below_the_live_count_terminates_no_instance() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_lease_survives_all_replicas_down_past_its_ttl_and_its_token_keeps_rising() {
     tokio::time::timeout(bounded(120), async {
-        let w = World::start(WorldOptions { workers: 1, ..WorldOptions::default() }).await.unwrap();
+        let w = World::start(WorldOptions {
+            workers: 1,
+            ..WorldOptions::default()
+        })
+        .await
+        .unwrap();
         let prom = prometheus_at(50.0, 40.0, 1).await.unwrap();
         let port = smartscale_testworld::process::free_port().unwrap();
         let cfg = w
-            .controller_config(prom.url(), &format!("api: {{listen: '127.0.0.1:{port}'}}\n"))
+            .controller_config(
+                prom.url(),
+                &format!("api: {{listen: '127.0.0.1:{port}'}}\n"),
+            )
             .unwrap();
         // A replica that dies holding the lease (SIGKILL: no hand-back).
         let mut run = smartscale_testworld::world::product_command(&w, "smartscale-controller")
@@ -270,16 +289,27 @@ async fn the_lease_survives_all_replicas_down_past_its_ttl_and_its_token_keeps_r
                 .dynamodb
                 .get_item()
                 .table_name(&w.table)
-                .key("cluster_id", aws_sdk_dynamodb::types::AttributeValue::S("e2e".into()))
-                .key("record", aws_sdk_dynamodb::types::AttributeValue::S("lease".into()))
+                .key(
+                    "cluster_id",
+                    aws_sdk_dynamodb::types::AttributeValue::S("e2e".into()),
+                )
+                .key(
+                    "record",
+                    aws_sdk_dynamodb::types::AttributeValue::S("lease".into()),
+                )
                 .send()
                 .await
                 .map_err(|e| smartscale_testworld::Error::Invalid(e.to_string()))?;
             Ok(out.item().cloned())
         };
-        let num = |item: &std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>, k: &str| {
-            item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        };
+        let num =
+            |item: &std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>,
+             k: &str| {
+                item.get(k)
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
         let held = poll_until("the lease taken", bounded(30), || async {
             Ok(lease().await?.filter(|i| num(i, "fencing_token") >= 1.0))
         })
@@ -288,11 +318,15 @@ async fn the_lease_survives_all_replicas_down_past_its_ttl_and_its_token_keeps_r
         run.kill().await.unwrap();
         let token = num(&held, "fencing_token");
         // Everyone is down for longer than the TTL; the model deletes expired items by TTL.
-        poll_until("the lease expired for more than a second", bounded(30), || async {
-            let item = lease().await?.expect("the lease record is never deleted");
-            let now = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
-            Ok((now > num(&item, "lease_expires_at") + 1.0).then_some(()))
-        })
+        poll_until(
+            "the lease expired for more than a second",
+            bounded(30),
+            || async {
+                let item = lease().await?.expect("the lease record is never deleted");
+                let now = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
+                Ok((now > num(&item, "lease_expires_at") + 1.0).then_some(()))
+            },
+        )
         .await
         .unwrap();
         let d = w.controller_once(&cfg, &[]).await.unwrap();
@@ -336,8 +370,15 @@ async fn a_node_not_ready_past_the_limit_is_replaced_through_the_terminate_hook(
         assert!(d["reasons"].to_string().contains(&broken), "{d}");
         let (desired, instances) = w.group().await.unwrap();
         assert_eq!(desired, 3, "desired kept: the ASG launches a replacement");
-        let state = instances.iter().find(|(id, _)| *id == instance).map(|(_, s)| s.as_str());
-        assert_eq!(state, Some("Terminating:Wait"), "through the terminate hook: {instances:?}");
+        let state = instances
+            .iter()
+            .find(|(id, _)| *id == instance)
+            .map(|(_, s)| s.as_str());
+        assert_eq!(
+            state,
+            Some("Terminating:Wait"),
+            "through the terminate hook: {instances:?}"
+        );
     })
     .await
     .expect("test timed out");

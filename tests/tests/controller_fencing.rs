@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 use smartscale_testworld::process::{free_port, poll_until};
-use smartscale_testworld::world::{World, WorldOptions, prometheus_at, product_command};
+use smartscale_testworld::world::{World, WorldOptions, product_command, prometheus_at};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -39,7 +39,8 @@ fn writes(metrics: &str) -> f64 {
         .lines()
         .filter(|l| l.starts_with("smartscale_aws_calls_total{"))
         .filter(|l| {
-            l.contains("\"SetDesiredCapacity\"") || l.contains("\"TerminateInstanceInAutoScalingGroup\"")
+            l.contains("\"SetDesiredCapacity\"")
+                || l.contains("\"TerminateInstanceInAutoScalingGroup\"")
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -49,11 +50,20 @@ fn spawn(w: &World, cfg: &Path, port: u16, name: &str, pause_file: Option<&Path>
     let log = w.dir.path().join(format!("{name}.log"));
     let file = std::fs::File::create(&log).unwrap();
     let mut cmd = product_command(w, "smartscale-controller").unwrap();
-    cmd.arg("--config").arg(cfg).arg("run").stdout(file.try_clone().unwrap()).stderr(file);
+    cmd.arg("--config")
+        .arg(cfg)
+        .arg("run")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
     if let Some(p) = pause_file {
-        cmd.env("TESTWORLD_PAUSE_AT", "before-final-lease-check").env("TESTWORLD_PAUSE_FILE", p);
+        cmd.env("TESTWORLD_PAUSE_AT", "before-final-lease-check")
+            .env("TESTWORLD_PAUSE_FILE", p);
     }
-    Replica { child: cmd.spawn().unwrap(), port, log }
+    Replica {
+        child: cmd.spawn().unwrap(),
+        port,
+        log,
+    }
 }
 
 fn signal(r: &Replica, sig: i32) {
@@ -67,7 +77,12 @@ fn config(w: &World, prom: &str, port: u16) -> PathBuf {
     let base = std::fs::read_to_string(w.controller_config(prom, "").unwrap()).unwrap();
     let base: String = base
         .lines()
-        .filter(|l| !l.starts_with("interval:") && !l.starts_with("state:") && !l.starts_with("  table:") && !l.starts_with("  lease_ttl:"))
+        .filter(|l| {
+            !l.starts_with("interval:")
+                && !l.starts_with("state:")
+                && !l.starts_with("  table:")
+                && !l.starts_with("  lease_ttl:")
+        })
         .map(|l| format!("{l}\n"))
         .collect::<String>()
         .replace("timeout: 500ms", "timeout: 200ms");
@@ -85,7 +100,10 @@ fn config(w: &World, prom: &str, port: u16) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replica_frozen_before_its_final_lease_check_sends_nothing_after_a_takeover() {
-    let runs: usize = std::env::var("TESTWORLD_FENCING_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let runs: usize = std::env::var("TESTWORLD_FENCING_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     tokio::time::timeout(Duration::from_secs(60 + 20 * runs as u64), async {
         let w = World::start(WorldOptions { workers: 2, max: 8, complete_terminations: true, ..WorldOptions::default() })
             .await
@@ -155,7 +173,12 @@ async fn history(w: &World) -> Vec<Value> {
         .unwrap()
         .iter()
         .map(|i| {
-            let s = |k: &str| i.get(k).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+            let s = |k: &str| {
+                i.get(k)
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default()
+            };
             json!({"time": s("time"), "action": s("action"), "status": s("status")})
         })
         .collect();
