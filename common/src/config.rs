@@ -394,12 +394,16 @@ mod tests {
 
     #[test]
     fn unknown_env_names_are_warnings_not_problems() {
-        let env = vec![("APP_CONTROLLER_SERVICE_HOST".to_string(), "10.43.0.7".to_string())];
+        let env = vec![(
+            "APP_CONTROLLER_SERVICE_HOST".to_string(),
+            "10.43.0.7".to_string(),
+        )];
         let loaded: Loaded<Root> = load("c.yaml", "", &env, "APP_", &[], &template());
         assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
         assert!(loaded.value.is_some());
         assert!(
-            loaded.warnings[0].contains("APP_CONTROLLER_SERVICE_HOST matches no config key and is ignored"),
+            loaded.warnings[0]
+                .contains("APP_CONTROLLER_SERVICE_HOST matches no config key and is ignored"),
             "{:?}",
             loaded.warnings
         );

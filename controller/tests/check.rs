@@ -102,9 +102,14 @@ node_groups: [{asg_name: w, min: 1, max: 3}]
     );
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("valid (cluster prod"), "{out}");
-    for name in ["SMARTSCALE_CONTROLLER_SERVICE_HOST", "SMARTSCALE_PROMETHEUS_TIMOUT"] {
+    for name in [
+        "SMARTSCALE_CONTROLLER_SERVICE_HOST",
+        "SMARTSCALE_PROMETHEUS_TIMOUT",
+    ] {
         assert!(
-            err.contains(&format!("warning: environment variable {name} matches no config key and is ignored")),
+            err.contains(&format!(
+                "warning: environment variable {name} matches no config key and is ignored"
+            )),
             "{err}"
         );
     }
