@@ -1,13 +1,16 @@
-//! SmartScale's test world: every surface the product talks to, emulated on one machine.
+//! SmartScale's test world: every surface the product talks to, on one machine — the real thing
+//! wherever it can run here, our own model only where nothing real can.
 //!
-//! - [`aws`]: the AWS model (moto + our lifecycle-hook layer, a Python process) and its control API.
-//! - [`imds`]: a fake IMDSv2 per emulated instance.
-//! - [`apiserver`]: a fake Kubernetes API server with a simulated scheduler and kubelet.
+//! - [`kubernetes`]: the real control plane (etcd, kube-apiserver, kube-controller-manager,
+//!   kube-scheduler of a pinned release), simulated kubelets, and what a K3s server adds.
+//! - [`aws`]: the AWS model (moto + our layer: lifecycle hooks, AZ rebalancing, launch failures,
+//!   DynamoDB TTL, faults; a Python process) and its control API.
+//! - [`aemm`]: amazon-ec2-metadata-mock, the IMDS mock AWS maintains.
+//! - [`imds`]: our fake IMDSv2, for what AEMM cannot do (follow the ASG model live, fail).
 //! - [`prometheus`]: real Prometheus fixtures (backfilled history or a live synthetic exporter).
 //! - [`world`]: all of them wired into one small cluster for end-to-end tests.
 
 pub mod aemm;
-pub mod apiserver;
 pub mod aws;
 pub mod error;
 pub mod imds;
