@@ -101,6 +101,8 @@ pub struct Metrics {
     /// 1 while a group is in launch backoff.
     pub group_backoff: Family<GroupLabels, Gauge>,
     pub ghost_nodes_deleted: Counter,
+    /// Last lease check → an Auto Scaling write handed to the network.
+    pub fence_window: Histogram,
 }
 
 impl Default for Metrics {
@@ -128,6 +130,7 @@ impl Metrics {
             group_problems: Family::default(),
             group_backoff: Family::default(),
             ghost_nodes_deleted: Counter::default(),
+            fence_window: Histogram::new(exponential_buckets(0.000_01, 4.0, 10)),
             registry: Registry::default(),
         };
         r.register(
@@ -195,6 +198,11 @@ impl Metrics {
             "group_backoff",
             "1 while a group is in launch backoff (its launches failed or never came)",
             m.group_backoff.clone(),
+        );
+        r.register(
+            "fence_window_seconds",
+            "Time from the last lease check to an Auto Scaling write leaving the process (AWS calls carry no fencing token)",
+            m.fence_window.clone(),
         );
         r.register(
             "ghost_nodes_deleted",

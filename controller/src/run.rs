@@ -81,7 +81,13 @@ pub async fn build_context(cfg: Config, dry_run: bool) -> Result<Context> {
     let prometheus = Prometheus::new(cfg.prometheus.clone(), cfg.custom_signals.clone())?;
     let metrics = Metrics::new();
     let dry_run = dry_run || cfg.dry_run;
-    let actuator = Actuator::new(&sdk, kube, dry_run, metrics.aws_calls.clone());
+    let actuator = Actuator::new(
+        &sdk,
+        kube,
+        dry_run,
+        metrics.aws_calls.clone(),
+        metrics.fence_window.clone(),
+    );
     let store = Store::new(
         &sdk,
         StoreOptions {

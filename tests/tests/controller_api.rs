@@ -250,6 +250,25 @@ async fn api_authenticates_validates_clamps_and_reports() {
         .await
         .unwrap();
 
+        // The fencing window (last lease check → the write leaving the process) is measured.
+        let m = get(&r, "/metrics").await.1;
+        let value = |name: &str| {
+            m.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+        };
+        let (count, sum) = (
+            value("smartscale_fence_window_seconds_count"),
+            value("smartscale_fence_window_seconds_sum"),
+        );
+        assert!(count >= 1.0, "no write measured:\n{m}");
+        eprintln!(
+            "fencing window: {:.1} µs on average over {count} writes",
+            sum / count * 1e6
+        );
+        assert!(sum / count < 0.05, "the window is {} s", sum / count);
+
         // The executed action was announced on the webhook (Slack-style `text`).
         let note = poll_until(
             "a webhook notification",

@@ -11,10 +11,12 @@
 //! Dry-run reads but never writes.
 
 mod autoscaling;
+mod fence_window;
 mod instances;
 mod nodes;
 
 pub use autoscaling::{AZ_REBALANCE, AsgInstance, AsgState, GroupSafety, LaunchFailure, lifecycle};
+pub use fence_window::FenceWindow;
 pub use instances::InstanceState;
 pub use nodes::TO_BE_DELETED_TAINT;
 
@@ -22,6 +24,8 @@ use crate::metrics::AwsCalls;
 
 pub struct Actuator {
     autoscaling: aws_sdk_autoscaling::Client,
+    /// Stamped at each lease check; the SDK measures the time to the next write's transmit.
+    pub fence_window: FenceWindow,
     ec2: aws_sdk_ec2::Client,
     kube: kube::Client,
     dry_run: bool,
@@ -34,9 +38,18 @@ impl Actuator {
         kube: kube::Client,
         dry_run: bool,
         calls: AwsCalls,
+        fence_histogram: prometheus_client::metrics::histogram::Histogram,
     ) -> Actuator {
+        let fence_window = FenceWindow::default();
+        let config = aws_sdk_autoscaling::config::Builder::from(sdk)
+            .interceptor(fence_window::FenceWindowInterceptor {
+                window: fence_window.clone(),
+                histogram: fence_histogram,
+            })
+            .build();
         Actuator {
-            autoscaling: aws_sdk_autoscaling::Client::new(sdk),
+            autoscaling: aws_sdk_autoscaling::Client::from_conf(config),
+            fence_window,
             ec2: aws_sdk_ec2::Client::new(sdk),
             kube,
             dry_run,

@@ -549,6 +549,7 @@ pub(super) async fn act(
     let ready = || {
         crate::testing::pause_point("before-final-lease-check");
         if lease.fresh(ctx.cfg.state.lease_ttl) {
+            ctx.actuator.fence_window.checked();
             Ok(())
         } else {
             Err(Error::Fenced {
