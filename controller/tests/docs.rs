@@ -12,7 +12,9 @@ fn repo_file(path: &str) -> String {
 
 /// The first ```yaml block after `heading` in `text`.
 fn yaml_after(text: &str, heading: &str) -> String {
-    let from = text.find(heading).unwrap_or_else(|| panic!("no `{heading}`"));
+    let from = text
+        .find(heading)
+        .unwrap_or_else(|| panic!("no `{heading}`"));
     let rest = &text[from..];
     let start = rest.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
     let end = rest[start..].find("```").expect("end of the block");
@@ -29,14 +31,21 @@ fn the_example_config_in_interfaces_md_shows_the_defaults() {
     let minimal = "cluster_id: prod\nprometheus: {url: 'http://127.0.0.1:9090'}\nstate: {table: smartscale-state}\n\
         node_groups:\n  - {asg_name: smartscale-workers, min: 1, max: 10, instance_type: t3.medium, allocatable: {cpu: 2, memory_gib: 4}, hourly_price: 0.0416}\n\
         api: {token_file: /etc/smartscale/api-token}\n";
-    let defaults = config::parse("minimal", minimal, &[], Purpose::Controller).expect("minimal config");
+    let defaults =
+        config::parse("minimal", minimal, &[], Purpose::Controller).expect("minimal config");
     assert_eq!(documented.interval, defaults.interval, "interval");
     assert_eq!(documented.prometheus, defaults.prometheus, "prometheus");
-    assert_eq!(documented.state, defaults.state, "state (lease_ttl, history_retention)");
+    assert_eq!(
+        documented.state, defaults.state,
+        "state (lease_ttl, history_retention)"
+    );
     assert_eq!(documented.node_groups, defaults.node_groups, "node_groups");
     assert_eq!(documented.policy, defaults.policy, "policy");
     assert_eq!(documented.api, defaults.api, "api");
-    assert_eq!(documented.notifications, defaults.notifications, "notifications");
+    assert_eq!(
+        documented.notifications, defaults.notifications,
+        "notifications"
+    );
 }
 
 #[test]
@@ -54,7 +63,12 @@ fn the_readme_configuration_table_gives_the_codes_defaults() {
             .lines()
             .find(|l| l.starts_with(&format!("| `{key}` |")))
             .unwrap_or_else(|| panic!("README has no row for `{key}`"));
-        row.split('|').nth(2).unwrap_or_default().trim().trim_matches('`').to_string()
+        row.split('|')
+            .nth(2)
+            .unwrap_or_default()
+            .trim()
+            .trim_matches('`')
+            .to_string()
     };
     let durations = [
         ("interval", d.interval),
@@ -63,9 +77,18 @@ fn the_readme_configuration_table_gives_the_codes_defaults() {
         ("state.history_retention", d.state.history_retention),
         ("policy.scale_down.sustained", d.policy.sustained),
         ("policy.cooldown.after_scale_up", d.policy.after_scale_up),
-        ("policy.cooldown.after_scale_down", d.policy.after_scale_down),
-        ("policy.max_node_provision_time", d.policy.max_node_provision_time),
-        ("policy.replace_unready_after", d.policy.replace_unready_after),
+        (
+            "policy.cooldown.after_scale_down",
+            d.policy.after_scale_down,
+        ),
+        (
+            "policy.max_node_provision_time",
+            d.policy.max_node_provision_time,
+        ),
+        (
+            "policy.replace_unready_after",
+            d.policy.replace_unready_after,
+        ),
         ("policy.backoff.initial", d.policy.backoff_initial),
         ("policy.backoff.max", d.policy.backoff_max),
     ];
@@ -83,9 +106,19 @@ fn the_readme_configuration_table_gives_the_codes_defaults() {
         d.notifications.error_threshold.to_string()
     );
     for (key, value) in [
-        ("node_groups[].suspend_az_rebalance", d.node_groups[0].suspend_az_rebalance),
-        ("node_groups[].protect_from_scale_in", d.node_groups[0].protect_from_scale_in),
+        (
+            "node_groups[].suspend_az_rebalance",
+            d.node_groups[0].suspend_az_rebalance,
+        ),
+        (
+            "node_groups[].protect_from_scale_in",
+            d.node_groups[0].protect_from_scale_in,
+        ),
     ] {
-        assert_eq!(default_of(key), value.to_string(), "README's default for {key}");
+        assert_eq!(
+            default_of(key),
+            value.to_string(),
+            "README's default for {key}"
+        );
     }
 }
