@@ -21,6 +21,7 @@ export const NO_RESOURCE_LEVEL_ACTIONS = [
     "autoscaling:DescribeAutoScalingInstances",
     "autoscaling:DescribeLifecycleHooks",
     "autoscaling:DescribeScalingActivities",
+    "ec2:DescribeInstances",
     "ec2:DescribeSpotPriceHistory",
     "pricing:GetProducts",
 ];
@@ -155,7 +156,14 @@ export function controllerStatements(
         {
             Sid: "ScaleTaggedWorkerGroup",
             Effect: "Allow",
-            Action: ["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"],
+            Action: [
+                "autoscaling:SetDesiredCapacity",
+                "autoscaling:TerminateInstanceInAutoScalingGroup",
+                // Guards against AWS choosing victims: suspend AZRebalance, protect instances.
+                "autoscaling:SuspendProcesses",
+                "autoscaling:SetInstanceProtection",
+                "autoscaling:UpdateAutoScalingGroup",
+            ],
             Resource: i.asgArn,
             Condition: clusterTagCondition(cfg, names),
         },

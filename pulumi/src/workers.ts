@@ -77,6 +77,11 @@ export function createWorkers(
             maxSize: cfg.workerMaxSize,
             desiredCapacity: cfg.workerMinSize,
             capacityRebalance: true,
+            // AWS never picks a victim of its own: no AZ rebalancing after the controller's chosen
+            // terminations, and no instance removed by a lowered desired capacity (the controller
+            // checks and re-applies both at run time too).
+            suspendedProcesses: ["AZRebalance"],
+            protectFromScaleIn: true,
             healthCheckType: "EC2",
             healthCheckGracePeriod: 300,
             // `pulumi up` waits until workerMinSize workers are in service, i.e. joined and Ready

@@ -157,6 +157,24 @@ describe("SmartScale stack under Pulumi mocks", function () {
             assert.strictEqual(asg.mixedInstancesPolicy.launchTemplate.launchTemplateSpecification.launchTemplateId, "worker-id");
         });
 
+        it("never lets AWS choose a victim: AZRebalance suspended, instances protected from scale-in", () => {
+            const asg = one(recorded, T.asg).inputs;
+            assert.deepStrictEqual(asg.suspendedProcesses, ["AZRebalance"]);
+            assert.strictEqual(asg.protectFromScaleIn, true);
+            // And the controller may re-apply both, on its own tagged group only, and ask EC2
+            // whether a Node's instance is gone.
+            const scoped = ofType(recorded, T.rolePolicy)
+                .filter((p) => p.name.startsWith("server"))
+                .flatMap(statements)
+                .filter((st) => st.Sid === "ScaleTaggedWorkerGroup");
+            assert.strictEqual(scoped.length, 1);
+            for (const action of ["autoscaling:SuspendProcesses", "autoscaling:SetInstanceProtection", "autoscaling:UpdateAutoScalingGroup"]) {
+                assert.ok(asList(scoped[0].Action).includes(action), action);
+            }
+            assert.deepStrictEqual(asList(scoped[0].Resource), [ASG_ARN]);
+            assert.ok(scoped[0].Condition, "conditioned on the cluster tag");
+        });
+
         it("has a launching hook (ABANDON) and a terminating hook (CONTINUE), heartbeat 300 s by default", () => {
             const hooks = one(recorded, T.asg).inputs.initialLifecycleHooks;
             assert.strictEqual(hooks.length, 2);
