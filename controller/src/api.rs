@@ -26,8 +26,10 @@ pub struct Api {
     /// Bearer token for `POST /scale`; `None` disables manual scaling.
     token: Option<Arc<str>>,
     /// The last history query: when, how many records it asked for, and what came back.
-    history: Arc<tokio::sync::Mutex<Option<(Instant, u32, Vec<crate::state::HistoryRecord>)>>>,
+    history: Arc<tokio::sync::Mutex<Option<CachedHistory>>>,
 }
+
+type CachedHistory = (Instant, u32, Vec<crate::state::HistoryRecord>);
 
 pub fn router(ctx: Arc<Context>, token: Option<String>) -> Router {
     let api = Api {

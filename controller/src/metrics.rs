@@ -44,6 +44,12 @@ pub struct GroupLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub node_group: String,
+    pub transition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NodeInfoLabels {
     pub node: String,
     pub instance_id: String,
@@ -100,6 +106,11 @@ pub struct Metrics {
     pub group_problems: Family<GroupLabels, Gauge>,
     /// 1 while a group is in launch backoff.
     pub group_backoff: Family<GroupLabels, Gauge>,
+    /// Unschedulable pods no node of any group could take (never a reason to grow).
+    pub unhelpable_pods: Gauge,
+    /// Launches that ended while their launch lifecycle action waited (it timed out, or the
+    /// agent abandoned it): the instance never served. `transition` is `launching`.
+    pub lifecycle_timeouts: Family<TransitionLabels, Counter>,
     pub ghost_nodes_deleted: Counter,
     /// Last lease check → an Auto Scaling write handed to the network.
     pub fence_window: Histogram,
@@ -129,6 +140,8 @@ impl Metrics {
             aws_calls: AwsCalls::default(),
             group_problems: Family::default(),
             group_backoff: Family::default(),
+            unhelpable_pods: Gauge::default(),
+            lifecycle_timeouts: Family::default(),
             ghost_nodes_deleted: Counter::default(),
             fence_window: Histogram::new(exponential_buckets(0.000_01, 4.0, 10)),
             registry: Registry::default(),
@@ -195,9 +208,19 @@ impl Metrics {
             m.group_problems.clone(),
         );
         r.register(
-            "group_backoff",
+            "node_group_backoff",
             "1 while a group is in launch backoff (its launches failed or never came)",
             m.group_backoff.clone(),
+        );
+        r.register(
+            "unhelpable_pods",
+            "Unschedulable pods that no node of any group could take",
+            m.unhelpable_pods.clone(),
+        );
+        r.register(
+            "lifecycle_action_timeouts",
+            "Launches that ended in Pending:Wait (the launch action timed out, was abandoned or rolled back)",
+            m.lifecycle_timeouts.clone(),
         );
         r.register(
             "fence_window_seconds",

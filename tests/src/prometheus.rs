@@ -96,7 +96,14 @@ pub struct SyntheticNode {
     pub memory_available_bytes: f64,
     pub allocatable_cpu_cores: f64,
     pub allocatable_memory_bytes: f64,
+    /// The worker group, as the shipped scrape config labels a worker's node-exporter target
+    /// (`node_group`, from the node's `smartscale.io/node-group` label; `node_role="worker"`);
+    /// `None` for the K3s server (`node_role="server"`, no `node_group`).
+    pub node_group: Option<String>,
 }
+
+/// The group a [`SyntheticNode`] belongs to unless told otherwise (the test world's worker group).
+pub const DEFAULT_NODE_GROUP: &str = "smartscale-workers";
 
 impl SyntheticNode {
     /// A node with `cpus` CPUs at `busy_percent`, 4 GiB per CPU with half of it available.
@@ -112,7 +119,14 @@ impl SyntheticNode {
             memory_available_bytes: total / 2.0,
             allocatable_cpu_cores: f64::from(cpus),
             allocatable_memory_bytes: total * 0.9,
+            node_group: Some(DEFAULT_NODE_GROUP.to_string()),
         }
+    }
+
+    /// The K3s server's node-exporter: no worker group.
+    pub fn server(mut self) -> Self {
+        self.node_group = None;
+        self
     }
 
     /// Set total and available memory (allocatable follows at 90% of the total).
@@ -287,11 +301,20 @@ impl ClusterMetrics {
     }
 
     fn families(&self, cpu: impl Fn(&SyntheticNode, u32, &str) -> f64) -> Vec<Family> {
+        // The labels the shipped `node-exporter` scrape job gives each target.
         let node_exporter = |node: &SyntheticNode| {
-            vec![
+            let mut labels = vec![
                 ("instance", format!("{}:9100", node.name)),
                 ("job", "node-exporter".to_string()),
-            ]
+            ];
+            match &node.node_group {
+                Some(group) => {
+                    labels.push(("node_group", group.clone()));
+                    labels.push(("node_role", "worker".to_string()));
+                }
+                None => labels.push(("node_role", "server".to_string())),
+            }
+            labels
         };
         let ksm = || {
             vec![

@@ -235,3 +235,49 @@ async fn live_scrape_continues_backfilled_history() {
     })
     .await;
 }
+
+/// The controller's default signals read the workers only: the K3s server (Prometheus, Grafana,
+/// the control plane) is busy on its own, and averaged in, a one-worker cluster would read half
+/// server. Checked with the defaults as the controller parses them, in real Prometheus.
+#[tokio::test]
+async fn the_default_signals_read_the_workers_not_the_server() {
+    bounded(async {
+        let end = Timestamp::from_second(Timestamp::now().as_second()).expect("a valid timestamp");
+        let metrics = ClusterMetrics::new(
+            vec![
+                SyntheticNode::new("server", 2, 90.0)
+                    .with_memory(4.0 * GIB, 0.4 * GIB)
+                    .server(),
+                SyntheticNode::new("ip-10-0-1-10.ec2.internal", 2, 20.0)
+                    .with_memory(4.0 * GIB, 3.0 * GIB),
+            ],
+            vec![],
+        );
+        let history =
+            metrics.openmetrics_history(end, Duration::from_secs(30 * 60), Duration::from_secs(15));
+        let prometheus = Prometheus::start_backfilled(&history).await.expect("Prometheus");
+        let defaults = smartscale_controller::config::parse(
+            "minimal",
+            "cluster_id: c\nprometheus: {url: 'http://127.0.0.1:9090'}\nstate: {table: tbl}\nnode_groups: [{asg_name: w, min: 1, max: 2}]\n",
+            &[],
+            smartscale_controller::config::Purpose::Controller,
+        )
+        .expect("config")
+        .prometheus
+        .queries;
+        let cpu = single(&prometheus.query_at(&defaults.cpu, end).await.expect("cpu"), &defaults.cpu);
+        let memory = single(
+            &prometheus.query_at(&defaults.memory, end).await.expect("memory"),
+            &defaults.memory,
+        );
+        assert!((cpu - 20.0).abs() < 0.5, "the workers' CPU, not the server's 90%: {cpu}");
+        assert!((memory - 25.0).abs() < 0.5, "the workers' memory: {memory}");
+        // Averaged over every node-exporter target (the old default) it would read the server in.
+        let everything = single(
+            &prometheus.query_at(CORRECTED_CPU, end).await.expect("cpu"),
+            CORRECTED_CPU,
+        );
+        assert!((everything - 55.0).abs() < 0.5, "{everything}");
+    })
+    .await;
+}

@@ -76,8 +76,12 @@ pub struct Queries {
 impl Default for Queries {
     fn default() -> Self {
         Queries {
-            cpu: r#"(1 - avg(rate(node_cpu_seconds_total{mode="idle"}[5m]))) * 100"#.into(),
-            memory: "(1 - avg(node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes)) * 100"
+            // Workers only: the shipped scrape config gives every worker's node-exporter target a
+            // `node_group` label and the K3s server's none (it runs Prometheus, Grafana and the
+            // control plane; averaged in, a one-worker cluster would read half server).
+            cpu: r#"(1 - avg(rate(node_cpu_seconds_total{mode="idle",node_group!=""}[5m]))) * 100"#
+                .into(),
+            memory: r#"(1 - avg(node_memory_MemAvailable_bytes{node_group!=""} / node_memory_MemTotal_bytes{node_group!=""})) * 100"#
                 .into(),
             pending_pods: r#"sum(kube_pod_status_phase{phase="Pending"})"#.into(),
             nodes: "count(kube_node_info)".into(),

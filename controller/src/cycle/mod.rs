@@ -53,6 +53,8 @@ pub struct Context {
     safety: std::sync::Mutex<HashMap<String, (Instant, crate::actuator::GroupSafety)>>,
     /// Instances EC2 said exist, and when (`guards::collect_ghost_nodes`).
     known_instances: std::sync::Mutex<HashMap<String, Instant>>,
+    /// Each instance's lifecycle state at the last look (to see launches end in Pending:Wait).
+    last_states: std::sync::Mutex<HashMap<String, String>>,
 }
 
 /// Holds the manual-request slot; dropping it frees the slot.
@@ -142,6 +144,7 @@ impl Context {
             consecutive_errors: AtomicU32::new(0),
             safety: std::sync::Mutex::new(HashMap::new()),
             known_instances: std::sync::Mutex::new(HashMap::new()),
+            last_states: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -327,6 +330,7 @@ async fn cycle(ctx: &Context, record_none: bool) -> Result<Outcome> {
     };
     let before = state.clone();
     let (prom, asgs, snap) = observe(ctx).await?;
+    observe::count_launch_timeouts(ctx, &asgs);
     let safety = guards::secure_groups(ctx, &asgs).await;
     let cancels = guards::update_backoffs(ctx, &asgs, &mut state, now).await;
     let obs = build_observation(ctx, &prom, &asgs, &snap, &mut state, &safety, now);

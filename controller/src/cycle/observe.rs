@@ -4,6 +4,7 @@ use super::Context;
 use crate::actuator::AsgState;
 use crate::metrics::{
     DecisionLabels, GroupLabels, NodeInfoLabels, NodeLabels, PriceLabels, SignalLabels,
+    TransitionLabels,
 };
 use crate::policy::{Decision, Lifecycle, Observation, Resources};
 use crate::signals::cluster::ClusterSnapshot;
@@ -159,6 +160,43 @@ pub(super) fn build_observation(
     }
 }
 
+/// Counts launches that ended while their launch lifecycle action waited: an instance seen in
+/// `Pending:Wait` that is terminating now never served (the action timed out, the agent
+/// abandoned it, or the controller rolled it back). Every group's counters exist from the
+/// start, at 0 (`terminating` stays 0 here: only the agent sees a drain run out of time).
+pub(super) fn count_launch_timeouts(ctx: &Context, asgs: &[AsgState]) {
+    let mut last = ctx.last_states.lock().unwrap_or_else(|p| p.into_inner());
+    for asg in asgs {
+        for transition in ["launching", "terminating"] {
+            ctx.metrics
+                .lifecycle_timeouts
+                .get_or_create(&TransitionLabels {
+                    node_group: asg.name.clone(),
+                    transition: transition.to_string(),
+                })
+                .inc_by(0);
+        }
+        for i in &asg.instances {
+            if last.get(&i.id).map(String::as_str) == Some("Pending:Wait")
+                && i.lifecycle == Lifecycle::Terminating
+            {
+                ctx.metrics
+                    .lifecycle_timeouts
+                    .get_or_create(&TransitionLabels {
+                        node_group: asg.name.clone(),
+                        transition: "launching".to_string(),
+                    })
+                    .inc();
+            }
+        }
+    }
+    *last = asgs
+        .iter()
+        .flat_map(|a| a.instances.iter())
+        .map(|i| (i.id.clone(), i.state.clone()))
+        .collect();
+}
+
 pub(super) fn export(
     ctx: &Context,
     prom: &PromSignals,
@@ -187,6 +225,7 @@ pub(super) fn export(
             .set(r.value().unwrap_or(f64::NAN));
     }
     m.pending_pods.set(obs.pending.len() as i64);
+    m.unhelpable_pods.set(snap.unhelpable.len() as i64);
     m.node_info.clear();
     m.node_price.clear();
     for (gi, g) in obs.groups.iter().enumerate() {

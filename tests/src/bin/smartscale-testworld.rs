@@ -491,6 +491,11 @@ fn synthetic_node(node: &Node, previous: &[SyntheticNode]) -> Option<SyntheticNo
     let cpus = cpu.ceil().max(1.0) as u32;
     let mut synthetic = SyntheticNode::new(name.clone(), cpus, DEFAULT_BUSY_PERCENT)
         .with_memory(memory, memory * 0.6);
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    match labels.get("smartscale.io/node-group") {
+        Some(group) => synthetic.node_group = Some(group.clone()),
+        None => synthetic = synthetic.server(),
+    }
     if let Some(instance) = instance.filter(|id| id.starts_with("i-")) {
         synthetic = synthetic.with_instance(instance, az);
     }
