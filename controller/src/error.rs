@@ -38,6 +38,15 @@ pub enum Error {
     /// an instance type it does not know).
     #[error("capacity model: {0}")]
     Capacity(String),
+    /// Lambda mode: the invocation's time ran out before the cycle finished.
+    #[error("deadline: {0}")]
+    Deadline(String),
+    /// Lambda mode: where the configuration comes from (the SSM parameter, the packaged file).
+    #[error("configuration source: {0}")]
+    ConfigSource(String),
+    /// Lambda mode: an event that is not an EventBridge scheduled event.
+    #[error("event: {0}")]
+    Event(String),
     #[error("{0}")]
     Other(String),
 }
@@ -58,6 +67,9 @@ impl Error {
             Error::Trace(_) => "trace",
             Error::Server(_) => "server",
             Error::Capacity(_) => "capacity",
+            Error::Deadline(_) => "deadline",
+            Error::ConfigSource(_) => "config_source",
+            Error::Event(_) => "event",
             Error::Other(_) => "other",
         }
     }

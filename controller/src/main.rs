@@ -1,10 +1,11 @@
-//! `smartscale-controller`: run, once, check, simulate. See README for each command.
+//! `smartscale-controller`: run, once, check, simulate, lambda, status, history. See README for
+//! each command. Started without a command by the Lambda runtime (as `bootstrap`), it is `lambda`.
 
 use clap::{Parser, Subcommand};
 use smartscale_common::logging::{self, LogFormat};
 use smartscale_controller::config::{self, Purpose};
 use smartscale_controller::simulator::{self, trace};
-use smartscale_controller::{Error, run};
+use smartscale_controller::{Error, inspect, run};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -15,14 +16,15 @@ use std::process::ExitCode;
     about = "Autoscaler for K3s worker groups on AWS"
 )]
 struct Cli {
-    /// Config file (YAML). Required for run, once and check; optional for simulate.
+    /// Config file (YAML). Required for run, once and check; optional for simulate; status and
+    /// history read SMARTSCALE_CONFIG_PARAMETER (an SSM parameter) without it.
     #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Log format: text or json (overrides the config's log_format).
     #[arg(long, global = true)]
     log_format: Option<LogFormat>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -40,6 +42,23 @@ enum Command {
     },
     /// Validates the config and prints every problem. Exit 0 if valid, 2 if not.
     Check,
+    /// Lambda mode: one cycle per invocation (what the binary does as the `bootstrap` of a
+    /// provided.al2023 function; see README "Lambda mode").
+    Lambda,
+    /// The lease, the stored state and the last decision, read from DynamoDB, as JSON.
+    Status {
+        /// The dry-run replica's records.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The newest history records from DynamoDB, as JSON (newest first).
+    History {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// The dry-run replica's records.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Digital twin: replays demand through the real policy and compares it with baselines.
     Simulate {
         /// Built-in scenario: steady, diurnal, flash-sale, ramp, noisy.
@@ -61,8 +80,22 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let Some(command) = cli.command else {
+        // The Lambda runtime starts `bootstrap` without arguments.
+        if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+            return smartscale_controller::lambda::main(cli.log_format);
+        }
+        return fail(
+            "a command is required (run, once, check, simulate, lambda, status, history); see --help",
+        );
+    };
+    match command {
         Command::Check => check(cli.config),
+        Command::Lambda => smartscale_controller::lambda::main(cli.log_format),
+        Command::Status { dry_run } => inspect(cli.config, Inspect::Status { dry_run }),
+        Command::History { limit, dry_run } => {
+            inspect(cli.config, Inspect::History { limit, dry_run })
+        }
         Command::Simulate {
             scenario,
             trace,
@@ -165,6 +198,63 @@ fn with_runtime(
                 }
                 Err(e) => fail(e),
             },
+            Err(e) => fail(e),
+        }
+    })
+}
+
+enum Inspect {
+    Status { dry_run: bool },
+    History { limit: u32, dry_run: bool },
+}
+
+/// `status` and `history`: the config from `--config`, else from the SSM parameter named by
+/// `SMARTSCALE_CONFIG_PARAMETER` (the Lambda mode's).
+fn inspect(config: Option<PathBuf>, what: Inspect) -> ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+    };
+    rt.block_on(async move {
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .load()
+            .await;
+        let cfg = match &config {
+            Some(path) => config::load(path, Purpose::Controller),
+            None => {
+                let env: Vec<(String, String)> = std::env::vars().collect();
+                let ssm = aws_sdk_ssm::Client::new(&sdk);
+                smartscale_controller::lambda::source::load(&ssm, &env)
+                    .await
+                    .map(|l| l.config)
+            }
+        };
+        let cfg = match cfg {
+            Ok(c) => c,
+            Err(e) => return fail(e),
+        };
+        let sdk = sdk
+            .to_builder()
+            .timeout_config(run::aws_timeouts(&cfg))
+            .build();
+        let out = match what {
+            Inspect::Status { dry_run } => {
+                inspect::status(&cfg, &sdk, dry_run).await.and_then(|s| {
+                    serde_json::to_string_pretty(&s).map_err(|e| Error::Other(e.to_string()))
+                })
+            }
+            Inspect::History { limit, dry_run } => inspect::history(&cfg, &sdk, limit, dry_run)
+                .await
+                .and_then(|h| {
+                    serde_json::to_string_pretty(&serde_json::json!({ "history": h }))
+                        .map_err(|e| Error::Other(e.to_string()))
+                }),
+        };
+        match out {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
             Err(e) => fail(e),
         }
     })

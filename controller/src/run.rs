@@ -2,22 +2,27 @@
 //! `interval` and at once when a pod becomes unschedulable (the fast path). Stops on SIGTERM.
 
 use crate::actuator::Actuator;
+use crate::cloudwatch::{CloudWatch, Figures};
 use crate::config::{Config, TOKEN_ENV};
 use crate::cycle::{self, Context};
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::signals::cluster::ClusterWatch;
 use crate::signals::prometheus::Prometheus;
 use crate::state::{Store, StoreOptions};
 use crate::{Error, Result};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long to wait for the first full view of the cluster.
 const CLUSTER_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Fast-path cycles are at least this far apart, so a burst of new pods makes one decision.
 const FAST_PATH_DEBOUNCE: Duration = Duration::from_millis(300);
+/// How long `once` waits for its notifications before the process ends.
+const NOTIFY_FLUSH: Duration = Duration::from_secs(5);
 
-fn replica_id() -> String {
+/// This replica's name in the lease: host, pid and a random suffix.
+pub fn replica_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown-host".into());
@@ -51,19 +56,26 @@ pub fn api_token(cfg: &Config) -> Result<Option<String>> {
     }
 }
 
-/// Connects to everything. Fails with a clear error when a dependency cannot even be configured.
-pub async fn build_context(cfg: Config, dry_run: bool) -> Result<Context> {
-    // Every AWS call ends well inside half the lease TTL, the window in which a holder may act.
-    let operation =
-        (cfg.state.lease_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(10));
+/// The longest any AWS call may take: well inside half the lease TTL, the window in which a
+/// holder may act.
+pub fn operation_timeout(cfg: &Config) -> Duration {
+    (cfg.state.lease_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(10))
+}
+
+/// Timeouts for every AWS client of the controller (see [`operation_timeout`]).
+pub fn aws_timeouts(cfg: &Config) -> aws_config::timeout::TimeoutConfig {
+    let operation = operation_timeout(cfg);
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(operation.min(Duration::from_secs(3)))
+        .operation_attempt_timeout(operation)
+        .operation_timeout(operation)
+        .build()
+}
+
+/// The AWS SDK configuration from the standard chain, with the controller's timeouts.
+pub async fn aws_config(cfg: &Config) -> Result<aws_config::SdkConfig> {
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .timeout_config(
-            aws_config::timeout::TimeoutConfig::builder()
-                .connect_timeout(operation.min(Duration::from_secs(3)))
-                .operation_attempt_timeout(operation)
-                .operation_timeout(operation)
-                .build(),
-        )
+        .timeout_config(aws_timeouts(cfg))
         .load()
         .await;
     if sdk.region().is_none() {
@@ -71,29 +83,68 @@ pub async fn build_context(cfg: Config, dry_run: bool) -> Result<Context> {
             "no AWS region: set AWS_REGION (or a profile with a region)".into(),
         ));
     }
-    let kube = kube::Client::try_default().await.map_err(|e| {
+    Ok(sdk)
+}
+
+/// What [`connect`] connects with.
+pub struct Connection<'a> {
+    pub sdk: &'a aws_config::SdkConfig,
+    pub kube: kube::Client,
+    /// This replica's name in the lease.
+    pub replica: String,
+    /// How long to wait for the first full view of the cluster.
+    pub cluster_sync: Duration,
+}
+
+/// Connects to everything (AWS from the standard chain, Kubernetes from `KUBECONFIG` or
+/// in-cluster). Fails with a clear error when a dependency cannot even be configured.
+pub async fn build_context(cfg: Config, dry_run: bool) -> Result<Context> {
+    let sdk = aws_config(&cfg).await?;
+    let kube = default_kube().await?;
+    connect(
+        cfg,
+        dry_run,
+        Connection {
+            sdk: &sdk,
+            kube,
+            replica: replica_id(),
+            cluster_sync: CLUSTER_SYNC_TIMEOUT,
+        },
+    )
+    .await
+}
+
+/// Kubernetes from `KUBECONFIG` or in-cluster.
+pub async fn default_kube() -> Result<kube::Client> {
+    kube::Client::try_default().await.map_err(|e| {
         Error::Kubernetes(format!(
             "cannot configure a client ({e}); set KUBECONFIG or run in-cluster"
         ))
-    })?;
-    let cluster = ClusterWatch::start(kube.clone());
-    cluster.ready(CLUSTER_SYNC_TIMEOUT).await?;
+    })
+}
+
+/// Builds the cycle's context on given AWS and Kubernetes clients (the daemon's, or the Lambda
+/// mode's: its Kubernetes identity comes from Secrets Manager).
+pub async fn connect(cfg: Config, dry_run: bool, c: Connection<'_>) -> Result<Context> {
+    let operation = operation_timeout(&cfg);
+    let cluster = ClusterWatch::start(c.kube.clone());
+    cluster.ready(c.cluster_sync).await?;
     let prometheus = Prometheus::new(cfg.prometheus.clone(), cfg.custom_signals.clone())?;
     let metrics = Metrics::new();
     let dry_run = dry_run || cfg.dry_run;
     let actuator = Actuator::new(
-        &sdk,
-        kube,
+        c.sdk,
+        c.kube,
         dry_run,
         metrics.aws_calls.clone(),
         metrics.fence_window.clone(),
     );
     let store = Store::new(
-        &sdk,
+        c.sdk,
         StoreOptions {
             table: cfg.state.table.clone(),
             cluster: cfg.cluster_id.clone(),
-            replica: replica_id(),
+            replica: c.replica,
             lease_ttl: cfg.state.lease_ttl,
             history_retention: cfg.state.history_retention,
             // An old holder's AWS call ends within one operation timeout of its last check.
@@ -102,24 +153,74 @@ pub async fn build_context(cfg: Config, dry_run: bool) -> Result<Context> {
         },
         metrics.aws_calls.clone(),
     );
-    Ok(Context::new(
-        cfg, prometheus, cluster, actuator, store, metrics,
-    ))
+    let mut notifier =
+        Notifier::new(cfg.notifications.webhook_url.clone()).counting(metrics.errors.clone());
+    if let Some(arn) = &cfg.notifications.sns_topic_arn {
+        notifier = notifier.with_sns(aws_sdk_sns::Client::new(c.sdk), arn.clone());
+    }
+    let mut ctx = Context::new(cfg, prometheus, cluster, actuator, store, metrics);
+    ctx.notifier = notifier;
+    Ok(ctx)
+}
+
+/// After a cycle: its figures to CloudWatch (when enabled). Returns the failure, if any.
+pub async fn publish_figures(
+    ctx: &Context,
+    cloudwatch: Option<&CloudWatch>,
+    outcome: &Result<cycle::Outcome>,
+    cycle_time: Duration,
+    problems: usize,
+    execution: Option<Duration>,
+) -> Option<Error> {
+    let cw = cloudwatch?;
+    let mut figures = Figures::of(ctx, outcome, cycle_time.as_secs_f64(), problems);
+    figures.execution_ms = execution.map(|d| d.as_secs_f64() * 1000.0);
+    cw.publish(ctx, &figures).await.err()
 }
 
 /// `once`: start-up reconciliation and one full cycle, then the lease is handed back so the
-/// next run (or replica) need not wait for it to expire.
+/// next run (or replica) need not wait for it to expire, and notifications are sent.
 pub async fn once(cfg: Config, dry_run: bool) -> Result<cycle::Outcome> {
-    let ctx = build_context(cfg, dry_run).await?;
+    let started = Instant::now();
+    let sdk = aws_config(&cfg).await?;
+    let cloudwatch = CloudWatch::from_config(&cfg, &sdk);
+    let kube = default_kube().await?;
+    let ctx = connect(
+        cfg,
+        dry_run,
+        Connection {
+            sdk: &sdk,
+            kube,
+            replica: replica_id(),
+            cluster_sync: CLUSTER_SYNC_TIMEOUT,
+        },
+    )
+    .await?;
     if let Err(e) = cycle::reconcile(&ctx).await {
         tracing::warn!(error = %e, "start-up reconciliation failed; continuing");
     }
+    let cycle_started = Instant::now();
     let outcome = cycle::run_once(&ctx, true).await;
+    let cycle_time = cycle_started.elapsed();
     release(&ctx).await;
+    let _ = publish_figures(
+        &ctx,
+        cloudwatch.as_ref(),
+        &outcome,
+        cycle_time,
+        0,
+        Some(started.elapsed()),
+    )
+    .await;
+    // The process ends after this: give the notifications their chance to go out.
+    for failure in ctx.notifier.flush(NOTIFY_FLUSH).await {
+        tracing::warn!(%failure, "notification not sent");
+    }
     outcome
 }
 
-async fn release(ctx: &Context) {
+/// Hands the lease back, if this replica holds it.
+pub async fn release(ctx: &Context) {
     if let Some(lease) = ctx.held.lock().await.lease.take()
         && let Err(e) = ctx.store.release(&lease).await
     {
@@ -135,7 +236,22 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
             "cannot listen on {listen}: {e}; is another controller running? change api.listen"
         ))
     })?;
-    let ctx = Arc::new(build_context(cfg, dry_run).await?);
+    let sdk = aws_config(&cfg).await?;
+    let cloudwatch = CloudWatch::from_config(&cfg, &sdk);
+    let kube = default_kube().await?;
+    let ctx = Arc::new(
+        connect(
+            cfg,
+            dry_run,
+            Connection {
+                sdk: &sdk,
+                kube,
+                replica: replica_id(),
+                cluster_sync: CLUSTER_SYNC_TIMEOUT,
+            },
+        )
+        .await?,
+    );
     tracing::info!(%listen, replica = %ctx.store.replica, dry_run = ctx.dry_run(), "controller started");
     if let Err(e) = cycle::reconcile(&ctx).await {
         tracing::warn!(error = %e, "start-up reconciliation failed; continuing");
@@ -163,7 +279,17 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                 tracing::debug!("fast path: unschedulable pod");
             }
         }
-        let _ = cycle::run_once(&ctx, false).await;
+        let started = Instant::now();
+        let outcome = cycle::run_once(&ctx, false).await;
+        let _ = publish_figures(
+            &ctx,
+            cloudwatch.as_ref(),
+            &outcome,
+            started.elapsed(),
+            0,
+            None,
+        )
+        .await;
     }
 
     let _ = stop_tx.send(true);

@@ -17,7 +17,20 @@ use std::time::Duration;
 /// Env vars with the prefix that are not config paths.
 pub const ENV_PREFIX: &str = "SMARTSCALE_";
 pub const TOKEN_ENV: &str = "SMARTSCALE_API_TOKEN";
-const NOT_CONFIG: &[&str] = &[TOKEN_ENV];
+/// Lambda mode (README, "Lambda mode"): the SSM parameter holding the config file.
+pub const CONFIG_PARAMETER_ENV: &str = "SMARTSCALE_CONFIG_PARAMETER";
+/// Lambda mode: the config file in the code package, used when the parameter cannot be read.
+pub const CONFIG_FILE_ENV: &str = "SMARTSCALE_CONFIG_FILE";
+/// Lambda mode: the Secrets Manager secret with the ServiceAccount token, CA and API server URL.
+pub const KUBERNETES_SECRET_ENV: &str = "SMARTSCALE_KUBERNETES_SECRET";
+const NOT_CONFIG: &[&str] = &[
+    TOKEN_ENV,
+    CONFIG_PARAMETER_ENV,
+    CONFIG_FILE_ENV,
+    KUBERNETES_SECRET_ENV,
+];
+/// The seed's CloudWatch namespace.
+pub const CLOUDWATCH_NAMESPACE: &str = "SmartScale/Autoscaler";
 
 // ---- the validated configuration ----
 
@@ -34,6 +47,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub api: ApiConfig,
     pub notifications: Notifications,
+    pub cloudwatch: CloudWatchConfig,
     pub simulate: SimOptions,
     /// Not wrong, but worth a word at start-up (unknown `SMARTSCALE_*` variables).
     pub warnings: Vec<String>,
@@ -96,8 +110,17 @@ pub struct ApiConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notifications {
     pub webhook_url: Option<url::Url>,
+    /// SNS topic for the same notifications, with message attributes for filtering.
+    pub sns_topic_arn: Option<String>,
     /// Consecutive failed cycles before an error notification.
     pub error_threshold: u32,
+}
+
+/// Opt-in CloudWatch metrics: one PutMetricData per cycle (`crate::cloudwatch`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloudWatchConfig {
+    pub enabled: bool,
+    pub namespace: String,
 }
 
 /// What the config is for: the controller needs its cluster, Prometheus and table; the
@@ -161,7 +184,12 @@ pub(super) fn unreachable_default() -> Config {
         },
         notifications: Notifications {
             webhook_url: None,
+            sns_topic_arn: None,
             error_threshold: 3,
+        },
+        cloudwatch: CloudWatchConfig {
+            enabled: false,
+            namespace: CLOUDWATCH_NAMESPACE.into(),
         },
         simulate: SimOptions::default(),
         warnings: vec![],

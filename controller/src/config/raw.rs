@@ -22,6 +22,7 @@ pub(super) struct Raw {
     pub(super) policy: RawPolicy,
     pub(super) api: RawApi,
     pub(super) notifications: RawNotifications,
+    pub(super) cloudwatch: RawCloudWatch,
     pub(super) simulate: SimOptions,
 }
 
@@ -39,6 +40,7 @@ impl Default for Raw {
             policy: RawPolicy::default(),
             api: RawApi::default(),
             notifications: RawNotifications::default(),
+            cloudwatch: RawCloudWatch::default(),
             simulate: SimOptions::default(),
         }
     }
@@ -257,6 +259,7 @@ impl Default for RawApi {
 #[serde(default)]
 pub(super) struct RawNotifications {
     pub(super) webhook_url: Option<String>,
+    pub(super) sns_topic_arn: Option<String>,
     pub(super) error_threshold: i64,
 }
 
@@ -264,7 +267,24 @@ impl Default for RawNotifications {
     fn default() -> Self {
         RawNotifications {
             webhook_url: None,
+            sns_topic_arn: None,
             error_threshold: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub(super) struct RawCloudWatch {
+    pub(super) enabled: bool,
+    pub(super) namespace: String,
+}
+
+impl Default for RawCloudWatch {
+    fn default() -> Self {
+        RawCloudWatch {
+            enabled: false,
+            namespace: super::CLOUDWATCH_NAMESPACE.into(),
         }
     }
 }

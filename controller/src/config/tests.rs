@@ -148,6 +148,16 @@ pub(crate) const BAD: &[(&str, &str, &str)] = &[
         "notifications.webhook_url: `slack` is not an http(s) URL",
     ),
     (
+        "bad sns topic",
+        "notifications: {sns_topic_arn: 'smartscale-alerts'}",
+        "notifications.sns_topic_arn: `smartscale-alerts` is not an SNS topic ARN",
+    ),
+    (
+        "reserved cloudwatch namespace",
+        "cloudwatch: {enabled: true, namespace: 'AWS/EC2'}",
+        "cloudwatch.namespace: `AWS/EC2` must be",
+    ),
+    (
         "bad log format",
         "log_format: xml",
         "log_format: unknown variant `xml`",
@@ -206,4 +216,38 @@ fn simulation_needs_no_cluster_settings() {
     .unwrap();
     assert_eq!(c.policy.cpu_above, 80.0);
     assert_eq!(simulation_default().policy, PolicyConfig::default());
+}
+
+#[test]
+fn sns_and_cloudwatch_are_off_by_default_and_read_when_set() {
+    let c = parse("c.yaml", GOOD, &[], Purpose::Controller).unwrap();
+    assert_eq!(c.notifications.sns_topic_arn, None);
+    assert!(!c.cloudwatch.enabled);
+    assert_eq!(c.cloudwatch.namespace, "SmartScale/Autoscaler");
+    let yaml = format!(
+        "{GOOD}notifications: {{sns_topic_arn: 'arn:aws:sns:us-east-1:123456789012:smartscale-prod'}}\ncloudwatch: {{enabled: true, namespace: Ops/K3s}}\n"
+    );
+    let c = parse("c.yaml", &yaml, &[], Purpose::Controller).unwrap();
+    assert_eq!(
+        c.notifications.sns_topic_arn.as_deref(),
+        Some("arn:aws:sns:us-east-1:123456789012:smartscale-prod")
+    );
+    assert!(c.cloudwatch.enabled);
+    assert_eq!(c.cloudwatch.namespace, "Ops/K3s");
+    // Lambda mode's own variables are not config paths (no "unknown variable" warning).
+    let env = vec![
+        ("SMARTSCALE_CONFIG_PARAMETER".to_string(), "/p".to_string()),
+        (
+            "SMARTSCALE_CONFIG_FILE".to_string(),
+            "/var/task/c.yaml".to_string(),
+        ),
+        ("SMARTSCALE_KUBERNETES_SECRET".to_string(), "s".to_string()),
+        (
+            "SMARTSCALE_CLOUDWATCH_ENABLED".to_string(),
+            "true".to_string(),
+        ),
+    ];
+    let c = parse("c.yaml", GOOD, &env, Purpose::Controller).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert!(c.cloudwatch.enabled);
 }

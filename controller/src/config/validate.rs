@@ -2,8 +2,8 @@
 
 use super::raw::Raw;
 use super::{
-    ApiConfig, Config, CustomSignal, NodeGroup, Notifications, PrometheusConfig, Purpose,
-    StateConfig, unreachable_default,
+    ApiConfig, CloudWatchConfig, Config, CustomSignal, NodeGroup, Notifications, PrometheusConfig,
+    Purpose, StateConfig, unreachable_default,
 };
 use crate::policy::{PolicyConfig, Resources};
 use std::net::SocketAddr;
@@ -297,6 +297,21 @@ pub(super) fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Confi
                     None
                 }
             });
+    let sns_topic_arn = raw.notifications.sns_topic_arn.filter(|arn| {
+        let ok = valid_sns_topic_arn(arn);
+        if !ok {
+            p.push(format!(
+                "notifications.sns_topic_arn: `{arn}` is not an SNS topic ARN (arn:aws:sns:<region>:<account>:<topic>)"
+            ));
+        }
+        ok
+    });
+    let namespace = raw.cloudwatch.namespace;
+    if !valid_cloudwatch_namespace(&namespace) {
+        p.push(format!(
+            "cloudwatch.namespace: `{namespace}` must be 1–255 printable ASCII characters and not start with `AWS/` (default SmartScale/Autoscaler)"
+        ));
+    }
     if raw.notifications.error_threshold < 1 {
         p.push("notifications.error_threshold: must be at least 1".into());
     }
@@ -359,7 +374,12 @@ pub(super) fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Confi
         },
         notifications: Notifications {
             webhook_url,
+            sns_topic_arn,
             error_threshold: raw.notifications.error_threshold.clamp(1, 1000) as u32,
+        },
+        cloudwatch: CloudWatchConfig {
+            enabled: raw.cloudwatch.enabled,
+            namespace,
         },
         simulate: raw.simulate,
         warnings: vec![],
@@ -381,4 +401,34 @@ fn valid_signal_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `arn:<partition>:sns:<region>:<12-digit account>:<topic>` (topic: letters, digits, `-`, `_`,
+/// up to 256; a FIFO topic ends in `.fifo`).
+fn valid_sns_topic_arn(s: &str) -> bool {
+    let parts: Vec<&str> = s.split(':').collect();
+    let [arn, partition, service, region, account, topic] = parts.as_slice() else {
+        return false;
+    };
+    let topic = topic.strip_suffix(".fifo").unwrap_or(topic);
+    *arn == "arn"
+        && partition.starts_with("aws")
+        && *service == "sns"
+        && !region.is_empty()
+        && region
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && account.len() == 12
+        && account.chars().all(|c| c.is_ascii_digit())
+        && (1..=256).contains(&topic.len())
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// CloudWatch's rule: 1–255 printable ASCII characters; `AWS/` is reserved for AWS.
+fn valid_cloudwatch_namespace(s: &str) -> bool {
+    (1..=255).contains(&s.len())
+        && s.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+        && !s.starts_with("AWS/")
 }

@@ -183,9 +183,10 @@ impl Context {
         self.metrics.error(err.kind());
         let n = self.consecutive_errors.fetch_add(1, Ordering::Relaxed) + 1;
         if n == self.cfg.notifications.error_threshold {
-            self.notifier.send(format!(
-                "SmartScale ({}): {n} failed cycles in a row; last error: {err}",
-                self.cfg.cluster_id
+            self.notifier.send(crate::notify::Notification::errors(
+                &self.cfg.cluster_id,
+                n,
+                &err.to_string(),
             ));
         }
         let mut st = self.status.write().await;
@@ -613,18 +614,14 @@ pub(super) async fn act(
         state.last_desired.insert(name.clone(), d.to);
     }
     if result.is_ok() && !dry && d.action != Action::None {
-        ctx.notifier.send(format!(
-            "SmartScale ({}): {} {} {} → {}{}; {}",
-            ctx.cfg.cluster_id,
+        ctx.notifier.send(crate::notify::Notification::action(
+            &ctx.cfg.cluster_id,
             d.action.as_str(),
-            name,
+            &name,
             d.from,
             d.to,
-            d.victim
-                .as_ref()
-                .map(|v| format!(" (removing {})", v.node))
-                .unwrap_or_default(),
-            d.reasons.join("; ")
+            d.victim.as_ref().map(|v| v.node.as_str()),
+            &d.reasons,
         ));
     }
     finish(ctx, lease, state, &mut intent, memory, result).await
