@@ -21,11 +21,11 @@ name=$1 module=$2
 shift 2
 package=.
 if [ $# -gt 0 ] && [ "$1" != "--" ]; then package=$1; shift; fi
-[ $# -gt 0 ] && [ "$1" = "--" ] && shift
+if [ $# -gt 0 ] && [ "$1" = "--" ]; then shift; fi
 flags=("$@")
 
 command -v go >/dev/null || die "the Go toolchain is not installed or not on PATH (install Go 1.24+; the polyglot machine has it at /usr/local/go/bin)"
-[ -f "$module/go.mod" ] && [ -f "$module/go.sum" ] || die "$module has no go.mod/go.sum"
+if [ ! -f "$module/go.mod" ] || [ ! -f "$module/go.sum" ]; then die "$module has no go.mod/go.sum"; fi
 
 backends=${SMARTSCALE_BACKENDS_DIR:-/tmp/smartscale-backends}
 cache="$backends/go/$name"
