@@ -122,10 +122,10 @@ check_manifest() {
   python3 "$ROOT/userdata/check_manifest.py" "$WORK/rendered/smartscale.yaml"
 }
 
-# The scripts this check owns: the rendered UserData, this script, the k3s fetcher. (The other
-# scripts under scripts/ belong to the test world and CI.)
+# Every shell script of the repository: the rendered UserData, scripts/ (the test world's builds,
+# CI's steps), CI itself and the k3s fetcher.
 shellcheck_scripts() {
-  local files=("$WORK"/rendered/*.sh "$ROOT/scripts/check-infra.sh" "$ROOT/pulumi/scripts/fetch-k3s.sh")
+  local files=("$WORK"/rendered/*.sh "$ROOT"/scripts/*.sh "$ROOT/.ci/run" "$ROOT/pulumi/scripts/fetch-k3s.sh")
   shellcheck --version | sed -n 2p
   shellcheck -s bash -S style "${files[@]}"
   echo "shellcheck clean: ${#files[@]} scripts (${files[*]##*/})"
