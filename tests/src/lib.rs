@@ -15,6 +15,7 @@ pub mod aws;
 pub mod error;
 pub mod imds;
 pub mod kubernetes;
+pub mod lambda_rie;
 pub mod process;
 pub mod prometheus;
 pub mod world;

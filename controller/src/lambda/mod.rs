@@ -8,8 +8,9 @@
 //! it is handed back) and the invocation fails with a `deadline` error that says what was still
 //! missing; an action under way is let finish until just before Lambda's own deadline.
 //!
-//! Bad input (a malformed event, an unreadable config parameter, SNS or CloudWatch down) never
-//! stops the cycle: each is logged, counted (`smartscale_errors_total`, CloudWatch `Errors`) and
+//! After the cycle: the lease is handed back and notifications are sent (both waited for: a
+//! frozen environment would lose them), then one PutMetricData. Bad input (a malformed event,
+//! an unreadable config parameter, SNS or CloudWatch down) never stops the cycle: each is logged, counted (`smartscale_errors_total`, CloudWatch `Errors`) and
 //! listed in `problems`. The cycle failing is an invocation error (`SmartScale.<kind>`), and
 //! `notifications.error_threshold` failed invocations in a row (in this execution environment)
 //! are notified.
@@ -357,28 +358,32 @@ impl Invocation<'_> {
         let notified = ran && outcome.is_err();
         // Hand the lease back (the next invocation need not wait for it), publish the figures
         // and send the notifications, together, before Lambda's deadline.
+        // Notifications first, so that the figures count their failures too.
         let left = b.until_hard();
         let release = tokio::time::timeout(left, run::release(ctx));
-        let problems_so_far = self.problems.len();
-        let publish = tokio::time::timeout(
-            left,
-            run::publish_figures(
-                ctx,
-                cloudwatch,
-                &outcome,
-                took,
-                problems_so_far,
-                Some(b.started.elapsed()),
-            ),
-        );
         let flush = ctx.notifier.flush(left);
-        let (released, published, failures) = tokio::join!(release, publish, flush);
+        let (released, failures) = tokio::join!(release, flush);
         if released.is_err() {
             self.problem(
                 "state",
                 "the lease was not handed back in time; it expires on its own".into(),
             );
         }
+        for f in failures {
+            self.problem(crate::notify::ERROR_KIND, f);
+        }
+        let published = tokio::time::timeout(
+            b.until_hard(),
+            run::publish_figures(
+                ctx,
+                cloudwatch,
+                &outcome,
+                took,
+                self.problems.len(),
+                Some(b.started.elapsed()),
+            ),
+        )
+        .await;
         match published {
             Ok(Some(e)) => self.problem(crate::cloudwatch::ERROR_KIND, e.to_string()),
             Ok(None) => {}
@@ -389,9 +394,6 @@ impl Invocation<'_> {
                     "PutMetricData did not answer before the function's deadline".into(),
                 );
             }
-        }
-        for f in failures {
-            self.problem(crate::notify::ERROR_KIND, f);
         }
         outcome.map_err(|e| (e, notified))
     }
