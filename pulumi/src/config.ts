@@ -66,7 +66,18 @@ export interface StackConfig {
     amiId?: string;
     sshKeyName?: string;
     grafanaNodePort: number;
+    /** `daemon`: the controller on the K3s server; `lambda`: a Lambda function (src/lambda.ts). */
+    controllerMode: "daemon" | "lambda";
+    lambdaSchedule: string;
+    lambdaTimeout: number;
+    lambdaMemoryMb: number;
+    lambdaLogRetentionDays: number;
+    notificationTopic: boolean;
+    cloudwatchMetrics: boolean;
 }
+
+/** The retention periods CloudWatch Logs accepts (PutRetentionPolicy). */
+export const LOG_RETENTION_DAYS = [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653];
 
 const DEFAULT_WORKER_TYPES = ["t3.medium", "t3a.medium", "t2.medium"];
 
@@ -130,6 +141,13 @@ export const CONFIG_KEYS: KeyDoc[] = [
     { key: "smartscale:amiId", required: false, example: "ami-0123456789abcdef0", default: "latest Canonical Ubuntu 24.04 LTS amd64", description: "AMI for all instances (must have glibc >= what scripts/check-glibc.sh reports)" },
     { key: "smartscale:sshKeyName", required: false, example: "my-keypair", default: "(none: no SSH)", description: "EC2 key pair for SSH to the server (kubectl, logs, the tunnel to Grafana); opens 22/tcp to adminCidr" },
     { key: "smartscale:grafanaNodePort", required: false, example: "30300", default: "30300", description: "NodePort on the server where Grafana listens (30000-32767); reachable only through an SSH tunnel, never opened in a security group" },
+    { key: "smartscale:controllerMode", required: false, example: "lambda", default: "daemon", description: "daemon: the controller runs on the K3s server (pending pods act within about a second); lambda: an AWS Lambda function on an EventBridge schedule (pending-pod latency is then the schedule)" },
+    { key: "smartscale:lambdaSchedule", required: false, example: "rate(2 minutes)", default: "rate(1 minute)", description: "lambda mode: EventBridge schedule of the controller function, rate(N minutes|hours|days), at least 1 minute" },
+    { key: "smartscale:lambdaTimeout", required: false, example: "120", default: "60", description: "lambda mode: function timeout in seconds (10-900); a cycle still reading its sources then ends with a deadline error, nothing written" },
+    { key: "smartscale:lambdaMemoryMb", required: false, example: "512", default: "256", description: "lambda mode: function memory in MB (128-10240; CPU grows with it)" },
+    { key: "smartscale:lambdaLogRetentionDays", required: false, example: "30", default: "14", description: "lambda mode: retention of the function's log group, one of CloudWatch's periods (1, 3, 5, 7, 14, 30, 60, 90, ...)" },
+    { key: "smartscale:notificationTopic", required: false, example: "true", default: "false", description: "lambda mode: create an SNS topic for the controller's notifications (each executed action, repeated errors) and set notifications.sns_topic_arn" },
+    { key: "smartscale:cloudwatchMetrics", required: false, example: "true", default: "false", description: "lambda mode: publish ClusterCPU, NodeCount, ScaleUpEvents, ExecutionTime, ... to CloudWatch (namespace SmartScale/Autoscaler, one PutMetricData per cycle)" },
 ];
 
 const KNOWN = new Map(CONFIG_KEYS.map((k) => [k.key, k]));
@@ -351,6 +369,26 @@ const durationIn = (min: number, max: number) => (raw: string): string => {
     return raw;
 };
 
+/** `rate(N minute[s]|hour[s]|day[s])`, singular only for 1, as EventBridge requires. */
+const rateExpression = (raw: string): string => {
+    const m = /^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$/.exec(raw);
+    if (!m || Number(m[1]) < 1) {
+        throw new Error(`"${raw}" is not a rate expression like rate(1 minute) or rate(5 minutes)`);
+    }
+    if ((Number(m[1]) === 1) !== !m[2].endsWith("s")) {
+        throw new Error(`"${raw}": EventBridge wants the singular unit for 1 and the plural otherwise`);
+    }
+    return raw;
+};
+
+const logRetention = (raw: string): number => {
+    const n = int(1, 3653)(raw);
+    if (!LOG_RETENTION_DAYS.includes(n)) {
+        throw new Error(`${n} days is not a CloudWatch Logs retention (${LOG_RETENTION_DAYS.join(", ")})`);
+    }
+    return n;
+};
+
 /** Only `false`: see the rebalanceEnabled description. */
 const rebalance = (raw: string): boolean => {
     if (bool(raw)) {
@@ -478,7 +516,22 @@ export function loadConfig(): StackConfig {
         amiId: r.optional<string | undefined>(s("amiId"), pattern(/^ami-[0-9a-f]{8,17}$/, "an AMI id like ami-0123456789abcdef0"), undefined),
         sshKeyName: r.optional<string | undefined>(s("sshKeyName"), pattern(/^[A-Za-z0-9._ -]{1,255}$/, "an EC2 key pair name"), undefined),
         grafanaNodePort: r.optional(s("grafanaNodePort"), int(30000, 32767), 30300),
+        controllerMode: r.optional(s("controllerMode"), oneOf("daemon", "lambda"), "daemon"),
+        lambdaSchedule: r.optional(s("lambdaSchedule"), rateExpression, "rate(1 minute)"),
+        lambdaTimeout: r.optional(s("lambdaTimeout"), int(10, 900), 60),
+        lambdaMemoryMb: r.optional(s("lambdaMemoryMb"), int(128, 10240), 256),
+        lambdaLogRetentionDays: r.optional(s("lambdaLogRetentionDays"), logRetention, 14),
+        notificationTopic: r.optional(s("notificationTopic"), bool, false),
+        cloudwatchMetrics: r.optional(s("cloudwatchMetrics"), bool, false),
     };
+    if (cfg.controllerMode !== "lambda") {
+        // Keys that would do nothing in daemon mode are errors, not silently ignored settings.
+        for (const k of ["lambdaSchedule", "lambdaTimeout", "lambdaMemoryMb", "lambdaLogRetentionDays", "notificationTopic", "cloudwatchMetrics"]) {
+            if (pulumi.runtime.allConfig()[s(k)] !== undefined) {
+                r.problems.add(`smartscale:${k} applies to smartscale:controllerMode lambda only\n      set the mode with: pulumi config set smartscale:controllerMode lambda`);
+            }
+        }
+    }
 
     if (cfg.workerMinSize > cfg.workerMaxSize) {
         r.problems.add(`smartscale:workerMinSize (${cfg.workerMinSize}) is larger than smartscale:workerMaxSize (${cfg.workerMaxSize})`);

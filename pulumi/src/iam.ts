@@ -9,7 +9,8 @@
 //         first instance boots; AWS documents this form for name-scoped Auto Scaling policies.
 //         Actions that change the group are also conditioned on its cluster tag.
 //       * NO_RESOURCE_LEVEL_ACTIONS: read-only calls the Service Authorization Reference lists with
-//         no resource type, which AWS accepts only on "*".
+//         no resource type, which AWS accepts only on "*" (and, for the Lambda mode's role only,
+//         NO_RESOURCE_LEVEL_LAMBDA_ACTIONS: DescribeNetworkInterfaces, PutMetricData).
 //   - each role's inline policies stay under IAM's 10,240-character aggregate limit.
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
@@ -26,6 +27,12 @@ export const NO_RESOURCE_LEVEL_ACTIONS = [
     "pricing:GetProducts",
 ];
 
+/**
+ * The Lambda mode's own calls without resource-level permissions (the Service Authorization
+ * Reference lists none): its VPC interfaces' lookup, and metrics (conditioned on the namespace).
+ */
+export const NO_RESOURCE_LEVEL_LAMBDA_ACTIONS = ["ec2:DescribeNetworkInterfaces", "cloudwatch:PutMetricData"];
+
 export interface Statement {
     Sid: string;
     Effect: "Allow";
@@ -41,7 +48,8 @@ export function policyDocument(statements: Statement[]): pulumi.Output<string> {
                 throw new Error(`IAM statement ${s.Sid}: wildcard action ${a} is not allowed`);
             }
         }
-        if (s.Resource === "*" && !s.Action.every((a) => NO_RESOURCE_LEVEL_ACTIONS.includes(a))) {
+        const starOk = (a: string) => NO_RESOURCE_LEVEL_ACTIONS.includes(a) || NO_RESOURCE_LEVEL_LAMBDA_ACTIONS.includes(a);
+        if (s.Resource === "*" && !s.Action.every(starOk)) {
             throw new Error(`IAM statement ${s.Sid}: only ${NO_RESOURCE_LEVEL_ACTIONS.join(", ")} may use resource "*"`);
         }
     }

@@ -13,6 +13,7 @@ import { StackConfig, loadConfig } from "./config";
 import { controllerConfigYaml } from "./controller-config";
 import { asgArn, attachPolicy, controllerStatements, createInstanceIdentity, serverStatements, ssmParameterArn, workerStatements } from "./iam";
 import { k3sFiles } from "./k3s";
+import { createLambdaController } from "./lambda";
 import { serverManifest } from "./monitoring";
 import { namesFor } from "./names";
 import { createNetwork } from "./network";
@@ -36,6 +37,10 @@ export interface StackOutputs {
     agentSha256: pulumi.Output<string>;
     controllerSha256: pulumi.Output<string>;
     grafanaAdminPassword: pulumi.Output<string>;
+    /** Lambda mode: the controller function, its schedule rule and the notification topic (if created). */
+    controllerFunction?: pulumi.Output<string>;
+    controllerSchedule?: pulumi.Output<string>;
+    notificationTopicArn?: pulumi.Output<string>;
 }
 
 export interface Stack {
@@ -119,6 +124,19 @@ export function createStack(): Stack {
         ...artifacts.resources,
     ]);
 
+    // ---- lambda mode: the controller as a function in the VPC on a schedule (src/lambda.ts).
+    const lambda =
+        cfg.controllerMode === "lambda"
+            ? createLambdaController(cfg, names, {
+                  net,
+                  arns,
+                  asgArn: workerAsgArn,
+                  tableArn: table.arn,
+                  serverPrivateIp: server.privateIp,
+                  serverRole: serverIdentity.role,
+              })
+            : undefined;
+
     // ---- workers: policy, parameters and the server exist before the group launches anything.
     const agentParams = createAgentParams(cfg, names, pulumi.interpolate`https://${server.privateIp}:6443`);
     const workerIdentity = createInstanceIdentity(cfg, names, "worker");
@@ -173,6 +191,7 @@ export function createStack(): Stack {
             workerPolicy,
             workers.launchTemplate,
             workers.asg,
+            ...(lambda?.resources ?? []),
         ],
         outputs: {
             serverPublicIp: server.publicIp,
@@ -185,6 +204,9 @@ export function createStack(): Stack {
             agentSha256: artifacts.agent.sha256,
             controllerSha256: artifacts.controller.sha256,
             grafanaAdminPassword: secrets.grafanaPassword,
+            controllerFunction: lambda?.fn.name,
+            controllerSchedule: lambda?.rule.name,
+            notificationTopicArn: lambda?.topic?.arn,
         },
     };
 }
