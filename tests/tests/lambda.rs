@@ -315,7 +315,6 @@ async fn a_function_timeout_shorter_than_a_slow_prometheus_ends_with_a_clear_err
         let once = w.controller_once(&s.file, &[]).await.unwrap();
         assert_eq!(once["action"], "scale_up", "{once}");
         assert_eq!(w.group().await.unwrap().0, 5);
-        let _ = &s.prom_url;
         f.shutdown().await;
     })
     .await
