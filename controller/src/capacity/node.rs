@@ -647,7 +647,7 @@ mod tests {
         tainted
             .tags
             .insert(format!("{TAG_TAINT}dedicated"), "db:NoSchedule".into());
-        let t = NodeTemplate::for_group(&tainted, &[], &[everywhere.clone()]).unwrap();
+        let t = NodeTemplate::for_group(&tainted, &[], std::slice::from_ref(&everywhere)).unwrap();
         assert!(
             t.daemon_pods.is_empty(),
             "an untolerated taint keeps the DaemonSet off"

@@ -142,13 +142,16 @@ pub struct Removal {
     pub pdb_use: Vec<(usize, i32)>,
 }
 
+/// The pods that must move off a node, and the budgets (index, pods covered) they draw on.
+pub type PodsToMove = (Vec<Arc<PodSpec>>, Vec<(usize, i32)>);
+
 /// The pods of `node` that would have to move, or the first one that blocks the removal.
 pub fn pods_to_move(
     snap: &Snapshot,
     node: NodeId,
     pdbs: &[Pdb],
     cfg: &ScaleDownConfig,
-) -> Result<(Vec<Arc<PodSpec>>, Vec<(usize, i32)>), Refusal> {
+) -> Result<PodsToMove, Refusal> {
     let info = snap.node(node);
     if info.control_plane {
         return Err(Refusal::ControlPlane);

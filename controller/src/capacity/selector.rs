@@ -539,7 +539,7 @@ mod tests {
         );
         assert!(tol(json!({"operator": "Exists"})).tolerates(&taint));
         let soft = Taint::parse("x", ":PreferNoSchedule").unwrap();
-        assert!(untolerated(&[soft.clone()], &[]).is_none());
+        assert!(untolerated(std::slice::from_ref(&soft), &[]).is_none());
         assert_eq!(untolerated(&[soft, taint.clone()], &[]), Some(&taint));
         assert!(Taint::parse("x", "true").is_err());
         assert!(Taint::parse("x", "true:Sometimes").is_err());

@@ -98,7 +98,7 @@ pub fn check(p: &Prepared, node: NodeId, snap: &Snapshot) -> Result<(), Reason> 
                 }
             }
         }
-        if !pods_exist && !(st.affinity_counts.is_empty() && st.self_match) {
+        if !(pods_exist || st.affinity_counts.is_empty() && st.self_match) {
             return Err(Reason::Affinity);
         }
     }
