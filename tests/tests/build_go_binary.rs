@@ -62,7 +62,11 @@ fn without_go_it_says_so_in_one_line_and_builds_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     assert!(err.contains("Go toolchain is not installed"), "{err}");
-    assert!(leftovers(&backends).is_empty(), "{:?}", leftovers(&backends));
+    assert!(
+        leftovers(&backends).is_empty(),
+        "{:?}",
+        leftovers(&backends)
+    );
 }
 
 #[test]
@@ -70,7 +74,10 @@ fn a_failed_module_download_is_one_line_and_leaves_no_binary() {
     let work = tempfile::tempdir().unwrap();
     module(work.path());
     let backends = work.path().join("backends");
-    let path = format!("/usr/local/go/bin:{}", std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "/usr/local/go/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
     let out = Command::new("bash")
         .arg(script())
         .args(["probe", work.path().to_str().unwrap()])
@@ -82,7 +89,12 @@ fn a_failed_module_download_is_one_line_and_leaves_no_binary() {
         .env("GOFLAGS", "")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     assert!(err.contains("building probe failed"), "{err}");
@@ -91,5 +103,9 @@ fn a_failed_module_download_is_one_line_and_leaves_no_binary() {
         !backends.join("bin").join("probe").exists(),
         "no binary where the next run would take it for built"
     );
-    assert!(leftovers(&backends).is_empty(), "{:?}", leftovers(&backends));
+    assert!(
+        leftovers(&backends).is_empty(),
+        "{:?}",
+        leftovers(&backends)
+    );
 }
