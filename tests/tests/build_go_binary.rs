@@ -38,7 +38,7 @@ fn leftovers(backends: &Path) -> Vec<String> {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if !path.extension().is_some_and(|e| e == "log") {
+            } else if path.extension().is_none_or(|e| e != "log") {
                 found.push(path.display().to_string());
             }
         }
