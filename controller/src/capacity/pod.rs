@@ -158,6 +158,25 @@ impl PodSpec {
             })
     }
 
+    /// A hash of everything the filters read: pods with equal keys (replicas of one template)
+    /// get the same answer from the same snapshot, so a verdict can be reused for them.
+    pub fn scheduling_key(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.namespace.hash(&mut h);
+        self.labels.hash(&mut h);
+        self.requests.hash(&mut h);
+        self.node_selector.hash(&mut h);
+        self.node_affinity.hash(&mut h);
+        self.tolerations.hash(&mut h);
+        self.affinity.hash(&mut h);
+        self.anti_affinity.hash(&mut h);
+        self.spread.hash(&mut h);
+        self.host_ports.hash(&mut h);
+        self.volumes.hash(&mut h);
+        h.finish()
+    }
+
     /// A pod of the given shape for tests and the twin: requests only, everything else empty.
     pub fn simple(namespace: &str, name: &str, milli_cpu: i64, memory: i64) -> PodSpec {
         PodSpec {
@@ -325,10 +344,13 @@ fn affinity_terms(
 }
 
 fn convert(pod: &core::Pod, namespace: &str, name: &str, catalog: &Catalog) -> Result<PodSpec> {
-    let spec = pod.spec.clone().unwrap_or_default();
+    let no_spec = core::PodSpec::default();
+    let spec = pod.spec.as_ref().unwrap_or(&no_spec);
     let labels = pod.metadata.labels.clone().unwrap_or_default();
-    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-    let affinity = spec.affinity.clone().unwrap_or_default();
+    let no_annotations = std::collections::BTreeMap::new();
+    let annotations = pod.metadata.annotations.as_ref().unwrap_or(&no_annotations);
+    let no_affinity = core::Affinity::default();
+    let affinity = spec.affinity.as_ref().unwrap_or(&no_affinity);
     let node_affinity = affinity
         .node_affinity
         .as_ref()
@@ -405,7 +427,7 @@ fn convert(pod: &core::Pod, namespace: &str, name: &str, catalog: &Catalog) -> R
         namespace: namespace.to_string(),
         name: name.to_string(),
         node_name: spec.node_name.clone().filter(|n| !n.is_empty()),
-        requests: pod_requests(&spec)?,
+        requests: pod_requests(spec)?,
         node_selector: spec.node_selector.clone().unwrap_or_default(),
         node_affinity,
         tolerations: spec
@@ -417,7 +439,7 @@ fn convert(pod: &core::Pod, namespace: &str, name: &str, catalog: &Catalog) -> R
         affinity: pod_affinity,
         anti_affinity,
         spread,
-        host_ports: host_ports(&spec),
+        host_ports: host_ports(spec),
         volumes,
         owner,
         daemonset,

@@ -31,21 +31,36 @@ fn parse(q: &str, exp10: i32) -> Option<i64> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(q.len());
     let (number, suffix) = q.split_at(number_end);
-    if number.is_empty() || number == "." || number.matches('.').count() > 1 {
+    // Digits of the integer and fraction parts as one integer, without allocating.
+    let mut mantissa: i128 = 0;
+    let mut significant = 0;
+    let mut frac_digits: i32 = 0;
+    let mut seen_dot = false;
+    let mut seen_digit = false;
+    for b in number.bytes() {
+        if b == b'.' {
+            if seen_dot {
+                return None;
+            }
+            seen_dot = true;
+            continue;
+        }
+        seen_digit = true;
+        if seen_dot {
+            frac_digits += 1;
+        }
+        if mantissa != 0 || b != b'0' {
+            significant += 1;
+            if significant > 30 {
+                return None;
+            }
+        }
+        mantissa = mantissa * 10 + i128::from(b - b'0');
+    }
+    if !seen_digit {
         return None;
     }
-    let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
-    let digits = format!("{int_part}{frac_part}");
-    let digits = digits.trim_start_matches('0');
-    if digits.len() > 30 {
-        return None;
-    }
-    let mantissa: i128 = if digits.is_empty() {
-        0
-    } else {
-        digits.parse().ok()?
-    };
-    let mut exp: i32 = -(frac_part.len() as i32) + exp10;
+    let mut exp: i32 = -frac_digits + exp10;
     let mut binary: u32 = 0;
     match suffix {
         "" => {}

@@ -343,49 +343,132 @@ fn plan_in(snap: &mut Snapshot, req: &ScaleUpRequest) -> ScaleUpPlan {
     let mut pending: Vec<&Arc<PodSpec>> = req.pending.iter().collect();
     pending.sort_by_key(|p| std::cmp::Reverse(p.priority));
     let mut remaining: Vec<Arc<PodSpec>> = Vec::new();
+    // A replica that found no place means the same for the next replica, until something is
+    // placed (the scheduler's and cluster-autoscaler's equivalence classes).
+    let mut failed: BTreeSet<u64> = BTreeSet::new();
     for pod in pending {
-        match snap.place(pod, None) {
-            Ok(n) => match snap.node(n).template_of.clone() {
-                Some(g) => out.waiting.push((pod.key(), g)),
-                None => out.fits_now.push(pod.key()),
-            },
-            Err(_) => remaining.push(pod.clone()),
+        let key = pod.scheduling_key();
+        if failed.contains(&key) {
+            remaining.push(pod.clone());
+            continue;
         }
-    }
-
-    // Which groups could host each pod at all.
-    let mut hosts: Vec<Vec<usize>> = vec![Vec::new(); remaining.len()];
-    let mut reasons: Vec<Vec<(String, String)>> = vec![Vec::new(); remaining.len()];
-    for (gi, g) in groups.iter().enumerate() {
-        for (pi, pod) in remaining.iter().enumerate() {
-            match hostable(snap, g, pod) {
-                Ok(()) => hosts[pi].push(gi),
-                Err(why) => reasons[pi].push((g.spec.name.clone(), why)),
+        match snap.place(pod, None) {
+            Ok(n) => {
+                failed.clear();
+                match snap.node(n).template_of.clone() {
+                    Some(g) => out.waiting.push((pod.key(), g)),
+                    None => out.fits_now.push(pod.key()),
+                }
+            }
+            Err(_) => {
+                failed.insert(key);
+                remaining.push(pod.clone());
             }
         }
     }
+
+    // Which groups could host each pod at all; then grow the group the expander prefers for
+    // the pods still open, then the next, ... Pods no group could host are tried again once
+    // the plan has placed pods (a pod with affinity to pods the plan brings can be helped).
+    let mut hosts: Vec<Vec<usize>> = vec![Vec::new(); remaining.len()];
+    let mut reasons: Vec<Vec<(String, String)>> = vec![Vec::new(); remaining.len()];
+    let mut unhosted: Vec<usize> = (0..remaining.len()).collect();
     let mut open: Vec<usize> = Vec::new();
-    for (pi, pod) in remaining.iter().enumerate() {
-        if hosts[pi].is_empty() {
-            out.unhelpable.push(PodVerdict {
-                pod: pod.key(),
-                reasons: std::mem::take(&mut reasons[pi]),
-            });
-        } else {
-            open.push(pi);
+    for _round in 0..3 {
+        let mut newly = Vec::new();
+        // Verdicts per (scheduling key, group): replicas share them within a round.
+        let mut seen: BTreeMap<(u64, usize), std::result::Result<(), String>> = BTreeMap::new();
+        for &pi in &unhosted {
+            hosts[pi].clear();
+            reasons[pi].clear();
+            let key = remaining[pi].scheduling_key();
+            for (gi, g) in groups.iter().enumerate() {
+                let verdict = match seen.get(&(key, gi)) {
+                    Some(v) => v.clone(),
+                    None => {
+                        let v = hostable(snap, g, &remaining[pi]);
+                        seen.insert((key, gi), v.clone());
+                        v
+                    }
+                };
+                match verdict {
+                    Ok(()) => hosts[pi].push(gi),
+                    Err(why) => reasons[pi].push((g.spec.name.clone(), why)),
+                }
+            }
+            if !hosts[pi].is_empty() {
+                newly.push(pi);
+            }
+        }
+        if newly.is_empty() {
+            break;
+        }
+        unhosted.retain(|pi| !newly.contains(pi));
+        open.extend(newly);
+        let placed = grow(
+            snap, req, &remaining, &hosts, &mut open, &mut books, &mut out,
+        );
+        if !placed || unhosted.is_empty() {
+            break;
         }
     }
+    for pi in unhosted {
+        out.unhelpable.push(PodVerdict {
+            pod: remaining[pi].key(),
+            reasons: std::mem::take(&mut reasons[pi]),
+        });
+    }
 
-    // Grow the group the expander prefers for the pods still open, then the next, ...
-    let room = |gi: usize, books: &[Book]| {
-        let s = &groups[gi].spec;
-        s.max
-            .saturating_sub(s.target.max(s.min) + books[gi].planned)
-    };
+    for pi in open {
+        let pod = &remaining[pi];
+        let why = hosts[pi]
+            .iter()
+            .map(|&gi| {
+                let s = &groups[gi].spec;
+                let w = if req.backoff.contains(&s.name) {
+                    "backing off: its last new nodes did not become Ready in time".to_string()
+                } else if room(&groups[gi], &books[gi]) == 0 {
+                    format!("at its maximum of {}", s.max)
+                } else {
+                    format!(
+                        "its next node (in {}) would not take the pod",
+                        books[gi].next_zone(s)
+                    )
+                };
+                (s.name.clone(), w)
+            })
+            .collect();
+        out.blocked.push(PodVerdict {
+            pod: pod.key(),
+            reasons: why,
+        });
+    }
+    out
+}
+
+/// Nodes the group may still add.
+fn room(g: &NodeGroup, book: &Book) -> u32 {
+    let s = &g.spec;
+    s.max.saturating_sub(s.target.max(s.min) + book.planned)
+}
+
+/// The expander loop: grows the preferred group for the open pods it can host, then the next,
+/// until no group helps. Returns whether any pod was placed.
+fn grow(
+    snap: &mut Snapshot,
+    req: &ScaleUpRequest,
+    remaining: &[Arc<PodSpec>],
+    hosts: &[Vec<usize>],
+    open: &mut Vec<usize>,
+    books: &mut [Book],
+    out: &mut ScaleUpPlan,
+) -> bool {
+    let groups = req.groups;
+    let mut placed = false;
     loop {
         let mut best: Option<Estimate> = None;
         for gi in 0..groups.len() {
-            if req.backoff.contains(&groups[gi].spec.name) || room(gi, &books) == 0 {
+            if req.backoff.contains(&groups[gi].spec.name) || room(&groups[gi], &books[gi]) == 0 {
                 continue;
             }
             let pods: Vec<Arc<PodSpec>> = open
@@ -402,7 +485,14 @@ fn plan_in(snap: &mut Snapshot, req: &ScaleUpRequest) -> ScaleUpPlan {
                 planned: 0,
                 seq: books[gi].seq,
             };
-            let e = estimate(snap, groups, gi, &pods, room(gi, &books), &mut trial);
+            let e = estimate(
+                snap,
+                groups,
+                gi,
+                &pods,
+                room(&groups[gi], &books[gi]),
+                &mut trial,
+            );
             snap.revert();
             if e.helped.is_empty() {
                 continue;
@@ -415,7 +505,7 @@ fn plan_in(snap: &mut Snapshot, req: &ScaleUpRequest) -> ScaleUpPlan {
             }
         }
         let Some(choice) = best else {
-            break;
+            return placed;
         };
         let gi = choice.group;
         let pods: Vec<Arc<PodSpec>> = open
@@ -423,9 +513,10 @@ fn plan_in(snap: &mut Snapshot, req: &ScaleUpRequest) -> ScaleUpPlan {
             .filter(|&&pi| hosts[pi].contains(&gi))
             .map(|&pi| remaining[pi].clone())
             .collect();
-        let r = room(gi, &books);
+        let r = room(&groups[gi], &books[gi]);
         let e = estimate(snap, groups, gi, &pods, r, &mut books[gi]);
         books[gi].planned += e.nodes.len() as u32;
+        placed |= !e.helped.is_empty();
         let helped: BTreeSet<&String> = e.helped.iter().collect();
         open.retain(|&pi| !helped.contains(&remaining[pi].key()));
         let spec = &groups[gi].spec;
@@ -445,30 +536,4 @@ fn plan_in(snap: &mut Snapshot, req: &ScaleUpRequest) -> ScaleUpPlan {
             }),
         }
     }
-
-    for pi in open {
-        let pod = &remaining[pi];
-        let why = hosts[pi]
-            .iter()
-            .map(|&gi| {
-                let s = &groups[gi].spec;
-                let w = if req.backoff.contains(&s.name) {
-                    "backing off: its last new nodes did not become Ready in time".to_string()
-                } else if room(gi, &books) == 0 {
-                    format!("at its maximum of {}", s.max)
-                } else {
-                    format!(
-                        "its next node (in {}) would not take the pod",
-                        books[gi].next_zone(s)
-                    )
-                };
-                (s.name.clone(), w)
-            })
-            .collect();
-        out.blocked.push(PodVerdict {
-            pod: pod.key(),
-            reasons: why,
-        });
-    }
-    out
 }

@@ -14,7 +14,62 @@ use super::selector::Selector;
 use super::volume::{Catalog, VolumeNeed};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
+
+/// A fast non-cryptographic hasher (the multiply-rotate of rustc's FxHash) for the snapshot's
+/// internal maps: keys are node ids, interned hashes and label strings, none attacker-chosen
+/// in a way that matters here, and SipHash dominated building the snapshot.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Fx(u64);
+
+impl Fx {
+    #[inline]
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for Fx {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            self.add(u64::from_le_bytes(b));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(b));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
+pub(crate) type FxSet<K> = HashSet<K, BuildHasherDefault<Fx>>;
 
 pub type NodeId = usize;
 pub type PodId = usize;
@@ -56,7 +111,7 @@ pub(crate) struct Count {
 #[derive(Debug, Clone)]
 pub(crate) struct Sel {
     pub terms: Vec<(NsSet, Selector)>,
-    pub counts: HashMap<NodeId, Count>,
+    pub counts: FxMap<NodeId, Count>,
     /// Existing pods' anti-affinity terms with exactly this (namespaces, selector).
     pub ex_terms: Vec<ExId>,
 }
@@ -73,7 +128,7 @@ impl Sel {
 #[derive(Debug, Clone)]
 pub(crate) struct ExTerm {
     pub topo: TopoId,
-    pub holders: HashMap<NodeId, u32>,
+    pub holders: FxMap<NodeId, u32>,
 }
 
 /// A topology key: each node's value of that label, interned.
@@ -81,7 +136,7 @@ pub(crate) struct ExTerm {
 pub(crate) struct Topo {
     pub key: String,
     pub node_val: Vec<Option<u32>>,
-    values: HashMap<String, u32>,
+    values: FxMap<String, u32>,
 }
 
 impl Topo {
@@ -129,16 +184,21 @@ pub struct Snapshot {
     pub(crate) pods: Vec<PodSlot>,
     pub(crate) catalog: Arc<Catalog>,
     pub(crate) sels: Vec<Sel>,
-    sel_ids: HashMap<Vec<(NsSet, Selector)>, SelId>,
-    by_label: HashMap<String, HashMap<String, Vec<SelId>>>,
-    by_key: HashMap<String, Vec<SelId>>,
+    /// Hash of a selector's canonical terms → the selectors with that hash.
+    sel_ids: FxMap<u64, Vec<SelId>>,
+    by_label: FxMap<String, FxMap<String, Vec<SelId>>>,
+    by_key: FxMap<String, Vec<SelId>>,
     general: Vec<SelId>,
     pub(crate) ex_terms: Vec<ExTerm>,
-    ex_ids: HashMap<AffinityTerm, ExId>,
+    ex_ids: FxMap<AffinityTerm, ExId>,
     pub(crate) topos: Vec<Topo>,
-    topo_ids: HashMap<String, TopoId>,
+    topo_ids: FxMap<String, TopoId>,
     pub(crate) claimed_pvs: HashSet<String>,
-    by_name: HashMap<String, NodeId>,
+    by_name: FxMap<String, NodeId>,
+    /// Pods by label (`key` → `value` → pods), built the first time a selector is interned
+    /// after the snapshot was built, so interning one finds its pods without a full scan.
+    /// Entries of removed pods stay (they may come back on revert); matches are re-checked.
+    pod_index: Option<FxMap<String, FxMap<String, Vec<PodId>>>>,
     journal: Vec<Undo>,
     marks: Vec<usize>,
 }
@@ -156,16 +216,17 @@ impl Snapshot {
             pods: Vec::with_capacity(pods.len()),
             catalog,
             sels: Vec::new(),
-            sel_ids: HashMap::new(),
-            by_label: HashMap::new(),
-            by_key: HashMap::new(),
+            sel_ids: FxMap::default(),
+            by_label: FxMap::default(),
+            by_key: FxMap::default(),
             general: Vec::new(),
             ex_terms: Vec::new(),
-            ex_ids: HashMap::new(),
+            ex_ids: FxMap::default(),
             topos: Vec::new(),
-            topo_ids: HashMap::new(),
+            topo_ids: FxMap::default(),
             claimed_pvs: HashSet::new(),
-            by_name: HashMap::new(),
+            by_name: FxMap::default(),
+            pod_index: None,
             journal: Vec::new(),
             marks: Vec::new(),
         };
@@ -185,7 +246,7 @@ impl Snapshot {
                 .and_then(|n| s.by_name.get(n).copied())
             {
                 Some(node) => {
-                    s.add_pod(p, node);
+                    s.insert_pod(p, node);
                 }
                 None => orphans.push(p),
             }
@@ -265,6 +326,13 @@ impl Snapshot {
             match undo {
                 Undo::PodAdded(id) => {
                     self.detach(id);
+                    if let (Some(index), Some(slot)) = (&mut self.pod_index, self.pods.last()) {
+                        for (k, v) in &slot.spec.labels {
+                            if let Some(ids) = index.get_mut(k).and_then(|m| m.get_mut(v)) {
+                                ids.retain(|&p| p != id);
+                            }
+                        }
+                    }
                     self.pods.pop();
                 }
                 Undo::PodRemoved(id) => {
@@ -354,6 +422,11 @@ impl Snapshot {
     /// run said yes).
     pub fn add_pod(&mut self, spec: Arc<PodSpec>, node: NodeId) -> PodId {
         self.intern_terms_of(&spec);
+        self.insert_pod(spec, node)
+    }
+
+    /// [`Snapshot::add_pod`] for a pod whose terms are interned already.
+    fn insert_pod(&mut self, spec: Arc<PodSpec>, node: NodeId) -> PodId {
         let sels = self.matching_sels(&spec);
         let anti = spec
             .anti_affinity
@@ -361,6 +434,16 @@ impl Snapshot {
             .map(|t| self.intern_ex_term(t))
             .collect();
         let id = self.pods.len();
+        if let Some(index) = &mut self.pod_index {
+            for (k, v) in &spec.labels {
+                index
+                    .entry(k.clone())
+                    .or_default()
+                    .entry(v.clone())
+                    .or_default()
+                    .push(id);
+            }
+        }
         self.pods.push(PodSlot {
             spec,
             node,
@@ -449,36 +532,75 @@ impl Snapshot {
     // ----- indexes --------------------------------------------------------------------------
 
     fn intern_terms_of(&mut self, p: &PodSpec) {
-        for c in &p.spread {
-            self.intern_sel(vec![(NsSet::one(&p.namespace), c.selector.clone())]);
+        if !p.spread.is_empty() {
+            let own = NsSet::one(&p.namespace);
+            for c in &p.spread {
+                self.intern_sel_refs(&[(&own, &c.selector)]);
+                self.topo(&c.topology_key);
+            }
         }
         if !p.affinity.is_empty() {
-            self.intern_sel(
-                p.affinity
-                    .iter()
-                    .map(|t| (t.namespaces.clone(), t.selector.clone()))
-                    .collect(),
-            );
+            let terms: Vec<(&NsSet, &Selector)> = p
+                .affinity
+                .iter()
+                .map(|t| (&t.namespaces, &t.selector))
+                .collect();
+            self.intern_sel_refs(&terms);
+            for t in &p.affinity {
+                self.topo(&t.topology_key);
+            }
         }
         for t in &p.anti_affinity {
-            self.intern_sel(vec![(t.namespaces.clone(), t.selector.clone())]);
+            self.intern_sel_refs(&[(&t.namespaces, &t.selector)]);
             self.topo(&t.topology_key);
-        }
-        for t in &p.affinity {
-            self.topo(&t.topology_key);
-        }
-        for c in &p.spread {
-            self.topo(&c.topology_key);
         }
     }
 
-    /// The id of a selector, interning it (and counting the pods it matches) if new.
-    pub(crate) fn intern_sel(&mut self, mut terms: Vec<(NsSet, Selector)>) -> SelId {
-        terms.sort();
-        terms.dedup();
-        if let Some(&id) = self.sel_ids.get(&terms) {
-            return id;
+    /// [`Snapshot::intern_sel`] without building the key when the selector is known.
+    pub(crate) fn intern_sel_refs(&mut self, terms: &[(&NsSet, &Selector)]) -> SelId {
+        use std::hash::Hash;
+        let mut sorted: Vec<(&NsSet, &Selector)>;
+        let terms = if terms.len() > 1 {
+            sorted = terms.to_vec();
+            sorted.sort();
+            sorted.dedup();
+            &sorted[..]
+        } else {
+            terms
+        };
+        let mut h = Fx::default();
+        for t in terms {
+            t.hash(&mut h);
         }
+        let hash = h.finish();
+        if let Some(ids) = self.sel_ids.get(&hash) {
+            for &id in ids {
+                let known = &self.sels[id].terms;
+                if known.len() == terms.len()
+                    && known
+                        .iter()
+                        .zip(terms)
+                        .all(|((a, b), (c, d))| a == *c && b == *d)
+                {
+                    return id;
+                }
+            }
+        }
+        let owned = terms
+            .iter()
+            .map(|(n, s)| ((*n).clone(), (*s).clone()))
+            .collect();
+        self.new_sel(owned, hash)
+    }
+
+    /// The id of a selector, interning it (and counting the pods it matches) if new.
+    #[cfg(test)]
+    pub(crate) fn intern_sel(&mut self, terms: Vec<(NsSet, Selector)>) -> SelId {
+        let refs: Vec<(&NsSet, &Selector)> = terms.iter().map(|(n, s)| (n, s)).collect();
+        self.intern_sel_refs(&refs)
+    }
+
+    fn new_sel(&mut self, terms: Vec<(NsSet, Selector)>, hash: u64) -> SelId {
         let id = self.sels.len();
         let first = terms.first().map(|(_, s)| s.clone());
         match first.as_ref() {
@@ -496,14 +618,46 @@ impl Snapshot {
             },
             None => self.general.push(id),
         }
-        self.sel_ids.insert(terms.clone(), id);
+        self.sel_ids.entry(hash).or_default().push(id);
         let sel = Sel {
             terms,
-            counts: HashMap::new(),
+            counts: FxMap::default(),
             ex_terms: Vec::new(),
         };
-        let mut counts: HashMap<NodeId, Count> = HashMap::new();
-        for slot in self.pods.iter_mut() {
+        let mut counts: FxMap<NodeId, Count> = FxMap::default();
+        let label = sel
+            .terms
+            .first()
+            .and_then(|(_, s)| s.index_label())
+            .map(|(k, v)| (k.to_string(), v.to_string()));
+        let candidates: Vec<PodId> = match label {
+            Some((k, v)) => {
+                let index = self.pod_index.get_or_insert_with(|| {
+                    let mut index: FxMap<String, FxMap<String, Vec<PodId>>> = FxMap::default();
+                    for (pid, slot) in self.pods.iter().enumerate() {
+                        for (k, v) in &slot.spec.labels {
+                            index
+                                .entry(k.clone())
+                                .or_default()
+                                .entry(v.clone())
+                                .or_default()
+                                .push(pid);
+                        }
+                    }
+                    index
+                });
+                index
+                    .get(&k)
+                    .and_then(|by_value| by_value.get(&v))
+                    .cloned()
+                    .unwrap_or_default()
+            }
+            None => (0..self.pods.len()).collect(),
+        };
+        for pid in candidates {
+            let Some(slot) = self.pods.get_mut(pid) else {
+                continue;
+            };
             if !sel.matches(&slot.spec) {
                 continue;
             }
@@ -526,12 +680,12 @@ impl Snapshot {
         if let Some(&id) = self.ex_ids.get(t) {
             return id;
         }
-        let sel = self.intern_sel(vec![(t.namespaces.clone(), t.selector.clone())]);
+        let sel = self.intern_sel_refs(&[(&t.namespaces, &t.selector)]);
         let topo = self.topo(&t.topology_key);
         let id = self.ex_terms.len();
         self.ex_terms.push(ExTerm {
             topo,
-            holders: HashMap::new(),
+            holders: FxMap::default(),
         });
         self.sels[sel].ex_terms.push(id);
         self.ex_ids.insert(t.clone(), id);
@@ -572,7 +726,7 @@ impl Snapshot {
         let mut t = Topo {
             key: key.to_string(),
             node_val: Vec::with_capacity(self.nodes.len()),
-            values: HashMap::new(),
+            values: FxMap::default(),
         };
         for n in &self.nodes {
             let v = t.value_of(&n.info);
@@ -784,6 +938,31 @@ mod tests {
         assert_eq!(s.sels[web].counts.get(&1).map(|c| c.live), Some(1));
         let other_ns = s.intern_sel(vec![(NsSet::one("prod"), app_sel("web"))]);
         assert!(s.sels[other_ns].counts.is_empty());
+    }
+
+    #[test]
+    fn the_pod_label_index_survives_forks() {
+        let mut s = snap(&[("a", 2000, "z1")]);
+        s.add_pod(pod("p0", 100, "web"), 0);
+        s.fork();
+        s.add_pod(pod("p1", 100, "web"), 0);
+        // Builds the index with p1 in it, then p1 goes on revert.
+        let web = s.intern_sel(vec![(NsSet::one("default"), app_sel("web"))]);
+        assert_eq!(s.sels[web].counts.get(&0).map(|c| c.live), Some(2));
+        s.revert();
+        assert_eq!(s.sels[web].counts.get(&0).map(|c| c.live), Some(1));
+        // A new pod takes p1's slot; a selector interned now counts it once.
+        s.add_pod(pod("p2", 100, "db"), 0);
+        let db = s.intern_sel(vec![(NsSet::one("default"), app_sel("db"))]);
+        assert_eq!(s.sels[db].counts.get(&0).map(|c| c.live), Some(1));
+        let web2 = s.intern_sel(vec![(
+            NsSet::one("default"),
+            Selector::from_reqs(vec![
+                LabelReq::In("app".into(), ["web".to_string()].into()),
+                LabelReq::Exists("app".into()),
+            ]),
+        )]);
+        assert_eq!(s.sels[web2].counts.get(&0).map(|c| c.live), Some(1));
     }
 
     #[test]

@@ -23,7 +23,7 @@ const BETA_CLASS: &str = "volume.beta.kubernetes.io/storage-class";
 const DEFAULT_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
 
 /// A volume requirement of a pod, resolved.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum VolumeNeed {
     /// The claim is bound (or pre-bound) to `pv`: the node must satisfy the PV's node affinity
@@ -45,7 +45,7 @@ pub enum VolumeNeed {
     Unbindable { claim: String, why: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct DelayedClaim {
     pub claim: String,
     pub namespace: String,

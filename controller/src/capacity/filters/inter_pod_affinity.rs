@@ -9,8 +9,7 @@
 
 use super::{Prepared, Reason};
 use crate::capacity::pod::PodSpec;
-use crate::capacity::snapshot::{NodeId, Snapshot, TopoId};
-use std::collections::{HashMap, HashSet};
+use crate::capacity::snapshot::{FxMap, FxSet, NodeId, Snapshot, TopoId};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Default)]
@@ -18,24 +17,24 @@ pub(crate) struct State {
     /// Topology of each required affinity term (empty: no affinity).
     affinity_topos: Vec<TopoId>,
     /// Pods matching all affinity terms, per (topology, value).
-    affinity_counts: HashMap<(TopoId, u32), u32>,
+    affinity_counts: FxMap<(TopoId, u32), u32>,
     /// The pod matches all of its own affinity terms.
     self_match: bool,
     /// Per anti-affinity term of the pod: its topology and the domains holding a match.
-    anti: Vec<(TopoId, HashSet<u32>)>,
+    anti: Vec<(TopoId, FxSet<u32>)>,
     /// Domains (per topology) where an existing pod's anti-affinity term matches this pod.
-    existing: Vec<(TopoId, HashSet<u32>)>,
+    existing: Vec<(TopoId, FxSet<u32>)>,
 }
 
 pub(crate) fn prepare(snap: &mut Snapshot, pod: &Arc<PodSpec>) -> State {
     let mut st = State::default();
     if !pod.affinity.is_empty() {
-        let sel = snap.intern_sel(
-            pod.affinity
-                .iter()
-                .map(|t| (t.namespaces.clone(), t.selector.clone()))
-                .collect(),
-        );
+        let terms: Vec<_> = pod
+            .affinity
+            .iter()
+            .map(|t| (&t.namespaces, &t.selector))
+            .collect();
+        let sel = snap.intern_sel_refs(&terms);
         st.affinity_topos = pod
             .affinity
             .iter()
@@ -55,7 +54,7 @@ pub(crate) fn prepare(snap: &mut Snapshot, pod: &Arc<PodSpec>) -> State {
         st.self_match = pod.affinity.iter().all(|t| t.matches(pod));
     }
     for term in &pod.anti_affinity {
-        let sel = snap.intern_sel(vec![(term.namespaces.clone(), term.selector.clone())]);
+        let sel = snap.intern_sel_refs(&[(&term.namespaces, &term.selector)]);
         let topo = snap.topo(&term.topology_key);
         let domains = snap.sels[sel]
             .counts
@@ -65,7 +64,7 @@ pub(crate) fn prepare(snap: &mut Snapshot, pod: &Arc<PodSpec>) -> State {
             .collect();
         st.anti.push((topo, domains));
     }
-    let mut existing: HashMap<TopoId, HashSet<u32>> = HashMap::new();
+    let mut existing: FxMap<TopoId, FxSet<u32>> = FxMap::default();
     for sel in snap.matching_sels(pod) {
         for &ex in &snap.sels[sel].ex_terms {
             let term = &snap.ex_terms[ex];

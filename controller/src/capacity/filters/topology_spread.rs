@@ -11,8 +11,7 @@
 use super::{Prepared, Reason};
 use crate::capacity::pod::PodSpec;
 use crate::capacity::selector::untolerated;
-use crate::capacity::snapshot::{NodeId, SelId, Snapshot, TopoId};
-use std::collections::HashMap;
+use crate::capacity::snapshot::{FxMap, NodeId, SelId, Snapshot, TopoId};
 use std::sync::Arc;
 
 #[derive(Debug, Clone)]
@@ -21,7 +20,7 @@ pub(crate) struct Constraint {
     max_skew: i64,
     min: i64,
     self_match: i64,
-    counts: HashMap<u32, i64>,
+    counts: FxMap<u32, i64>,
 }
 
 pub(crate) type State = Vec<Constraint>;
@@ -37,7 +36,7 @@ pub(crate) fn prepare(snap: &mut Snapshot, pod: &Arc<PodSpec>) -> State {
         .map(|c| {
             (
                 snap.topo(&c.topology_key),
-                snap.intern_sel(vec![(ns.clone(), c.selector.clone())]),
+                snap.intern_sel_refs(&[(&ns, &c.selector)]),
             )
         })
         .collect();
@@ -50,7 +49,7 @@ pub(crate) fn prepare(snap: &mut Snapshot, pod: &Arc<PodSpec>) -> State {
             max_skew: i64::from(c.max_skew),
             min: 0,
             self_match: i64::from(c.selector.matches(&pod.labels)),
-            counts: HashMap::new(),
+            counts: FxMap::default(),
         })
         .collect();
     let affinity = super::node_affinity::matches;
