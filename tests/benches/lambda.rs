@@ -93,7 +93,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match rt.block_on(tokio::time::timeout(Duration::from_secs(600), bench())) {
+    match rt.block_on(async { tokio::time::timeout(Duration::from_secs(600), bench()).await }) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             eprintln!("lambda bench failed: {e}");
