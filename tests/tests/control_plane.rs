@@ -444,11 +444,11 @@ async fn a_budget_computed_by_the_disruption_controller_blocks_then_allows() {
     .unwrap();
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(admin.clone(), "default");
     pdbs.create(&PostParams::default(), &pdb).await.unwrap();
-    let allowed = |n: i32| {
+    let allowed = |n: i32, healthy: i32| {
         let pdbs = pdbs.clone();
         async move {
             poll_until(
-                &format!("disruptionsAllowed = {n}"),
+                &format!("disruptionsAllowed = {n} with {healthy} healthy pods"),
                 Duration::from_secs(30),
                 || async {
                     let p = pdbs
@@ -467,7 +467,7 @@ async fn a_budget_computed_by_the_disruption_controller_blocks_then_allows() {
             .unwrap()
         }
     };
-    allowed(0).await;
+    allowed(0, 2).await;
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
     let victim = pods
         .list(&ListParams::default().labels("app=api"))
@@ -491,7 +491,7 @@ async fn a_budget_computed_by_the_disruption_controller_blocks_then_allows() {
         )
         .await
         .unwrap();
-    allowed(1).await;
+    allowed(1, 3).await;
     pods.evict(&victim, &EvictParams::default())
         .await
         .expect("allowed now");
