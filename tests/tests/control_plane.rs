@@ -457,10 +457,10 @@ async fn a_budget_computed_by_the_disruption_controller_blocks_then_allows() {
                         .map_err(|e| smartscale_testworld::Error::Invalid(e.to_string()))?;
                     let generation = p.metadata.generation;
                     let s = p.status.unwrap_or_default();
-                    Ok(
-                        (s.disruptions_allowed == n && s.observed_generation == generation)
-                            .then_some(()),
-                    )
+                    Ok((s.disruptions_allowed == n
+                        && s.current_healthy == healthy
+                        && s.observed_generation == generation)
+                        .then_some(()))
                 },
             )
             .await
