@@ -6,7 +6,8 @@
 #   - the real Kubernetes control plane (tests/controlplane: etcd, kube-apiserver,
 #     kube-controller-manager, kube-scheduler in one `kube-world` binary) built from the Go module
 #     proxy into ${SMARTSCALE_BACKENDS_DIR}/bin, cached by its go.mod/go.sum (cold: ~5 min on 2 cores),
-#     and amazon-ec2-metadata-mock (tests/aemm, ~40 s cold).
+#     amazon-ec2-metadata-mock (tests/aemm, ~40 s cold) and the Lambda Runtime Interface
+#     Emulator (tests/lambda-rie).
 # Nothing is started here: tests and `smartscale-testworld up` start their own processes.
 set -euo pipefail
 
@@ -68,5 +69,7 @@ done
 SMARTSCALE_BACKENDS_DIR=$backends "$repo/scripts/build-go-binary.sh" kube-world "$repo/tests/controlplane" . -- -ldflags="$ldflags"
 # The AWS-maintained IMDS mock (amazon-ec2-metadata-mock), pinned in tests/aemm/go.mod.
 SMARTSCALE_BACKENDS_DIR=$backends "$repo/scripts/build-go-binary.sh" aemm "$repo/tests/aemm" github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock
+# The AWS Lambda Runtime Interface Emulator, which runs the controller's Lambda mode (tests/lambda-rie).
+SMARTSCALE_BACKENDS_DIR=$backends "$repo/scripts/build-go-binary.sh" aws-lambda-rie "$repo/tests/lambda-rie" github.com/aws/aws-lambda-runtime-interface-emulator/cmd/aws-lambda-rie
 
 say "done: SMARTSCALE_BACKENDS_DIR=$backends (python: $venv/bin/python; binaries: $backends/bin)"
