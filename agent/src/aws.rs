@@ -10,7 +10,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_autoscaling::error::{ProvideErrorMetadata, SdkError};
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The SDK configuration: region from the environment, else the instance's region from IMDS.
 pub async fn sdk_config(instance: &InstanceInfo) -> SdkConfig {
@@ -50,8 +50,15 @@ where
     smartscale_common::error_chain(e)
 }
 
-/// Reads every String parameter directly under `path` and parses them into [`Settings`].
+/// Reads every String parameter directly under `path` and parses them into [`Settings`] for `run`
+/// and `drain` ([`Settings::parse_for_running`]: what only `join` uses may be wrong).
 pub async fn load_settings(sdk: &SdkConfig, path: &str) -> Result<Settings> {
+    let params = settings_params(sdk, path).await?;
+    report(path, Settings::parse_for_running(&params))
+}
+
+/// Every String parameter directly under `path`: name (relative to the path) → value.
+pub async fn settings_params(sdk: &SdkConfig, path: &str) -> Result<BTreeMap<String, String>> {
     let client = aws_sdk_ssm::Client::new(sdk);
     let mut params = BTreeMap::new();
     let mut next: Option<String> = None;
@@ -86,7 +93,20 @@ pub async fn load_settings(sdk: &SdkConfig, path: &str) -> Result<Settings> {
             message: "no parameters found; check ssm_path and the instance role's ssm:GetParametersByPath on it".into(),
         });
     }
-    match Settings::parse(&params) {
+    Ok(params)
+}
+
+/// [`Settings::parse`] (every setting checked, as `join` needs), its warnings logged, its
+/// problems an [`Error::Settings`].
+pub fn parse_settings(path: &str, params: &BTreeMap<String, String>) -> Result<Settings> {
+    report(path, Settings::parse(params))
+}
+
+fn report(
+    path: &str,
+    parsed: std::result::Result<(Settings, Vec<String>), Vec<String>>,
+) -> Result<Settings> {
+    match parsed {
         Ok((settings, warnings)) => {
             for w in warnings {
                 tracing::warn!(path, "{w}");
@@ -131,33 +151,86 @@ impl Drop for Secret {
     }
 }
 
-/// `GetSecretValue(secret_id)`: the SecretString, trimmed.
-pub async fn join_token(sdk: &SdkConfig, secret_id: &str) -> Result<Secret> {
+/// Waits between `GetSecretValue` calls while the secret does not exist yet: doubling to this.
+const SECRET_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// `GetSecretValue(secret_id)`: the SecretString, trimmed, which must be a K3s token in the
+/// secure format (`K10<CA hash>::<credentials>`: k3s then checks the server's CA against it). A
+/// secret that does not exist yet (a new cluster's server publishes it once K3s runs) is asked
+/// for again, with backoff, until `deadline`. The token is never part of an error or a log line.
+pub async fn join_token(sdk: &SdkConfig, secret_id: &str, deadline: Instant) -> Result<Secret> {
     let client = aws_sdk_secretsmanager::Client::new(sdk);
-    let out = client
-        .get_secret_value()
-        .secret_id(secret_id)
-        .send()
-        .await
-        .map_err(|e| Error::Secret {
-            id: secret_id.to_string(),
-            message: format!("GetSecretValue failed: {}", describe(&e)),
-        })?;
+    let fail = |message: String| Error::Secret {
+        id: secret_id.to_string(),
+        message,
+    };
+    let mut wait = Duration::from_secs(1);
+    let mut tries = 0u32;
+    let out = loop {
+        tries += 1;
+        match client.get_secret_value().secret_id(secret_id).send().await {
+            Ok(out) => break out,
+            Err(e) => {
+                let missing = matches!(&e, SdkError::ServiceError(s) if s.err().is_resource_not_found_exception());
+                let now = Instant::now();
+                if !missing || now >= deadline {
+                    let after = if missing && tries > 1 {
+                        format!(" (still missing after {tries} tries, until join_timeout)")
+                    } else {
+                        String::new()
+                    };
+                    return Err(fail(format!(
+                        "GetSecretValue failed: {}{after}",
+                        describe(&e)
+                    )));
+                }
+                let pause = wait.min(deadline - now);
+                if tries == 1 {
+                    tracing::warn!(
+                        secret = secret_id,
+                        "the join token's secret does not exist yet (the server publishes it once K3s runs); asking again until join_timeout"
+                    );
+                } else {
+                    tracing::debug!(
+                        secret = secret_id,
+                        tries,
+                        "the join token's secret still does not exist"
+                    );
+                }
+                tokio::time::sleep(pause).await;
+                wait = (wait * 2).min(SECRET_RETRY_MAX);
+            }
+        }
+    };
     let token = out
         .secret_string()
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| Error::Secret {
-            id: secret_id.to_string(),
-            message: "has no SecretString (the token must be stored as text)".into(),
-        })?;
+        .ok_or_else(|| fail("has no SecretString (the token must be stored as text)".into()))?;
     if token.contains(['\n', '\r']) {
-        return Err(Error::Secret {
-            id: secret_id.to_string(),
-            message: "holds more than one line; store the bare K3s token".into(),
-        });
+        return Err(fail(
+            "holds more than one line; store the bare K3s token".into(),
+        ));
+    }
+    if !is_secure_token(token) {
+        return Err(fail(
+            "does not hold a K3s token in the secure format `K10<CA hash>::<credentials>` (the value is not shown); store the agent token the K3s server publishes, which lets k3s check the server's CA".into(),
+        ));
     }
     Ok(Secret(token.to_string()))
+}
+
+/// A K3s token in the secure format: `K10`, the CA hash, `::`, the credentials (`user:password`).
+fn is_secure_token(token: &str) -> bool {
+    token
+        .strip_prefix("K10")
+        .and_then(|rest| rest.split_once("::"))
+        .is_some_and(|(hash, credentials)| {
+            !hash.is_empty()
+                && hash.chars().all(|c| c.is_ascii_alphanumeric())
+                && !credentials.is_empty()
+                && !credentials.chars().any(char::is_whitespace)
+        })
 }
 
 /// The instance's Auto Scaling group: from IMDS tags, else `DescribeAutoScalingInstances`.
@@ -181,4 +254,33 @@ pub async fn asg_name(sdk: &SdkConfig, instance: &InstanceInfo) -> Result<Option
         .first()
         .and_then(|i| i.auto_scaling_group_name())
         .map(str::to_string))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_secure_k3s_tokens_are_accepted() {
+        for ok in [
+            "K10c0ffee0123456789abcdef::server:9f8e7d6c5b4a39281706",
+            "K10e2e::node:agent-token-0123456789",
+            "K10wrong::server:0000",
+        ] {
+            assert!(is_secure_token(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "s3cr3t",
+            "K10",
+            "K10::server:x",
+            "K10abc::",
+            "K10abc:server:x",
+            "K20abc::server:x",
+            "K10ab c::server:x",
+            "K10abc::server: x",
+        ] {
+            assert!(!is_secure_token(bad), "{bad}");
+        }
+    }
 }

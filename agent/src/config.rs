@@ -220,9 +220,13 @@ pub struct Settings {
     pub on_drain_timeout: OnDrainTimeout,
     pub eviction_concurrency: usize,
     pub rebalance_enabled: bool,
-    /// Override of the heartbeat period of both hooks (launch: while `join` waits; terminate: while
-    /// draining); `None`: half the hook's HeartbeatTimeout.
+    /// The heartbeat period of both hooks (launch: while `join` waits; terminate: while draining),
+    /// never more than a third of the hook's HeartbeatTimeout; `None`: a third of it.
     pub heartbeat_interval: Option<Duration>,
+    /// Before completing the terminate hook, wait until `/metrics` has been served once since the
+    /// drain ended, at most this long (so Prometheus has the drain's last numbers before the
+    /// instance goes). Zero: do not wait.
+    pub metrics_flush_wait: Duration,
 }
 
 impl Default for Settings {
@@ -239,6 +243,7 @@ impl Default for Settings {
             eviction_concurrency: 10,
             rebalance_enabled: false,
             heartbeat_interval: None,
+            metrics_flush_wait: Duration::ZERO,
         }
     }
 }
@@ -256,9 +261,60 @@ pub const SETTING_NAMES: &[&str] = &[
     "eviction_concurrency",
     "rebalance_enabled",
     "heartbeat_interval",
+    "metrics_flush_wait",
 ];
 
+/// Settings only `join` uses: `run` and `drain` (on a node that joined already) go on with a
+/// warning when one of these is wrong, rather than not draining at all.
+pub const JOIN_ONLY_SETTINGS: &[&str] = &[
+    "server_url",
+    "launch_hook_name",
+    "node_labels",
+    "node_taints",
+];
+
+/// The longest `metrics_flush_wait` accepted: the terminate hook waits that much longer.
+pub const MAX_METRICS_FLUSH_WAIT: Duration = Duration::from_secs(300);
+
 impl Settings {
+    /// The launch hook's name in `params`, if it is valid, whatever else is wrong with them: what
+    /// `join` answers (ABANDON) when it cannot go on with the settings.
+    pub fn launch_hook_in(params: &BTreeMap<String, String>) -> Option<String> {
+        let value = params.get("launch_hook_name")?.trim();
+        hook_name("launch_hook_name", value, &mut Vec::new())
+    }
+
+    /// [`Settings::parse`] for `run` and `drain`: problems only in [`JOIN_ONLY_SETTINGS`] are
+    /// warnings (those settings are left out), the others are problems as ever.
+    pub fn parse_for_running(
+        params: &BTreeMap<String, String>,
+    ) -> std::result::Result<(Settings, Vec<String>), Vec<String>> {
+        let problems = match Settings::parse(params) {
+            Ok(parsed) => return Ok(parsed),
+            Err(problems) => problems,
+        };
+        let key = |p: &String| p.split(':').next().unwrap_or_default().to_string();
+        if !problems
+            .iter()
+            .all(|p| JOIN_ONLY_SETTINGS.contains(&key(p).as_str()))
+        {
+            return Err(problems);
+        }
+        let wrong: Vec<String> = problems.iter().map(key).collect();
+        let rest: BTreeMap<String, String> = params
+            .iter()
+            .filter(|(name, _)| !wrong.contains(name))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let (settings, mut warnings) = Settings::parse(&rest)?;
+        warnings.extend(
+            problems
+                .into_iter()
+                .map(|p| format!("{p} (only join uses it; ignored here)")),
+        );
+        Ok((settings, warnings))
+    }
+
     /// Parses the parameters (name relative to the path → value). Returns the settings and
     /// warnings (unknown names: a newer stack may add some), or every problem.
     pub fn parse(
@@ -318,6 +374,14 @@ impl Settings {
                         problems.push(bad("must be at least 100ms"));
                     } else {
                         s.heartbeat_interval = Some(d);
+                    }
+                }
+                "metrics_flush_wait" => {
+                    duration(name, value, &mut s.metrics_flush_wait, &mut problems);
+                    if s.metrics_flush_wait > MAX_METRICS_FLUSH_WAIT {
+                        problems.push(bad(
+                            "must be at most 5m (it delays every termination); 0s turns the wait off",
+                        ));
                     }
                 }
                 other => warnings.push(format!(
@@ -396,12 +460,81 @@ fn items(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
 
+/// Labels a kubelet may set on its own Node in the `kubernetes.io` and `k8s.io` namespaces, by
+/// the NodeRestriction admission plugin (Kubernetes docs, "Admission Control", NodeRestriction):
+/// these keys, and the [`KUBELET_LABEL_PREFIXES`]. Every other label in those namespaces is
+/// refused when the kubelet registers the Node (and the kubelet refuses to start with it).
+pub const KUBELET_LABELS: &[&str] = &[
+    "kubernetes.io/hostname",
+    "kubernetes.io/arch",
+    "kubernetes.io/os",
+    "beta.kubernetes.io/instance-type",
+    "node.kubernetes.io/instance-type",
+    "failure-domain.beta.kubernetes.io/region",
+    "failure-domain.beta.kubernetes.io/zone",
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+];
+/// Label prefixes (namespaces, and their subdomains) a kubelet may set on its own Node.
+pub const KUBELET_LABEL_PREFIXES: &[&str] = &["kubelet.kubernetes.io", "node.kubernetes.io"];
+
+/// The key's prefix (the part before `/`), if any.
+fn label_namespace(key: &str) -> Option<&str> {
+    key.split_once('/').map(|(namespace, _)| namespace)
+}
+
+/// `namespace` is `domain` or one of its subdomains.
+fn within(namespace: &str, domain: &str) -> bool {
+    namespace == domain
+        || namespace
+            .strip_suffix(domain)
+            .is_some_and(|sub| sub.ends_with('.'))
+}
+
+/// Whether NodeRestriction lets a kubelet set `key` on its own Node.
+pub fn kubelet_may_set(key: &str) -> bool {
+    let Some(namespace) = label_namespace(key) else {
+        return true;
+    };
+    if !within(namespace, "kubernetes.io") && !within(namespace, "k8s.io") {
+        return true;
+    }
+    KUBELET_LABELS.contains(&key)
+        || KUBELET_LABEL_PREFIXES
+            .iter()
+            .any(|prefix| within(namespace, prefix))
+}
+
 fn labels(name: &str, value: &str, p: &mut Vec<String>) -> Vec<(String, String)> {
+    use crate::join::{LABEL_CAPACITY_TYPE, LABEL_INSTANCE_TYPE, LABEL_NODE_GROUP, LABEL_ZONE};
+    let own = [
+        (LABEL_INSTANCE_TYPE, "the instance type"),
+        (LABEL_ZONE, "the availability zone"),
+        (LABEL_CAPACITY_TYPE, "spot or on-demand"),
+        (LABEL_NODE_GROUP, "the Auto Scaling group"),
+    ];
     let mut out = Vec::new();
     for item in items(value) {
         match item.split_once('=') {
             Some((k, v)) if valid_label_key(k) && valid_label_value(v) => {
-                out.push((k.to_string(), v.to_string()))
+                if let Some((_, what)) = own.iter().find(|(label, _)| *label == k) {
+                    p.push(format!(
+                        "{name}: `{k}` is a label the agent sets itself ({what}); it may not be overridden, leave it out"
+                    ));
+                } else if !kubelet_may_set(k) {
+                    p.push(format!(
+                        "{name}: `{k}` is a label a kubelet may not set on its own Node (NodeRestriction: in the kubernetes.io and k8s.io namespaces only {} and labels under {}); the Node would be refused. Use a prefix of your own (e.g. example.com/{}), or let an administrator add it (kubectl label node)",
+                        KUBELET_LABELS.join(", "),
+                        KUBELET_LABEL_PREFIXES
+                            .iter()
+                            .map(|prefix| format!("{prefix}/"))
+                            .collect::<Vec<_>>()
+                            .join(" and "),
+                        k.rsplit('/').next().unwrap_or(k)
+                    ));
+                } else {
+                    out.push((k.to_string(), v.to_string()))
+                }
             }
             _ => p.push(format!(
                 "{name}: `{item}` is not a label; write comma-separated key=value, e.g. team=web,tier=batch"
@@ -547,5 +680,118 @@ mod tests {
         ]))
         .unwrap_err();
         assert_eq!(problems.len(), 8, "{problems:#?}");
+    }
+
+    #[test]
+    fn node_labels_a_kubelet_may_not_set_are_refused_by_name() {
+        for allowed in [
+            "team",
+            "example.com/tier",
+            "kubernetes.io/hostname",
+            "kubernetes.io/arch",
+            "kubernetes.io/os",
+            "beta.kubernetes.io/instance-type",
+            "failure-domain.beta.kubernetes.io/region",
+            "failure-domain.beta.kubernetes.io/zone",
+            "topology.kubernetes.io/region",
+            "kubelet.kubernetes.io/pool",
+            "node.kubernetes.io/pool",
+            "eks.node.kubernetes.io/pool",
+            "notkubernetes.io/x",
+            "k8s.io.example.com/x",
+            "node.kubernetes.io.example.com/x",
+        ] {
+            assert!(kubelet_may_set(allowed), "{allowed}");
+        }
+        for refused in [
+            "node-role.kubernetes.io/worker",
+            "kubernetes.io/role",
+            "node-restriction.kubernetes.io/secure",
+            "k8s.io/x",
+            "sig.k8s.io/x",
+            "example.kubernetes.io/x",
+            "notnode.kubernetes.io/x",
+        ] {
+            assert!(!kubelet_may_set(refused), "{refused}");
+        }
+        let problems = Settings::parse(&params(&[(
+            "node_labels",
+            "team=web,node-role.kubernetes.io/worker=true,k8s.io/x=y,node.kubernetes.io/pool=a",
+        )]))
+        .unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(
+            problems[0].starts_with(
+                "node_labels: `node-role.kubernetes.io/worker` is a label a kubelet may not set on its own Node"
+            ),
+            "{problems:#?}"
+        );
+        assert!(problems[1].contains("`k8s.io/x`"), "{problems:#?}");
+    }
+
+    #[test]
+    fn the_agents_own_labels_may_not_be_overridden() {
+        let problems = Settings::parse(&params(&[(
+            "node_labels",
+            "smartscale.io/node-group=other,topology.kubernetes.io/zone=x,node.kubernetes.io/instance-type=big,smartscale.io/capacity-type=spot,smartscale.io/team=ok",
+        )]))
+        .unwrap_err();
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert!(
+            problems
+                .iter()
+                .all(|p| p.contains("is a label the agent sets itself"))
+        );
+        assert!(problems[0].contains("`smartscale.io/node-group`"));
+    }
+
+    #[test]
+    fn the_launch_hook_is_known_even_when_other_settings_are_wrong() {
+        let p = params(&[
+            ("launch_hook_name", "launch"),
+            ("node_labels", "node-role.kubernetes.io/worker=true"),
+        ]);
+        assert!(Settings::parse(&p).is_err());
+        assert_eq!(Settings::launch_hook_in(&p).as_deref(), Some("launch"));
+        assert_eq!(
+            Settings::launch_hook_in(&params(&[("launch_hook_name", "bad name")])),
+            None
+        );
+    }
+
+    #[test]
+    fn a_node_that_joined_drains_whatever_its_join_only_settings_say() {
+        let p = params(&[
+            ("terminate_hook_name", "terminate"),
+            ("node_labels", "node-role.kubernetes.io/worker=true"),
+            ("node_taints", "x:Sometimes"),
+        ]);
+        assert_eq!(Settings::parse(&p).unwrap_err().len(), 2);
+        let (s, warnings) = Settings::parse_for_running(&p).unwrap();
+        assert_eq!(s.terminate_hook_name.as_deref(), Some("terminate"));
+        assert!(s.node_labels.is_empty());
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].ends_with("(only join uses it; ignored here)"));
+        // Anything else is still a problem.
+        let p = params(&[
+            ("node_labels", "node-role.kubernetes.io/worker=true"),
+            ("drain_timeout", "forever"),
+        ]);
+        assert_eq!(Settings::parse_for_running(&p).unwrap_err().len(), 2);
+    }
+
+    #[test]
+    fn metrics_flush_wait_defaults_to_off() {
+        let (s, _) = Settings::parse(&params(&[("drain_timeout", "1m")])).unwrap();
+        assert_eq!(s.metrics_flush_wait, Duration::ZERO);
+        let (s, warnings) = Settings::parse(&params(&[("metrics_flush_wait", "20s")])).unwrap();
+        assert_eq!(s.metrics_flush_wait, Duration::from_secs(20));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            Settings::parse(&params(&[("metrics_flush_wait", "1h")]))
+                .unwrap_err()
+                .len(),
+            1
+        );
     }
 }

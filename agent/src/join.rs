@@ -7,9 +7,10 @@
 //! ASG then replaces the instance), removes the k3s config it wrote (it holds the token), and
 //! ends with an error that says what failed.
 //!
-//! The launch action's clock started at launch, before this boot: `join` heartbeats it (every half
-//! HeartbeatTimeout, or `heartbeat_interval`) from the start, so a slow boot does not let it time
-//! out. If the action ends anyway (timed out, abandoned by someone else) before the Node is Ready
+//! The launch action's clock started at launch, before this boot: `join` heartbeats it from the
+//! start (the first heartbeat as soon as the hook is known, before its timeouts are read or the
+//! token fetched; then every `heartbeat_interval`, at most a third of the HeartbeatTimeout; a
+//! failed one again within seconds), so a slow boot does not let it time out. If the action ends anyway (timed out, abandoned by someone else) before the Node is Ready
 //! and the instance is not in service, the join fails at once. CONTINUE is retried with backoff
 //! (heartbeats go on) within the action's remaining time; when AWS says no action waits any more,
 //! the instance's lifecycle state decides: in service → joined (an earlier answer of ours went
@@ -23,7 +24,7 @@ use crate::config::{Config, Settings};
 use crate::imds::{Imds, InstanceInfo};
 use crate::lifecycle::{
     self, ActionResult, COMPLETE_RETRY_FIRST, COMPLETE_RETRY_MAX, Completion, Heartbeats,
-    HookTiming, LAUNCHED_STATES, Lifecycle, MAX_GLOBAL_TIMEOUT, Retried, RetryPolicy,
+    LAUNCHED_STATES, Lifecycle, MAX_GLOBAL_TIMEOUT, Retried, RetryPolicy,
 };
 use crate::metrics::Metrics;
 use crate::{Error, Result, k8s};
@@ -51,9 +52,27 @@ pub async fn join(config: &Config) -> Result<()> {
         "instance identified"
     );
     let sdk = aws::sdk_config(&instance).await;
+    // Both are needed before the first heartbeat (the hook's name, the group): asked at once.
+    let (params, asg) = tokio::join!(
+        aws::settings_params(&sdk, &config.ssm_path),
+        aws::asg_name(&sdk, &instance)
+    );
     // Without the settings there is no hook name to abandon; the bootstrap script abandons then.
-    let settings = aws::load_settings(&sdk, &config.ssm_path).await?;
-    let asg = aws::asg_name(&sdk, &instance).await?;
+    let params = params?;
+    let asg = asg?;
+    let settings = match aws::parse_settings(&config.ssm_path, &params) {
+        Ok(settings) => settings,
+        Err(e) => {
+            // Settings this join cannot go on with (a label the kubelet may not set, …): refused
+            // before anything is written or started. If the launch hook is known, answer it.
+            tracing::error!(error = %e, "join failed");
+            if let (Some(asg), Some(hook)) = (&asg, Settings::launch_hook_in(&params)) {
+                let lifecycle = Lifecycle::new(&sdk, asg, &instance.instance_id);
+                abandon(&lifecycle, &hook).await;
+            }
+            return Err(e);
+        }
+    };
     let launch = match (&asg, &settings.launch_hook_name) {
         (Some(asg), Some(hook)) => Some((
             Arc::new(Lifecycle::new(&sdk, asg, &instance.instance_id)),
@@ -66,12 +85,11 @@ pub async fn join(config: &Config) -> Result<()> {
             None
         }
     };
-    let keepalive = match &launch {
-        Some((lifecycle, hook)) => {
-            Some(keep_alive(lifecycle, hook, settings.heartbeat_interval, started).await)
-        }
-        None => None,
-    };
+    // The first heartbeat goes out now, before anything slow (the hook's timeouts, the token,
+    // k3s): the launch action's clock has been running since the instance launched.
+    let keepalive = launch
+        .as_ref()
+        .map(|(lifecycle, hook)| keep_alive(lifecycle, hook, settings.heartbeat_interval, started));
 
     let joined = tokio::select! {
         r = bootstrap(config, &settings, &instance, asg.as_deref(), &sdk) => r,
@@ -95,19 +113,24 @@ pub async fn join(config: &Config) -> Result<()> {
             drop(keepalive);
             remove_k3s_config(&config.k3s_config_path);
             if let Some((lifecycle, hook)) = &launch {
-                match lifecycle.complete(hook, ActionResult::Abandon).await {
-                    Ok(Completion::Completed) => {
-                        tracing::info!(hook = %hook, "launch lifecycle action abandoned; the Auto Scaling group replaces this instance")
-                    }
-                    Ok(Completion::NoActiveAction(_)) => {
-                        tracing::info!(hook = %hook, "no launch lifecycle action left to abandon")
-                    }
-                    Err(abandon) => {
-                        tracing::error!(error = %abandon, "could not abandon the launch lifecycle action; it times out to its default result")
-                    }
-                }
+                abandon(lifecycle, hook).await;
             }
             Err(e)
+        }
+    }
+}
+
+/// `CompleteLifecycleAction(launch hook, ABANDON)`: the group replaces this instance.
+async fn abandon(lifecycle: &Lifecycle, hook: &str) {
+    match lifecycle.complete(hook, ActionResult::Abandon).await {
+        Ok(Completion::Completed) => {
+            tracing::info!(hook = %hook, "launch lifecycle action abandoned; the Auto Scaling group replaces this instance")
+        }
+        Ok(Completion::NoActiveAction(_)) => {
+            tracing::info!(hook = %hook, "no launch lifecycle action left to abandon")
+        }
+        Err(abandon) => {
+            tracing::error!(error = %abandon, "could not abandon the launch lifecycle action; it times out to its default result")
         }
     }
 }
@@ -115,32 +138,44 @@ pub async fn join(config: &Config) -> Result<()> {
 /// The launch action kept alive while `join` works.
 struct KeepAlive {
     heartbeats: Heartbeats,
-    /// The action cannot outlive this: it began before this process, at most its global timeout ago.
-    until: Instant,
+    /// When `join` started: the action began before it, at most its global timeout before the
+    /// action must end.
+    started: Instant,
 }
 
-async fn keep_alive(
+impl KeepAlive {
+    /// The action cannot outlive this: it began before this process, at most its global timeout
+    /// ago ([`MAX_GLOBAL_TIMEOUT`] if the hook's timeouts could not be read).
+    async fn until(&self) -> Instant {
+        let timing = self.heartbeats.timing(Duration::from_secs(30)).await;
+        self.started + timing.map_or(MAX_GLOBAL_TIMEOUT, |t| t.global_timeout)
+    }
+}
+
+/// Heartbeats for the launch hook, the first one at once; the hook's timeouts (heartbeat period,
+/// when the action must end) are read meanwhile.
+fn keep_alive(
     lifecycle: &Arc<Lifecycle>,
     hook: &str,
     configured: Option<Duration>,
     started: Instant,
 ) -> KeepAlive {
-    let timing = match lifecycle.timing(hook).await {
-        Ok(t) => Some(t),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the launch hook's timeouts");
-            None
+    let lookup = {
+        let lifecycle = lifecycle.clone();
+        let hook = hook.to_string();
+        async move {
+            match lifecycle.timing(&hook).await {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the launch hook's timeouts");
+                    None
+                }
+            }
         }
     };
-    let interval = HookTiming::interval(timing, configured);
     KeepAlive {
-        heartbeats: lifecycle.spawn_heartbeats(
-            hook,
-            interval,
-            timing.map(|t| t.heartbeat_timeout),
-            Arc::new(Metrics::new()),
-        ),
-        until: started + timing.map_or(MAX_GLOBAL_TIMEOUT, |t| t.global_timeout),
+        heartbeats: lifecycle.spawn_heartbeats(hook, configured, lookup, Arc::new(Metrics::new())),
+        started,
     }
 }
 
@@ -155,7 +190,7 @@ async fn continue_launch(lifecycle: &Lifecycle, hook: &str, keepalive: &KeepAliv
         RetryPolicy {
             first: COMPLETE_RETRY_FIRST,
             max: COMPLETE_RETRY_MAX,
-            until: keepalive.until,
+            until: keepalive.until().await,
         },
     )
     .await;
@@ -238,14 +273,16 @@ async fn bootstrap(
                     .into(),
             ],
         })?;
-    let token = aws::join_token(sdk, &config.token_secret_id).await?;
+    // join_timeout covers all of it: the token (a new cluster's server may not have published it
+    // yet), k3s's start and the Node becoming Ready.
+    let deadline = Instant::now() + config.join_timeout;
+    let token = aws::join_token(sdk, &config.token_secret_id, deadline).await?;
     let text = k3s_config(server, &token, instance, asg, settings);
     drop(token);
     smartscale_common::files::write_private(&config.k3s_config_path, text.expose().as_bytes())?;
     drop(text);
     tracing::info!(path = %config.k3s_config_path.display(), "k3s config written (mode 0600)");
 
-    let deadline = Instant::now() + config.join_timeout;
     start_k3s(&config.k3s_start_command, deadline, config.join_timeout).await?;
     wait_ready(
         &config.kubeconfig,

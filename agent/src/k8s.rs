@@ -10,8 +10,9 @@ use crate::{Error, Result};
 use k8s_openapi::api::core::v1::{Node, Taint};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// The taint the agent adds while draining (docs/interfaces.md).
 pub const DRAINING_TAINT: &str = "smartscale.io/draining";
@@ -35,6 +36,83 @@ pub async fn client(path: &Path) -> Result<kube::Client> {
     config.read_timeout = Some(Duration::from_secs(10));
     config.reset_reader_on_write = true;
     kube::Client::try_from(config).map_err(|e| bad(e.to_string()))
+}
+
+/// The node's kube client, built from its kubeconfig when first needed and kept: the `run` daemon
+/// starts before k3s has written the kubelet kubeconfig (at boot) and goes on while the API server
+/// is away (a restart of the single K3s server), so neither may stop it. Building the client only
+/// reads the kubeconfig; the API server is first asked when the client is used.
+pub struct KubeClient {
+    path: PathBuf,
+    client: Mutex<Option<kube::Client>>,
+}
+
+impl std::fmt::Debug for KubeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeClient")
+            .field("path", &self.path)
+            .field("built", &self.cached().is_some())
+            .finish()
+    }
+}
+
+impl KubeClient {
+    pub fn new(path: &Path) -> Self {
+        KubeClient {
+            path: path.to_path_buf(),
+            client: Mutex::new(None),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The client: the one built before, or one built now from the kubeconfig (an error if it
+    /// cannot be read yet).
+    pub async fn get(&self) -> Result<kube::Client> {
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        let built = client(&self.path).await?;
+        let mut slot = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(slot.get_or_insert(built).clone())
+    }
+
+    /// The client if it has been built.
+    pub fn cached(&self) -> Option<kube::Client> {
+        self.client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// [`KubeClient::get`], tried again every second until `deadline()` (read at each try: it may
+    /// be brought forward meanwhile); the last error then.
+    pub async fn get_until(&self, deadline: impl Fn() -> Instant) -> Result<kube::Client> {
+        let mut logged = false;
+        loop {
+            match self.get().await {
+                Ok(c) => {
+                    if logged {
+                        tracing::info!(path = %self.path.display(), "kubeconfig read; the node's kube client is ready");
+                    }
+                    return Ok(c);
+                }
+                Err(e) => {
+                    let now = Instant::now();
+                    if now >= deadline() {
+                        return Err(e);
+                    }
+                    if !logged {
+                        tracing::warn!(error = %e, "no kube client for the node yet; trying again every second until the drain deadline");
+                        logged = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1).min(deadline() - now)).await;
+                }
+            }
+        }
+    }
 }
 
 /// The status code of an API error answer, if the error is one.

@@ -1,7 +1,13 @@
 //! Answering the Auto Scaling group's lifecycle hooks for this instance, by instance id (the
 //! agent never sees the action token): `CompleteLifecycleAction` with CONTINUE or ABANDON, and
-//! `RecordLifecycleActionHeartbeat` every half heartbeat timeout while `join` waits for the Node
-//! and while the drain runs, until the action is answered.
+//! `RecordLifecycleActionHeartbeat` while `join` waits for the Node and while the drain runs,
+//! until the action is answered.
+//!
+//! Heartbeats: the first one at once (before the hook's timeouts are even read), then every
+//! [`HookTiming::interval`]: `heartbeat_interval` if set, never more than a third of the hook's
+//! HeartbeatTimeout. A heartbeat that fails is tried again within seconds (1 s, 2 s, 4 s…, at
+//! most a quarter of the period), not a period later: one lost call must not let the action
+//! expire.
 //!
 //! Exactly once: the pipeline records a completion on disk and never sends it again. The SDK
 //! retries transient failures; if a retried call finds no action any more ("No active Lifecycle
@@ -20,8 +26,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// When the hook's heartbeat timeout cannot be read: safe for any hook (AWS's minimum is 30 s).
-pub const FALLBACK_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
+/// The heartbeat period while the hook's heartbeat timeout is not known (not read yet, or it cannot
+/// be read): a third of AWS's minimum HeartbeatTimeout (30 s), so safe for any hook.
+pub const FALLBACK_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+/// The first retry of a failed heartbeat; the wait doubles, up to [`heartbeat_retry`]'s cap.
+pub const HEARTBEAT_RETRY_FIRST: Duration = Duration::from_secs(1);
 /// No lifecycle action outlives this (AWS: GlobalTimeout is at most 48 hours): the bound when the
 /// hook's own global timeout cannot be read.
 pub const MAX_GLOBAL_TIMEOUT: Duration = Duration::from_secs(48 * 3600);
@@ -70,13 +79,24 @@ pub struct HookTiming {
 }
 
 impl HookTiming {
-    /// The heartbeat period: `configured`, else half the heartbeat timeout, else
-    /// [`FALLBACK_HEARTBEAT_INTERVAL`].
+    /// The heartbeat period: `configured` (SSM `heartbeat_interval`; the stack writes a fifth of
+    /// the timeout), but never more than a third of the heartbeat timeout, so that two heartbeats
+    /// can fail outright before the action expires; a third of it if nothing is configured. While
+    /// the timeout is unknown, at most [`FALLBACK_HEARTBEAT_INTERVAL`].
     pub fn interval(timing: Option<HookTiming>, configured: Option<Duration>) -> Duration {
-        configured
-            .or(timing.map(|t| t.heartbeat_timeout / 2))
-            .unwrap_or(FALLBACK_HEARTBEAT_INTERVAL)
+        let bound = timing.map_or(FALLBACK_HEARTBEAT_INTERVAL, |t| t.heartbeat_timeout / 3);
+        configured.map_or(bound, |c| c.min(bound))
     }
+}
+
+/// How long to wait before trying a failed heartbeat again, after `failures` failures in a row:
+/// [`HEARTBEAT_RETRY_FIRST`] doubling, capped at a quarter of the heartbeat `interval` (at least
+/// 100 ms), so a lost heartbeat is replaced within seconds, long before the action could expire.
+pub fn heartbeat_retry(failures: u32, interval: Duration) -> Duration {
+    let cap = (interval / 4).max(Duration::from_millis(100)).min(interval);
+    HEARTBEAT_RETRY_FIRST
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(8))
+        .min(cap)
 }
 
 /// This instance's lifecycle actions in its Auto Scaling group.
@@ -208,39 +228,77 @@ impl Lifecycle {
         })
     }
 
-    /// Heartbeats every `interval` (first one at once) until the returned guard is dropped or
-    /// no action is waiting any more. `heartbeat_timeout` (if known) tells how long each accepted
-    /// heartbeat keeps the action alive ([`HeartbeatState::alive_until`]).
+    /// Heartbeats, the first one at once, then every [`HookTiming::interval`] (from `configured`
+    /// and the hook's timing, which `timing` resolves to: read concurrently, so the first
+    /// heartbeat does not wait for it), until the returned guard is dropped or no action is
+    /// waiting any more. A failed heartbeat is retried within seconds ([`heartbeat_retry`]). Each
+    /// accepted heartbeat keeps the action alive for the hook's heartbeat timeout, once known
+    /// ([`HeartbeatState::alive_until`]).
     pub fn spawn_heartbeats(
         self: &Arc<Self>,
         hook: &str,
-        interval: Duration,
-        heartbeat_timeout: Option<Duration>,
+        configured: Option<Duration>,
+        timing: impl Future<Output = Option<HookTiming>> + Send + 'static,
         metrics: Arc<Metrics>,
     ) -> Heartbeats {
         let this = self.clone();
         let hook = hook.to_string();
         let (state, status) = watch::channel(HeartbeatState::default());
         let task = tokio::spawn(async move {
+            let mut interval = HookTiming::interval(None, configured);
             tracing::info!(
                 hook,
                 interval_ms = interval.as_millis() as u64,
-                "heartbeating the lifecycle action"
+                "heartbeating the lifecycle action (the first heartbeat now)"
             );
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut failing = false;
+            let timing_lookup = timing;
+            tokio::pin!(timing_lookup);
+            let mut timing_pending = true;
+            let mut heartbeat_timeout: Option<Duration> = None;
+            let mut last_accepted: Option<Instant> = None;
+            let mut last_attempt = Instant::now();
+            let mut next = Instant::now();
+            let mut failures = 0u32;
             loop {
-                ticker.tick().await;
+                tokio::select! {
+                    () = tokio::time::sleep_until(next.into()) => {}
+                    timing = &mut timing_lookup, if timing_pending => {
+                        timing_pending = false;
+                        heartbeat_timeout = timing.map(|t| t.heartbeat_timeout);
+                        interval = HookTiming::interval(timing, configured);
+                        tracing::info!(
+                            hook,
+                            interval_ms = interval.as_millis() as u64,
+                            heartbeat_timeout_s = heartbeat_timeout.map(|t| t.as_secs()),
+                            "heartbeat period set from the hook's timeouts"
+                        );
+                        let alive_until = last_accepted.zip(heartbeat_timeout).map(|(at, t)| at + t);
+                        state.send_modify(|s| {
+                            s.timing = timing;
+                            s.timing_read = true;
+                            s.alive_until = alive_until;
+                        });
+                        next = if failures == 0 {
+                            last_accepted.map_or(next, |at| (at + interval).min(next))
+                        } else {
+                            (last_attempt + heartbeat_retry(failures, interval)).min(next)
+                        };
+                        continue;
+                    }
+                }
+                last_attempt = Instant::now();
                 match this.heartbeat(&hook).await {
                     Ok(true) => {
+                        let now = Instant::now();
                         metrics.heartbeat();
                         tracing::debug!(hook, "heartbeat recorded");
-                        if std::mem::take(&mut failing) {
+                        if std::mem::take(&mut failures) > 0 {
                             tracing::info!(hook, "heartbeats accepted again");
                         }
-                        let until = heartbeat_timeout.map(|t| Instant::now() + t);
+                        last_accepted = Some(now);
+                        let until = heartbeat_timeout.map(|t| now + t);
                         state.send_modify(|s| s.alive_until = until);
+                        next = now + interval;
                     }
                     Ok(false) => {
                         tracing::warn!(
@@ -250,11 +308,20 @@ impl Lifecycle {
                         state.send_modify(|s| s.gone = true);
                         return;
                     }
-                    Err(e) if !failing => {
-                        failing = true;
-                        tracing::warn!(error = %e, "heartbeat failed; trying again every period")
+                    Err(e) => {
+                        failures = failures.saturating_add(1);
+                        let wait = heartbeat_retry(failures, interval);
+                        if failures == 1 {
+                            tracing::warn!(
+                                error = %e,
+                                retry_in_ms = wait.as_millis() as u64,
+                                "heartbeat failed; trying again within seconds"
+                            );
+                        } else {
+                            tracing::debug!(error = %e, failures, retry_in_ms = wait.as_millis() as u64, "heartbeat failed again");
+                        }
+                        next = Instant::now() + wait;
                     }
-                    Err(e) => tracing::debug!(error = %e, "heartbeat failed again"),
                 }
             }
         });
@@ -270,6 +337,10 @@ pub struct HeartbeatState {
     /// The last accepted heartbeat keeps the action alive until then (if the hook's heartbeat
     /// timeout is known).
     pub alive_until: Option<Instant>,
+    /// The hook's timeouts, once read (`None` also if they could not be read: see `timing_read`).
+    pub timing: Option<HookTiming>,
+    /// The lookup of the hook's timeouts has finished (successfully or not).
+    pub timing_read: bool,
 }
 
 /// Running heartbeats; dropping it stops them.
@@ -283,6 +354,16 @@ impl Heartbeats {
     /// A view of the heartbeats' state, for [`complete_until`] and [`gone`].
     pub fn status(&self) -> watch::Receiver<HeartbeatState> {
         self.status.clone()
+    }
+
+    /// The hook's timeouts, once read (waits for the lookup, at most `limit`).
+    pub async fn timing(&self, limit: Duration) -> Option<HookTiming> {
+        let mut status = self.status.clone();
+        let read = tokio::time::timeout(limit, status.wait_for(|s| s.timing_read || s.gone)).await;
+        match read {
+            Ok(Ok(s)) => s.timing,
+            _ => self.status.borrow().timing,
+        }
     }
 }
 
@@ -475,6 +556,7 @@ mod tests {
         let (_state, status) = watch::channel(HeartbeatState {
             gone: false,
             alive_until: Some(Instant::now() + Duration::from_millis(100)),
+            ..HeartbeatState::default()
         });
         let started = Instant::now();
         let out = complete_until(
@@ -489,22 +571,56 @@ mod tests {
     }
 
     #[test]
-    fn heartbeat_interval_is_configured_or_half_the_timeout() {
+    fn heartbeat_interval_is_configured_but_at_most_a_third_of_the_timeout() {
         let t = HookTiming {
             heartbeat_timeout: Duration::from_secs(300),
             global_timeout: Duration::from_secs(30000),
         };
+        // Nothing configured: a third.
         assert_eq!(
             HookTiming::interval(Some(t), None),
-            Duration::from_secs(150)
+            Duration::from_secs(100)
         );
+        // The stack writes a fifth: respected.
         assert_eq!(
-            HookTiming::interval(Some(t), Some(Duration::from_secs(5))),
-            Duration::from_secs(5)
+            HookTiming::interval(Some(t), Some(Duration::from_secs(60))),
+            Duration::from_secs(60)
         );
+        // Never longer than a third.
+        assert_eq!(
+            HookTiming::interval(Some(t), Some(Duration::from_secs(200))),
+            Duration::from_secs(100)
+        );
+        // Unknown timeouts: at most a third of AWS's minimum (30 s).
         assert_eq!(
             HookTiming::interval(None, None),
             FALLBACK_HEARTBEAT_INTERVAL
+        );
+        assert_eq!(
+            HookTiming::interval(None, Some(Duration::from_secs(60))),
+            FALLBACK_HEARTBEAT_INTERVAL
+        );
+        assert_eq!(
+            HookTiming::interval(None, Some(Duration::from_millis(500))),
+            Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn a_failed_heartbeat_is_retried_within_seconds() {
+        let minute = Duration::from_secs(60);
+        let waits: Vec<u64> = (1..=7)
+            .map(|n| heartbeat_retry(n, minute).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 15, 15, 15]);
+        // A short period: a quarter of it.
+        assert_eq!(
+            heartbeat_retry(1, Duration::from_secs(2)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            heartbeat_retry(1, Duration::from_millis(200)),
+            Duration::from_millis(100)
         );
     }
 }

@@ -1,7 +1,7 @@
 //! `smartscale-agent --config FILE join | run | drain [--reason TEXT]`. See agent/README.md.
 
 use clap::{Parser, Subcommand};
-use smartscale_agent::context::Context;
+use smartscale_agent::context::{ApiCheck, Context};
 use smartscale_agent::pipeline::Pipeline;
 use smartscale_agent::{Error, config, join, run};
 use smartscale_common::logging::{self, LogFormat};
@@ -73,7 +73,7 @@ fn main() -> ExitCode {
             Command::Join => join::join(&config).await,
             Command::Run => run::run(config).await,
             Command::Drain { reason } => {
-                let ctx = Arc::new(Context::build(config).await?);
+                let ctx = Arc::new(Context::build(config, ApiCheck::Now).await?);
                 let node = ctx.node.clone();
                 let pipeline = Pipeline::new(ctx);
                 // Ctrl-C or SIGTERM drops the drain: it removes its record on the way out, so

@@ -12,7 +12,9 @@ use prometheus_client::registry::{Registry, Unit};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tokio::sync::watch;
 
 type SourceLabels = Vec<(&'static str, &'static str)>;
 
@@ -24,6 +26,11 @@ pub struct Metrics {
     evicted: Counter,
     eviction_failed: Counter,
     heartbeats: Counter,
+    deadline_exceeded: Counter,
+    /// How many times `/metrics` has been rendered for a scrape.
+    scrapes: watch::Sender<u64>,
+    /// [`serve`] is running (the `run` daemon): someone can scrape.
+    serving: AtomicBool,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -79,6 +86,12 @@ impl Metrics {
             "RecordLifecycleActionHeartbeat calls that succeeded",
             heartbeats.clone(),
         );
+        let deadline_exceeded = Counter::default();
+        registry.register(
+            "smartscale_agent_drain_deadline_exceeded",
+            "Drains that reached their deadline (drain_timeout, or the spot deadline) with pods left on the node",
+            deadline_exceeded.clone(),
+        );
         Metrics {
             registry,
             events,
@@ -86,6 +99,9 @@ impl Metrics {
             evicted,
             eviction_failed,
             heartbeats,
+            deadline_exceeded,
+            scrapes: watch::Sender::new(0),
+            serving: AtomicBool::new(false),
         }
     }
 
@@ -111,6 +127,39 @@ impl Metrics {
         self.heartbeats.inc();
     }
 
+    pub fn drain_deadline_exceeded(&self) {
+        self.deadline_exceeded.inc();
+    }
+
+    /// The text for one scrape of `/metrics`, counted (see [`Metrics::wait_for_scrape`]).
+    pub fn scrape(&self) -> String {
+        let text = self.render();
+        // Rendered and counted in one step (no await between): a scrape counted after a mark
+        // rendered everything recorded before it.
+        self.scrapes.send_modify(|n| *n += 1);
+        text
+    }
+
+    /// A mark to pass to [`Metrics::wait_for_scrape`]: how many scrapes so far.
+    pub fn scrapes(&self) -> u64 {
+        *self.scrapes.borrow()
+    }
+
+    /// Whether `/metrics` is being served (by the `run` daemon).
+    pub fn serving(&self) -> bool {
+        self.serving.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `/metrics` has been scraped after `mark` (from [`Metrics::scrapes`]), at most
+    /// `limit`; whether it was.
+    pub async fn wait_for_scrape(&self, mark: u64, limit: Duration) -> bool {
+        let mut scrapes = self.scrapes.subscribe();
+        matches!(
+            tokio::time::timeout(limit, scrapes.wait_for(|n| *n > mark)).await,
+            Ok(Ok(_))
+        )
+    }
+
     /// The OpenMetrics text.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -134,24 +183,26 @@ pub async fn serve(
             address: address.to_string(),
             source,
         })?;
+    let served = metrics.clone();
     let router = axum::Router::new()
         .route(
             "/metrics",
             axum::routing::get(move || {
-                let metrics = metrics.clone();
+                let metrics = served.clone();
                 async move {
                     (
                         [(
                             CONTENT_TYPE,
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         )],
-                        metrics.render(),
+                        metrics.scrape(),
                     )
                 }
             }),
         )
         .route("/healthz", axum::routing::get(|| async { "ok\n" }));
     tracing::info!(%address, "metrics at http://{address}/metrics");
+    metrics.serving.store(true, Ordering::SeqCst);
     Ok(async move {
         if let Err(e) = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
@@ -159,6 +210,7 @@ pub async fn serve(
         {
             tracing::error!(error = %e, "metrics server stopped");
         }
+        metrics.serving.store(false, Ordering::SeqCst);
     })
 }
 
@@ -181,9 +233,40 @@ mod tests {
             "smartscale_agent_pods_evicted_total 1",
             "smartscale_agent_pods_eviction_failed_total 0",
             "smartscale_agent_heartbeats_total 1",
+            "smartscale_agent_drain_deadline_exceeded_total 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+        m.drain_deadline_exceeded();
+        assert!(
+            m.render()
+                .contains("smartscale_agent_drain_deadline_exceeded_total 1\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wait_for_a_scrape_ends_with_the_next_scrape_or_at_its_limit() {
+        let m = Arc::new(Metrics::new());
+        let mark = m.scrapes();
+        // Nobody scrapes: the wait ends at its limit.
+        let started = std::time::Instant::now();
+        assert!(!m.wait_for_scrape(mark, Duration::from_millis(100)).await);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        // A scrape before the mark does not count; one after it does.
+        m.scrape();
+        let mark = m.scrapes();
+        let waiter = {
+            let m = m.clone();
+            tokio::spawn(async move { m.wait_for_scrape(mark, Duration::from_secs(30)).await })
+        };
+        tokio::task::yield_now().await;
+        m.scrape();
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), waiter)
+                .await
+                .expect("the wait ends with the scrape")
+                .expect("task")
+        );
     }
 }

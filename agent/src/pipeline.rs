@@ -293,9 +293,19 @@ impl Pipeline {
         mut events: mpsc::Receiver<Event>,
         rearm: mpsc::UnboundedSender<Source>,
     ) -> Result<()> {
-        let mut next = self.manual_drain_to_resume().await?;
         let mut failures = 0u32;
         let mut retry: Option<(Instant, Vec<Source>)> = None;
+        // Whether a manual drain waits to be resumed needs the API server (is the node still
+        // cordoned?), which may be away: then it is asked again later, like a failed pass.
+        let mut next = match self.manual_drain_to_resume().await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell yet whether to resume the manual drain on record; asking again");
+                retry = Some((Instant::now() + retry_backoff(0), vec![Source::Manual]));
+                failures = 1;
+                None
+            }
+        };
         loop {
             let event = match next.take() {
                 Some(e) => e,
@@ -319,7 +329,17 @@ impl Pipeline {
                                 if source == Source::Manual {
                                     match self.manual_drain_to_resume().await {
                                         Ok(e) => next = e,
-                                        Err(e) => tracing::error!(error = %e, "cannot read the manual drain to resume"),
+                                        Err(e) => {
+                                            let wait = retry_backoff(failures);
+                                            failures = failures.saturating_add(1);
+                                            tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "cannot read the manual drain to resume; asking again");
+                                            let at = Instant::now() + wait;
+                                            let (due, sources) = retry.get_or_insert_with(|| (at, Vec::new()));
+                                            *due = (*due).min(at);
+                                            if !sources.contains(&Source::Manual) {
+                                                sources.push(Source::Manual);
+                                            }
+                                        }
                                     }
                                 } else {
                                     let _ = rearm.send(source);
@@ -372,7 +392,7 @@ impl Pipeline {
             remove_marker(self.state_dir())?;
             return Ok(None);
         }
-        let node = k8s::get_node(&self.ctx.kube, &self.ctx.node).await?;
+        let node = k8s::get_node(&self.ctx.kube.get().await?, &self.ctx.node).await?;
         if node.as_ref().is_some_and(k8s::is_cordoned) {
             tracing::info!(reason = %marker.detail, "resuming a manual drain a previous agent left unfinished");
             Ok(Some(Event::manual(&marker.detail)))
@@ -523,9 +543,26 @@ impl Pipeline {
         };
         let started = Instant::now();
         let work = async {
+            // The kubelet kubeconfig may not be there yet (k3s has not written it): the hook is
+            // heartbeated meanwhile, and the drain starts once it is, within the deadline.
+            let kube = match ctx.kube.get_until(|| drain_deadline.get()).await {
+                Ok(c) => c,
+                Err(e) if stop_on_cordon_failure.load(Ordering::SeqCst) => return Err(e),
+                Err(e) => return Ok(Err(e)),
+            };
+            let taint_kube = match &ctx.taint_kube {
+                Some(t) => match t.get().await {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no client for the draining taint; cordoning only");
+                        None
+                    }
+                },
+                None => None,
+            };
             if let Err(e) = drain::cordon_and_taint_until(
-                &ctx.kube,
-                ctx.taint_kube.as_ref(),
+                &kube,
+                taint_kube.as_ref(),
                 &ctx.node,
                 &reason,
                 &drain_deadline,
@@ -538,7 +575,7 @@ impl Pipeline {
                 tracing::error!(error = %e, "could not cordon the node; evicting anyway");
             }
             Ok(
-                drain::drain_pods_until(&ctx.kube, &ctx.node, &drain_deadline, &opts, &ctx.metrics)
+                drain::drain_pods_until(&kube, &ctx.node, &drain_deadline, &opts, &ctx.metrics)
                     .await,
             )
         };
@@ -552,6 +589,11 @@ impl Pipeline {
                 &stop_on_cordon_failure,
             )
             .await??;
+        if !matches!(&report, Ok(r) if r.complete) {
+            // The deadline passed with pods left (or their state unknown): once per drain,
+            // whatever on_drain_timeout then does.
+            ctx.metrics.drain_deadline_exceeded();
+        }
 
         if let Ok(r) = &report
             && !r.complete
@@ -573,7 +615,10 @@ impl Pipeline {
                 "drain deadline passed; on_drain_timeout=keep_heartbeating: still evicting and heartbeating until the hook's global timeout"
             );
             let phase = Deadline::new(until);
-            let work = drain::drain_pods_until(&ctx.kube, &ctx.node, &phase, &opts, &ctx.metrics);
+            let work = async {
+                let kube = ctx.kube.get_until(|| phase.get()).await?;
+                drain::drain_pods_until(&kube, &ctx.node, &phase, &opts, &ctx.metrics).await
+            };
             report = self
                 .while_notices(
                     work,
@@ -612,6 +657,8 @@ impl Pipeline {
                 report.left.len()
             );
         }
+        // Everything the drain counted is recorded: a scrape after this mark has it all.
+        let scrapes_at_end = ctx.metrics.scrapes();
         st.marker.drained = true;
         save_marker(self.state_dir(), &st.marker)?;
         // The drain ran its course: its record stays (drained), whatever happens next.
@@ -619,6 +666,8 @@ impl Pipeline {
 
         if st.marker.hook {
             // Heartbeats go on until AWS has the answer.
+            self.flush_metrics(scrapes_at_end, &st.keepalive, st.ends_at)
+                .await;
             self.complete_terminate_hook(&mut st.marker, &st.keepalive)
                 .await?;
         }
@@ -754,22 +803,63 @@ impl Pipeline {
             return KeepAlive::default();
         };
         let timing = self.hook_timing().await;
-        let interval = HookTiming::interval(timing, ctx.settings.heartbeat_interval);
         if timing.is_none() {
             tracing::warn!(
                 "heartbeating every {} s without knowing the hook's timeouts",
-                interval.as_secs()
+                HookTiming::interval(None, ctx.settings.heartbeat_interval).as_secs_f64()
             );
         }
         let global = timing.map_or(MAX_GLOBAL_TIMEOUT, |t| t.global_timeout);
         KeepAlive {
             heartbeats: Some(lifecycle.spawn_heartbeats(
                 hook,
-                interval,
-                timing.map(|t| t.heartbeat_timeout),
+                ctx.settings.heartbeat_interval,
+                std::future::ready(timing),
                 ctx.metrics.clone(),
             )),
             global_end: Some(instant_of(since.saturating_add(global.as_secs()))),
+        }
+    }
+
+    /// `metrics_flush_wait`: before the terminate hook is completed (and the instance goes), wait
+    /// until `/metrics` has been scraped since the drain ended (`mark`), at most that long, so
+    /// Prometheus has the drain's last numbers. Not if nothing serves them (the `drain` command),
+    /// nor past the instance's end (spot) or once no action waits any more.
+    async fn flush_metrics(&self, mark: u64, keepalive: &KeepAlive, ends_at: Option<Instant>) {
+        let ctx = &self.ctx;
+        let mut wait = ctx.settings.metrics_flush_wait;
+        if wait.is_zero()
+            || !ctx.metrics.serving()
+            || ctx.lifecycle.is_none()
+            || ctx.settings.terminate_hook_name.is_none()
+        {
+            return;
+        }
+        if let Some(end) = ends_at {
+            wait = wait.min(end.saturating_duration_since(Instant::now()));
+        }
+        if ctx.metrics.scrapes() > mark {
+            return;
+        }
+        tracing::info!(
+            wait_ms = wait.as_millis() as u64,
+            "waiting up to {} for /metrics to be scraped once more before completing the terminate lifecycle action (metrics_flush_wait)",
+            smartscale_common::duration::format(wait)
+        );
+        let started = Instant::now();
+        let scraped = tokio::select! {
+            s = ctx.metrics.wait_for_scrape(mark, wait) => s,
+            () = lifecycle::gone(keepalive.heartbeats.as_ref().map(Heartbeats::status)) => false,
+        };
+        if scraped {
+            tracing::info!(
+                after_ms = started.elapsed().as_millis() as u64,
+                "the drain's final metrics were scraped"
+            );
+        } else {
+            tracing::warn!(
+                "/metrics was not scraped within metrics_flush_wait; completing the terminate lifecycle action anyway"
+            );
         }
     }
 

@@ -1,9 +1,15 @@
 //! `smartscale-agent run`: the daemon. IMDS sources → pipeline, plus the metrics endpoint, until
 //! SIGTERM. A stop is not a termination: a drain in progress is left as it is and resumed by
 //! the next start (see [`crate::pipeline`]).
+//!
+//! Nothing here waits for the Kubernetes API server: the IMDS watch, the heartbeats and the
+//! metrics start at once, and the node's kube client is built when it can be (the kubelet
+//! kubeconfig may not be written yet) and used when the API server answers. A termination that
+//! comes while the API server is away (the single K3s server restarting) is heartbeated at once
+//! and drained once the API server is back, within the drain deadline.
 
 use crate::config::Config;
-use crate::context::Context;
+use crate::context::{self, ApiCheck, Context};
 use crate::pipeline::Pipeline;
 use crate::sources::{self, Source};
 use crate::{Result, metrics};
@@ -11,7 +17,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 pub async fn run(config: Config) -> Result<()> {
-    let ctx = Arc::new(Context::build(config).await?);
+    let ctx = Arc::new(Context::build(config, ApiCheck::Background).await?);
     let (stop, stopped) = watch::channel(false);
     let mut until_stopped = stopped.clone();
     let server = metrics::serve(ctx.config.metrics_listen, ctx.metrics.clone(), async move {
@@ -42,6 +48,10 @@ pub async fn run(config: Config) -> Result<()> {
         ctx.metrics.clone(),
     );
     let pipeline = Pipeline::new(ctx.clone());
+    let api = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move { context::watch_api(&ctx).await })
+    };
     release_startup_memory();
     tracing::info!(node = %ctx.node, "agent running");
     let result = tokio::select! {
@@ -52,6 +62,7 @@ pub async fn run(config: Config) -> Result<()> {
         r = pipeline.run(rx, rearm_tx) => r,
         () = watcher => Ok(()),
     };
+    api.abort();
     let _ = stop.send(true);
     let _ = server.await;
     result

@@ -1,9 +1,11 @@
 //! `smartscale-agent run` and `drain` against the test world: the ASG termination hook, spot
 //! interruption, PodDisruptionBudgets held past the heartbeat timeout (both `on_drain_timeout`
 //! policies), a kill mid-drain (the hook completed exactly once), a manual drain, and an API
-//! server that does not answer. Then what went wrong once: a stale manual-drain record, a manual
-//! drain stopped early, an API server away for longer than the heartbeat timeout, a failed pass,
-//! a refused completion, and a spot notice during an ASG termination. And what only a real
+//! server that does not answer (`drain` fails, `run` goes on). Then what went wrong once: a stale
+//! manual-drain record, a manual drain stopped early, an API server away for longer than the
+//! heartbeat timeout (while `run` runs, and when `run` starts without it or the kubelet
+//! kubeconfig), a failed pass, a refused completion, a refused heartbeat, and a spot notice during
+//! an ASG termination. And `metrics_flush_wait`: the hook waits for a scrape of the final metrics. And what only a real
 //! control plane shows: evicted pods re-created by the ReplicaSet controller and running on
 //! another node (placed by the scheduler) before the hook is completed, and a budget computed by
 //! the disruption controller that blocks an eviction until the replacement is Ready elsewhere.
@@ -438,6 +440,12 @@ async fn asg_termination_cordons_drains_and_completes_the_hook() {
             Some(1.0),
             "{metrics}"
         );
+        // Exported from the start, at 0: this drain ended before its deadline.
+        assert_eq!(
+            sample(&metrics, "smartscale_agent_drain_deadline_exceeded_total"),
+            Some(0.0),
+            "{metrics}"
+        );
 
         // A stop is not a termination: SIGTERM ends the daemon cleanly.
         agent.signal(SIGTERM);
@@ -591,6 +599,12 @@ async fn a_blocking_budget_is_outlasted_by_heartbeats_then_continue_applies() {
             Some(1.0),
             "{metrics}"
         );
+        // The drain reached its deadline with a pod left: counted once.
+        assert_eq!(
+            sample(&metrics, "smartscale_agent_drain_deadline_exceeded_total"),
+            Some(1.0),
+            "{metrics}"
+        );
     })
     .await;
 }
@@ -636,6 +650,14 @@ async fn keep_heartbeating_holds_the_hook_until_the_budget_allows() {
         agent
             .wait_log("lifecycle action completed", Duration::from_secs(5))
             .await;
+        // Past its deadline with a pod left, then drained while heartbeating: one drain that
+        // exceeded its deadline.
+        let metrics = w.metrics().await;
+        assert_eq!(
+            sample(&metrics, "smartscale_agent_drain_deadline_exceeded_total"),
+            Some(1.0),
+            "{metrics}"
+        );
     })
     .await;
 }
@@ -753,8 +775,11 @@ async fn manual_drain_cordons_taints_and_evicts_without_touching_the_hook() {
     .await;
 }
 
+/// `drain` (an operator's command) fails at once with a clear error when the API server does not
+/// answer; `run` does not wait for it: it watches IMDS, serves its metrics and says in its log
+/// that it keeps trying (a termination then is heartbeated: see the next test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_api_server_that_does_not_answer_is_a_clear_error() {
+async fn an_api_server_that_does_not_answer_fails_drain_but_not_run() {
     let _serial = serial().await;
     bounded(LIMIT, async {
         let w = worker(GroupSpec::default(), &[], false, "").await;
@@ -764,16 +789,252 @@ async fn an_api_server_that_does_not_answer_is_a_clear_error() {
             .with_server(&format!("https://127.0.0.1:{}", free_port()))
             .write(&w.dir.path().join("kubelet.kubeconfig"))
             .expect("kubeconfig");
-        for command in [&["drain"][..], &["run"][..]] {
-            let mut agent = w.agent(command, &format!("{}.log", command[0]));
-            let status = agent.wait_exit(Duration::from_secs(30)).await;
-            let log = agent.log();
-            assert!(!status.success(), "{log}");
-            assert!(
-                log.contains("the Kubernetes API server does not answer for node"),
-                "{log}"
-            );
-        }
+        let mut drain = w.agent(&["drain"], "drain.log");
+        let status = drain.wait_exit(Duration::from_secs(30)).await;
+        let log = drain.log();
+        assert!(!status.success(), "{log}");
+        assert!(
+            log.contains("the Kubernetes API server does not answer for node"),
+            "{log}"
+        );
+
+        let mut run = w.run_agent("run.log").await;
+        run.wait_log(
+            "the Kubernetes API server does not answer for node",
+            Duration::from_secs(20),
+        )
+        .await;
+        let metrics = w.metrics().await;
+        assert_eq!(
+            sample(&metrics, "smartscale_agent_drain_deadline_exceeded_total"),
+            Some(0.0),
+            "{metrics}"
+        );
+        run.signal(SIGTERM);
+        let status = run.wait_exit(Duration::from_secs(10)).await;
+        assert!(status.success(), "{status}: {}", run.log());
+    })
+    .await;
+}
+
+/// `run` started before k3s has written the kubelet kubeconfig (as at boot), while the API server
+/// is away too (the single K3s server restarting): it watches IMDS and heartbeats a termination
+/// at once, past the hook's HeartbeatTimeout, builds its kube client once the kubeconfig is
+/// there, and drains and completes the hook once the API server is back, within the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_heartbeats_a_termination_while_the_api_server_is_away_and_drains_once_it_is_back() {
+    let _serial = serial().await;
+    bounded(LIMIT, async {
+        let settings = [("drain_timeout", "60s"), ("heartbeat_interval", "500ms")];
+        let mut w = worker(GroupSpec::default(), &settings, true, "").await;
+        w.add_pods(2, false).await;
+        let gate = Gate::start(&w.cluster.plane.url).await;
+        gate.set_open(false);
+        let kubeconfig = w.dir.path().join("kubelet.kubeconfig");
+        std::fs::remove_file(&kubeconfig).expect("no kubelet kubeconfig yet");
+        let agent = w.run_agent("agent.log").await;
+        agent
+            .wait_log(
+                "the Kubernetes API server does not answer for node",
+                Duration::from_secs(10),
+            )
+            .await;
+
+        let t0 = w.terminate().await;
+        // 40 s of model time, past the 30 s HeartbeatTimeout, with no kubeconfig.
+        assert_eq!(
+            advance_after_heartbeats(&w, 4).await,
+            40.0,
+            "{}",
+            agent.log()
+        );
+        assert_eq!(w.lifecycle().await, "Terminating:Wait", "{}", agent.log());
+        let proxy = w.proxy.as_ref().expect("proxy");
+        let first_heartbeat = proxy
+            .first_success_sent("RecordLifecycleActionHeartbeat")
+            .expect("a heartbeat");
+        eprintln!(
+            "first terminate heartbeat {} ms after Terminating:Wait, with no API server",
+            first_heartbeat.saturating_duration_since(t0).as_millis()
+        );
+
+        // k3s writes the kubeconfig; the API server is still away: the cordon waits for it.
+        w.gate_api(&gate);
+        agent
+            .wait_log(
+                "cordon failed; retrying until the deadline",
+                Duration::from_secs(10),
+            )
+            .await;
+        assert_eq!(
+            advance_after_heartbeats(&w, 2).await,
+            20.0,
+            "{}",
+            agent.log()
+        );
+        assert_eq!(w.lifecycle().await, "Terminating:Wait", "{}", agent.log());
+        assert!(!smartscale_agent::k8s::is_cordoned(&w.node_obj().await));
+
+        gate.set_open(true);
+        let back = Instant::now();
+        wait_lifecycle(
+            &w.model,
+            &w.instance_id,
+            &["Terminated"],
+            Duration::from_secs(30),
+        )
+        .await;
+        eprintln!(
+            "API server back -> drained and hook completed in {} ms",
+            back.elapsed().as_millis()
+        );
+        agent
+            .wait_log("lifecycle action completed", Duration::from_secs(5))
+            .await;
+        w.assert_evicted_properly(&w.evictable);
+        let log = agent.log();
+        let at = |needle: &str| {
+            log.find(needle)
+                .unwrap_or_else(|| panic!("no `{needle}` in:\n{log}"))
+        };
+        assert!(at("heartbeating the lifecycle action") < at("node cordoned"));
+        assert!(at("node cordoned") < at("node drained"));
+        assert!(!log.contains("drain deadline passed"), "{log}");
+        assert_eq!(proxy.count("CompleteLifecycleAction"), (1, 1));
+        let metrics = w.metrics().await;
+        assert_eq!(
+            sample(&metrics, "smartscale_agent_drain_deadline_exceeded_total"),
+            Some(0.0),
+            "{metrics}"
+        );
+    })
+    .await;
+}
+
+/// Two heartbeats of the terminate hook refused (AccessDenied): each is tried again within
+/// seconds (1 s, then 2 s), not a period later; and with no `heartbeat_interval` set they come
+/// every third of the 30 s HeartbeatTimeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_terminate_heartbeat_is_retried_within_seconds() {
+    let _serial = serial().await;
+    bounded(LIMIT, async {
+        let mut w = worker(GroupSpec::default(), &[("drain_timeout", "60s")], true, "").await;
+        w.add_pods(1, true).await;
+        let proxy = w.proxy.as_ref().expect("proxy");
+        proxy.deny("RecordLifecycleActionHeartbeat", 2);
+        let agent = w.run_agent("agent.log").await;
+
+        w.terminate().await;
+        let beats = eventually(
+            "four heartbeats (two refused)",
+            Duration::from_secs(30),
+            || async {
+                let r = proxy.requests("RecordLifecycleActionHeartbeat");
+                (r.len() >= 4).then_some(r)
+            },
+        )
+        .await;
+        let gaps: Vec<Duration> = beats.windows(2).map(|p| p[1].0 - p[0].0).collect();
+        eprintln!(
+            "terminate heartbeats: accepted {:?}, gaps {:?} ms",
+            beats.iter().map(|b| b.1).collect::<Vec<_>>(),
+            gaps.iter().map(|g| g.as_millis()).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            beats.iter().take(4).map(|b| b.1).collect::<Vec<_>>(),
+            [false, false, true, true],
+            "{}",
+            agent.log()
+        );
+        assert!(gaps[0] < Duration::from_millis(1800), "{gaps:?}");
+        assert!(gaps[1] < Duration::from_millis(3000), "{gaps:?}");
+        // HeartbeatTimeout 30 s: every 10 s at most.
+        assert!(
+            gaps[2] >= Duration::from_secs(9) && gaps[2] <= Duration::from_millis(10_800),
+            "{gaps:?}"
+        );
+        assert_eq!(w.lifecycle().await, "Terminating:Wait");
+        assert!(
+            agent
+                .log()
+                .contains("heartbeat failed; trying again within seconds"),
+            "{}",
+            agent.log()
+        );
+
+        delete_pdb(&w.admin, "guarded").await;
+        wait_lifecycle(
+            &w.model,
+            &w.instance_id,
+            &["Terminated"],
+            Duration::from_secs(20),
+        )
+        .await;
+        w.assert_evicted_properly(&w.evictable);
+    })
+    .await;
+}
+
+/// `metrics_flush_wait`: after the drain, the terminate hook is completed only once `/metrics`
+/// has been scraped (here by the test, in place of Prometheus), and that scrape has the drain's
+/// final numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_terminate_hook_waits_for_a_scrape_of_the_final_metrics() {
+    let _serial = serial().await;
+    bounded(LIMIT, async {
+        let settings = [
+            ("drain_timeout", "60s"),
+            ("heartbeat_interval", "1s"),
+            ("metrics_flush_wait", "40s"),
+        ];
+        let mut w = worker(GroupSpec::default(), &settings, true, "").await;
+        w.add_pods(3, false).await;
+        let agent = w.run_agent("agent.log").await;
+
+        w.terminate().await;
+        agent
+            .wait_log("waiting up to 40s for /metrics", Duration::from_secs(20))
+            .await;
+        let log = agent.log();
+        assert!(log.contains("node drained"), "{log}");
+        let proxy = w.proxy.as_ref().expect("proxy");
+        assert_eq!(proxy.count("CompleteLifecycleAction"), (0, 0), "{log}");
+        assert_eq!(w.lifecycle().await, "Terminating:Wait");
+
+        let scraped = Instant::now();
+        let metrics = w.metrics().await;
+        wait_lifecycle(
+            &w.model,
+            &w.instance_id,
+            &["Terminated"],
+            Duration::from_secs(20),
+        )
+        .await;
+        let completed = proxy
+            .first_success_sent("CompleteLifecycleAction")
+            .expect("completed through the proxy");
+        eprintln!(
+            "terminate hook completed {} ms after the scrape",
+            completed.saturating_duration_since(scraped).as_millis()
+        );
+        assert!(completed > scraped);
+        assert_eq!(
+            sample(&metrics, "smartscale_agent_pods_evicted_total"),
+            Some(3.0),
+            "{metrics}"
+        );
+        assert_eq!(
+            sample(&metrics, "smartscale_agent_drain_duration_seconds_count"),
+            Some(1.0),
+            "{metrics}"
+        );
+        agent
+            .wait_log(
+                "the drain's final metrics were scraped",
+                Duration::from_secs(5),
+            )
+            .await;
+        w.assert_evicted_properly(&w.evictable);
     })
     .await;
 }

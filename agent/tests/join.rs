@@ -1,10 +1,12 @@
 //! `smartscale-agent join` against the test world: the launch hook is completed only when the
-//! Node is Ready; a wrong token, an unreachable server, a missing secret or IMDS down end in
-//! ABANDON (where the instance is known) and a clear error; the token stays secret. A slow boot is
-//! kept alive by heartbeats, a launch action that ends during the join fails it, and a refused
-//! CONTINUE is retried. What K3s and the real API server refuse ends in ABANDON with their
-//! reason: a node name still held by another machine's Node (K3s's node password), and a node
-//! label a kubelet may not set (NodeRestriction).
+//! Node is Ready; a wrong token, an unreachable server, a secret that never appears, a token not
+//! in the secure format or IMDS down end in ABANDON (where the instance is known) and a clear
+//! error; the token stays secret; a token published after the join started is waited for. The
+//! launch hook is heartbeated at once (before its timeouts are read), a refused heartbeat is
+//! tried again within seconds, a slow boot is kept alive by heartbeats, a launch action that ends
+//! during the join fails it, and a refused CONTINUE is retried. What K3s refuses ends in ABANDON
+//! with its reason (a node name still held by another machine's Node: K3s's node password); a
+//! node label a kubelet may not set (NodeRestriction) is refused before the join starts.
 //!
 //! k3s is played by the test world's fake `k3s agent` (`smartscale-testworld k3s-agent`, run by
 //! the agent as its `k3s_start_command`): it reads the k3s config the agent wrote (refusing one
@@ -509,12 +511,14 @@ async fn an_unreachable_server_abandons_within_the_join_timeout() {
     .await;
 }
 
+/// A secret that never appears: asked for again until `join_timeout`, then ABANDON with AWS's
+/// answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_secret_abandons_with_a_clear_error() {
     let _serial = serial().await;
     bounded(LIMIT, async {
         let boot = boot(None, None).await;
-        let (agent, status, _) = boot.join("30s").await;
+        let (agent, status, took) = boot.join("4s").await;
         assert_abandoned(
             &boot,
             &agent,
@@ -522,11 +526,72 @@ async fn a_missing_secret_abandons_with_a_clear_error() {
             "Secrets Manager secret smartscale/test/k3s-token: GetSecretValue failed",
         )
         .await;
+        let log = agent.log();
+        assert!(log.contains("ResourceNotFoundException"), "{log}");
+        assert!(log.contains("still missing after"), "{log}");
         assert!(
-            agent.log().contains("ResourceNotFoundException"),
-            "{}",
-            agent.log()
+            took >= Duration::from_secs(4) && took < Duration::from_secs(15),
+            "took {took:?}"
         );
+    })
+    .await;
+}
+
+/// The K3s server publishes the agent token once K3s runs; a worker's join may start before:
+/// `GetSecretValue` is asked again (ResourceNotFoundException) until the secret is there, within
+/// `join_timeout`, and the join goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_published_after_the_join_started_is_waited_for() {
+    let _serial = serial().await;
+    bounded(LIMIT, async {
+        let boot = boot(None, None).await;
+        let proxy = CountingProxy::start(boot.model.endpoint()).await;
+        let mut agent = boot.spawn_join("60s", &proxy.url, None);
+        eventually(
+            "GetSecretValue asked twice",
+            Duration::from_secs(20),
+            || async { (proxy.count("GetSecretValue").0 >= 2).then_some(()) },
+        )
+        .await;
+        assert_eq!(boot.lifecycle().await, "Pending:Wait");
+        create_secret(&boot.model, TOKEN).await;
+        let status = agent.wait_exit(Duration::from_secs(30)).await;
+        let log = agent.log();
+        assert!(status.success(), "{log}");
+        assert!(
+            log.contains("the join token's secret does not exist yet"),
+            "{log}"
+        );
+        let (asked, answered) = proxy.count("GetSecretValue");
+        eprintln!("GetSecretValue asked {asked} times, answered once");
+        assert_eq!(answered, 1);
+        assert_eq!(boot.lifecycle().await, "InService");
+        assert!(!log.contains(TOKEN));
+    })
+    .await;
+}
+
+/// A secret that holds something other than a K3s token in the secure format (`K10<CA
+/// hash>::<credentials>`, which lets k3s check the server's CA): refused before k3s starts, with
+/// an error that does not show the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_not_in_the_secure_format_is_refused_unseen() {
+    let _serial = serial().await;
+    bounded(LIMIT, async {
+        let plain = "plain-server-token-5f4e3d2c1b0a";
+        let boot = boot(Some(plain), None).await;
+        let (agent, status, _) = boot.join("30s").await;
+        assert_abandoned(
+            &boot,
+            &agent,
+            status,
+            "does not hold a K3s token in the secure format",
+        )
+        .await;
+        assert!(!agent.log().contains(plain), "the value is in the log");
+        assert!(!agent.log().contains("5f4e3d2c1b0a"));
+        assert!(boot.node_obj().await.is_none(), "a Node was registered");
+        assert!(!agent.log().contains("starting k3s"), "{}", agent.log());
     })
     .await;
 }
@@ -760,11 +825,13 @@ async fn a_node_name_still_held_by_another_machine_is_refused_and_abandoned() {
 }
 
 /// NodeRestriction lets a kubelet set only some `kubernetes.io`/`k8s.io` labels on its Node
-/// (`node-role.kubernetes.io/*` is not among them: K3s sets roles from the server). Asked for
-/// through SSM `node_labels`, such a label makes the real API server refuse the registration;
-/// the join fails with the API server's reason and ABANDONs the launch.
+/// (`node-role.kubernetes.io/*` is not among them: K3s sets roles from the server), and the
+/// agent's own labels are its own. Asked for through SSM `node_labels`, both are refused by the
+/// settings' validation, each named, before the join starts (no token fetched, no k3s started,
+/// no Node registration tried), and the launch is ABANDONed. The real API server, asked for the
+/// first with the node's own identity, would refuse it too: checked at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_label_node_restriction_forbids_fails_the_join_and_abandons() {
+async fn a_node_label_the_kubelet_may_not_set_is_refused_before_the_join() {
     let _serial = serial().await;
     bounded(LIMIT, async {
         let boot = boot(Some(TOKEN), None).await;
@@ -772,32 +839,155 @@ async fn a_label_node_restriction_forbids_fails_the_join_and_abandons() {
             &boot.model,
             &[(
                 "node_labels",
-                "team=web,node-role.kubernetes.io/worker=true",
+                "team=web,node-role.kubernetes.io/worker=true,smartscale.io/node-group=other",
             )],
         )
         .await;
-        let (agent, status, took) = boot.join("30s").await;
+        let proxy = CountingProxy::start(boot.model.endpoint()).await;
+        let mut agent = boot.spawn_join("30s", &proxy.url, None);
+        let status = agent.wait_exit(Duration::from_secs(30)).await;
+        let took = agent.started.elapsed();
         assert_abandoned(
             &boot,
             &agent,
             status,
-            "is not allowed to set the following labels: node-role.kubernetes.io/worker",
+            "node_labels: `node-role.kubernetes.io/worker` is a label a kubelet may not set on its own Node",
         )
         .await;
-        assert!(took < Duration::from_secs(30), "took {took:?}");
+        let log = agent.log();
+        assert!(
+            log.contains("node_labels: `smartscale.io/node-group` is a label the agent sets itself"),
+            "{log}"
+        );
+        assert!(took < Duration::from_secs(15), "took {took:?}");
+        // Before the join: no token asked for, no k3s, no Node registration tried.
+        assert_eq!(proxy.count("GetSecretValue"), (0, 0));
+        assert!(!log.contains("starting k3s"), "{log}");
         assert!(boot.node_obj().await.is_none(), "a Node was registered");
-        let refused: Vec<u16> = boot
+        let registrations = boot
             .cluster
             .audit()
             .iter()
-            .filter(|e| e.is("create", "nodes", "") && e.object() == format!("/{}", boot.node))
-            .map(|e| e.code())
-            .collect();
-        assert_eq!(
-            refused,
-            [403],
-            "the API server's answer to the registration"
+            .filter(|e| e.is("create", "nodes", ""))
+            .count();
+        assert_eq!(registrations, 0);
+
+        // What the validation spares the node: the real API server refuses that label to a
+        // kubelet's identity (NodeRestriction), and allows the ones the check lets through.
+        let refused = boot
+            .cluster
+            .k3s
+            .join(JoinRequest {
+                token: TOKEN.into(),
+                node_name: boot.node.clone(),
+                node_password: "p".into(),
+                provider_id: None,
+                labels: [
+                    ("node-role.kubernetes.io/worker".to_string(), "true".to_string()),
+                ]
+                .into(),
+                taints: vec![],
+                internal_ip: None,
+                cpu: None,
+                memory: None,
+            })
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            refused.contains("is not allowed to set the following labels: node-role.kubernetes.io/worker"),
+            "{refused}"
         );
+        let allowed: Vec<(String, String)> = [
+            ("kubernetes.io/os", "linux"),
+            ("node.kubernetes.io/pool", "a"),
+            ("kubelet.kubernetes.io/pool", "a"),
+            ("topology.kubernetes.io/region", "eu-west-3"),
+            ("failure-domain.beta.kubernetes.io/zone", "eu-west-3a"),
+            ("beta.kubernetes.io/instance-type", "t3.medium"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, _) in &allowed {
+            assert!(smartscale_agent::config::kubelet_may_set(k), "{k}");
+        }
+        boot.cluster
+            .k3s
+            .join(JoinRequest {
+                token: TOKEN.into(),
+                node_name: "ip-10-0-9-9.eu-west-3.compute.internal".into(),
+                node_password: "p".into(),
+                provider_id: None,
+                labels: allowed.into_iter().collect(),
+                taints: vec![],
+                internal_ip: None,
+                cpu: None,
+                memory: None,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("labels the check allows, refused by the API server: {e}"));
+    })
+    .await;
+}
+
+/// `join` heartbeats the launch hook at once, before the hook's timeouts are read (here
+/// DescribeLifecycleHooks does not answer at all), and a refused heartbeat (AccessDenied, twice)
+/// is tried again within seconds, not a period later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_heartbeats_at_once_and_retries_a_refused_heartbeat_within_seconds() {
+    let _serial = serial().await;
+    bounded(LIMIT, async {
+        let boot = boot(Some(TOKEN), None).await;
+        let proxy = CountingProxy::start(boot.model.endpoint()).await;
+        proxy.hold("DescribeLifecycleHooks");
+        proxy.deny("RecordLifecycleActionHeartbeat", 2);
+        let go = boot.dir.path().join("k3s-may-start");
+        let mut agent = boot.spawn_join("60s", &proxy.url, Some(&go));
+        let beats = eventually(
+            "three heartbeats, two refused",
+            Duration::from_secs(20),
+            || async {
+                let r = proxy.requests("RecordLifecycleActionHeartbeat");
+                (r.len() >= 3).then_some(r)
+            },
+        )
+        .await;
+        let first = beats[0].0.saturating_duration_since(agent.started);
+        let gaps: Vec<Duration> = beats.windows(2).map(|p| p[1].0 - p[0].0).collect();
+        eprintln!(
+            "first launch heartbeat {} ms after the agent started; retries after {:?} ms",
+            first.as_millis(),
+            gaps.iter().map(|g| g.as_millis()).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            beats.iter().take(3).map(|b| b.1).collect::<Vec<_>>(),
+            [false, false, true],
+            "{}",
+            agent.log()
+        );
+        assert!(
+            first < Duration::from_secs(5),
+            "first heartbeat after {first:?}"
+        );
+        assert!(gaps[0] < Duration::from_millis(1800), "{gaps:?}");
+        assert!(gaps[1] < Duration::from_millis(3000), "{gaps:?}");
+        // The hook's timeouts were not known yet: the first heartbeat did not wait for them.
+        assert_eq!(proxy.count("DescribeLifecycleHooks").1, 0);
+        assert_eq!(boot.lifecycle().await, "Pending:Wait");
+
+        proxy.release("DescribeLifecycleHooks");
+        std::fs::write(&go, b"").expect("let k3s start");
+        let status = agent.wait_exit(Duration::from_secs(40)).await;
+        let log = agent.log();
+        assert!(status.success(), "{log}");
+        assert!(
+            log.contains("heartbeat failed; trying again within seconds"),
+            "{log}"
+        );
+        assert_eq!(proxy.count("CompleteLifecycleAction"), (1, 1));
+        assert_eq!(boot.lifecycle().await, "InService");
     })
     .await;
 }

@@ -868,12 +868,16 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
 
 // ---------------------------------------------------------------- counting proxy
 
-/// Forwards everything to the AWS model and counts Auto Scaling actions by name:
-/// (requests, successful answers), and when the first request that succeeded arrived.
+/// Forwards everything to the AWS model and counts actions by name (Auto Scaling's `Action`
+/// form field, or the JSON protocols' `X-Amz-Target`: `GetSecretValue`): (requests, successful
+/// answers), when each request arrived and how it ended, and when the first request that
+/// succeeded arrived. It can refuse chosen actions (AccessDenied) and hold them (no answer until
+/// released).
 pub struct CountingProxy {
     pub url: String,
     counts: Arc<Mutex<BTreeMap<String, Counted>>>,
     denied: Arc<Mutex<HashMap<String, u32>>>,
+    held: tokio::sync::watch::Sender<Vec<String>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -884,13 +888,15 @@ impl Drop for CountingProxy {
 }
 
 /// Requests and successful answers of one action.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Counted {
     requests: u32,
     successes: u32,
     /// When the first request that AWS then answered with success reached the proxy: no later
     /// than the moment AWS acted on it.
     first_success_sent: Option<Instant>,
+    /// Every request: when it reached the proxy, and whether it succeeded.
+    log: Vec<(Instant, bool)>,
 }
 
 #[derive(Clone)]
@@ -900,6 +906,8 @@ struct ProxyState {
     counts: Arc<Mutex<BTreeMap<String, Counted>>>,
     /// Actions to answer with 403 AccessDenied instead of forwarding, and how many more times.
     denied: Arc<Mutex<HashMap<String, u32>>>,
+    /// Actions whose requests wait (unanswered) until they are released.
+    held: tokio::sync::watch::Receiver<Vec<String>>,
 }
 
 impl CountingProxy {
@@ -910,7 +918,9 @@ impl CountingProxy {
         let url = format!("http://{}", listener.local_addr().expect("proxy addr"));
         let counts = Arc::new(Mutex::new(BTreeMap::new()));
         let denied = Arc::new(Mutex::new(HashMap::new()));
+        let (held, held_rx) = tokio::sync::watch::channel(Vec::new());
         let state = ProxyState {
+            held: held_rx,
             target: target.trim_end_matches('/').to_string(),
             http: reqwest::Client::builder()
                 .no_proxy()
@@ -927,8 +937,29 @@ impl CountingProxy {
             url,
             counts,
             denied,
+            held,
             task,
         }
+    }
+
+    /// Hold every request for `action` (no answer: the caller waits, or times out) until
+    /// [`CountingProxy::release`].
+    pub fn hold(&self, action: &str) {
+        self.held.send_modify(|h| h.push(action.to_string()));
+    }
+
+    pub fn release(&self, action: &str) {
+        self.held.send_modify(|h| h.retain(|a| a != action));
+    }
+
+    /// When each request for `action` reached the proxy, and whether it succeeded, oldest first.
+    pub fn requests(&self, action: &str) -> Vec<(Instant, bool)> {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(action)
+            .map(|c| c.log.clone())
+            .unwrap_or_default()
     }
 
     /// Answer the next `times` requests for `action` with 403 AccessDenied (as IAM would without
@@ -976,10 +1007,19 @@ async fn forward(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let sent = Instant::now();
-    let action = url::form_urlencoded::parse(&body)
-        .find(|(k, _)| k == "Action")
-        .map(|(_, v)| v.into_owned());
+    let target = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.rsplit('.').next())
+        .map(str::to_string);
+    let action = target.or_else(|| {
+        url::form_urlencoded::parse(&body)
+            .find(|(k, _)| k == "Action")
+            .map(|(_, v)| v.into_owned())
+    });
     if let Some(action) = &action {
+        let mut held = state.held.clone();
+        let _ = held.wait_for(|h| !h.contains(action)).await;
         let deny = {
             let mut denied = state.denied.lock().unwrap_or_else(|p| p.into_inner());
             match denied.get_mut(action) {
@@ -991,13 +1031,12 @@ async fn forward(
             }
         };
         if deny {
-            state
-                .counts
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(action.clone())
-                .or_default()
-                .requests += 1;
+            {
+                let mut counts = state.counts.lock().unwrap_or_else(|p| p.into_inner());
+                let entry = counts.entry(action.clone()).or_default();
+                entry.requests += 1;
+                entry.log.push((sent, false));
+            }
             let body = format!(
                 "<ErrorResponse xmlns=\"https://autoscaling.amazonaws.com/doc/2011-01-01/\"><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>User: arn:aws:sts::123456789012:assumed-role/worker/i-test is not authorized to perform: autoscaling:{action} (denied by the test proxy)</Message></Error><RequestId>denied-by-test</RequestId></ErrorResponse>"
             );
@@ -1028,6 +1067,7 @@ async fn forward(
         let mut counts = state.counts.lock().unwrap_or_else(|p| p.into_inner());
         let entry = counts.entry(action).or_default();
         entry.requests += 1;
+        entry.log.push((sent, status.is_success()));
         if status.is_success() {
             entry.successes += 1;
             entry.first_success_sent.get_or_insert(sent);
