@@ -5,7 +5,8 @@
 //! (`INIT REPORT` and `REPORT` lines), as Lambda reports them.
 //!
 //! `cargo bench -p smartscale-testworld --bench lambda` (the controller binary next to the
-//! target's profile, else the debug one: build it first). `SMARTSCALE_BENCH_ROUNDS` overrides
+//! target's profile, else the debug one: build it first; `SMARTSCALE_BENCH_CONTROLLER=PATH`
+//! picks another, e.g. target/release/smartscale-controller). `SMARTSCALE_BENCH_ROUNDS` overrides
 //! the number of environments.
 
 use smartscale_testworld::lambda_rie::{
@@ -39,7 +40,10 @@ async fn bench() -> Result<(), Box<dyn std::error::Error>> {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
-    let binary = product_binary("smartscale-controller")?;
+    let binary = match std::env::var_os("SMARTSCALE_BENCH_CONTROLLER") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => product_binary("smartscale-controller")?,
+    };
     let w = World::start(WorldOptions::default()).await?;
     let prom = prometheus_at(40.0, 40.0, 2).await?;
     let text = controller_config_text("e2e", &w.table, &w.asg_name, prom.url(), "");
