@@ -218,7 +218,10 @@ struct Invocation<'a> {
 /// How a cycle ended: its result and how long it took, or cancelled at the soft deadline.
 enum Finished {
     Cycle(Result<Outcome>, Duration),
+    /// Cancelled at the soft deadline, before acting.
     Cancelled,
+    /// An action under way did not finish before the hard deadline.
+    Abandoned,
 }
 
 impl Invocation<'_> {
@@ -334,7 +337,7 @@ impl Invocation<'_> {
         tracing::warn!("soft deadline passed while acting; letting the action finish");
         match tokio::time::timeout_at(b.hard.into(), &mut work).await {
             Ok((outcome, took)) => Finished::Cycle(outcome, took),
-            Err(_) => Finished::Cancelled,
+            Err(_) => Finished::Abandoned,
         }
     }
 
@@ -349,6 +352,14 @@ impl Invocation<'_> {
             Finished::Cycle(o, took) => (o, took, true),
             Finished::Cancelled => {
                 let e = Error::Deadline(cancelled(ctx, &b).await);
+                ctx.metrics.error(e.kind());
+                (Err(e), Duration::ZERO, false)
+            }
+            Finished::Abandoned => {
+                let e = Error::Deadline(format!(
+                    "an action under way did not finish within the function's {:.1}s: its intent is recorded, and the next invocation settles it against AWS before it decides (as a restarted daemon does)",
+                    b.remaining.as_secs_f64()
+                ));
                 ctx.metrics.error(e.kind());
                 (Err(e), Duration::ZERO, false)
             }
