@@ -43,7 +43,7 @@ fn pod(i: usize, node: Option<String>) -> PodSpec {
         name: name.clone(),
     });
     p.node_name = node;
-    if dep % 3 == 0 {
+    if dep.is_multiple_of(3) {
         p.anti_affinity.push(AffinityTerm {
             namespaces: NsSet::one("default"),
             selector: app(&name),
@@ -155,7 +155,7 @@ fn objects(nodes: usize) -> (Vec<Node>, Vec<Pod>) {
                          "containers": [{"name": "c", "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}}}]},
                 "status": {"phase": "Running"}
             });
-            if dep % 3 == 0 {
+            if dep.is_multiple_of(3) {
                 v["spec"]["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
                     {"labelSelector": {"matchLabels": {"app": format!("dep-{dep}")}}, "topologyKey": "kubernetes.io/hostname"}]}});
                 v["spec"]["topologySpreadConstraints"] = json!([{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
