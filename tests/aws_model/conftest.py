@@ -25,7 +25,7 @@ _REGIONS = [
     r for r in boto3.session.Session().get_available_regions("autoscaling") if r != "us-west-1"
 ]
 DEFAULT_ACCOUNT = "123456789012"
-_ACCOUNTS = [DEFAULT_ACCOUNT, "000000000002", "000000000003"]
+_ACCOUNTS = [DEFAULT_ACCOUNT, "000000000002", "000000000003", "000000000004"]
 _next_slot = iter([(region, account) for account in _ACCOUNTS for region in _REGIONS])
 # Control endpoints whose rules outlive a test unless cleared.
 RULE_ENDPOINTS = ("/_smartscale/launch-failures", "/_smartscale/autoscaling-faults",
@@ -223,4 +223,5 @@ def world(server_url):
     yield w
     for path in RULE_ENDPOINTS:  # injected rules are global: never let one leak into the next test
         w.http("DELETE", path)
+    w.http("DELETE", "/_smartscale/prices")  # prices are per region, not per account: back to the defaults
     w.http("POST", "/_smartscale/dynamodb-ttl", {"delay_seconds": 0})

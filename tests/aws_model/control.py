@@ -18,6 +18,7 @@ from werkzeug.wrappers import Request, Response
 
 import asg_model as model
 import ddb_model
+import prices_model
 from rules import RuleBook
 
 _REGIONS = set(boto3.session.Session().get_available_regions("ec2"))
@@ -224,6 +225,51 @@ def next_ip_clear(request: Request) -> Response:
     return _json(200, {"cleared": n})
 
 
+def _price(value, where: str):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not math.isfinite(value) or value <= 0):
+        raise BadRequest(400, f"{where} must be a positive number (USD per hour), or null to remove it")
+    return value
+
+
+def _price_map(value, where: str) -> dict:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
+        raise BadRequest(400, f"{where} must be an object of instance type -> price")
+    return {k: _price(v, f"{where}[{k!r}]") for k, v in value.items()}
+
+
+def _price_region(region: str | None) -> str:
+    if not region:
+        raise BadRequest(400, "\"region\" is required")
+    return _region(region)
+
+
+def prices_get(request: Request) -> Response:
+    return _json(200, prices_model.prices_json(_price_region(request.args.get("region"))))
+
+
+def prices_put(request: Request) -> Response:
+    body = _body(request, {"region": str, "on_demand": dict, "spot": dict, "product_description": str})
+    region = _price_region(body["region"])
+    product = body["product_description"] or prices_model.LINUX
+    if product not in prices_model.PRODUCT_DESCRIPTIONS:
+        choices = ", ".join(prices_model.PRODUCT_DESCRIPTIONS)
+        raise BadRequest(400, f"\"product_description\" must be one of {choices}")
+    on_demand = _price_map(body["on_demand"] or {}, "\"on_demand\"")
+    zones = {z.name for z in prices_model.zones(region)}
+    spot = {}
+    for zone, prices in (body["spot"] or {}).items():
+        if zone not in zones:
+            raise BadRequest(400, f"zone {zone!r} is not an Availability Zone of {region}: {', '.join(sorted(zones))}")
+        spot[zone] = _price_map(prices, f"\"spot\"[{zone!r}]")
+    prices_model.set_prices(region, on_demand, spot, product)
+    return _json(200, prices_model.prices_json(region))
+
+
+def prices_reset(request: Request) -> Response:
+    return _json(200, {"reset": prices_model.reset_changed()})
+
+
 def reset(request: Request) -> Response:
     moto_api_backend.reset()
     wipe()
@@ -233,6 +279,7 @@ def reset(request: Request) -> Response:
 def wipe() -> None:
     model.wipe()
     ddb_model.wipe()
+    prices_model.reset()  # after the clock went back to wall time
 
 
 # ---------------------------------------------------------------- routing
@@ -247,6 +294,7 @@ ROUTES: dict[str, dict[str, Callable]] = {
     "/_smartscale/dynamodb-faults": _rule_routes(lambda: ddb_model.FAULTS, add_dynamodb_fault),
     "/_smartscale/dynamodb-ttl": {"GET": ttl_get, "POST": ttl_set},
     "/_smartscale/next-private-ip": {"GET": next_ip_list, "POST": next_ip_add, "DELETE": next_ip_clear},
+    "/_smartscale/prices": {"GET": prices_get, "PUT": prices_put, "DELETE": prices_reset},
     "/_smartscale/reset": {"POST": reset},
 }
 # /_smartscale/<collection>/<id>[/<verb>]

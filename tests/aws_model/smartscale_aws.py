@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""moto server plus SmartScale's AWS model (Auto Scaling, DynamoDB TTL, faults), on one port.
+"""moto server plus SmartScale's AWS model (Auto Scaling, DynamoDB TTL, faults, prices), on one port.
 
     python tests/aws_model/smartscale_aws.py --host 127.0.0.1 --port 5000
 
 Serves every moto service like `moto_server`, with the Auto Scaling model of
 asg_model.py patched into moto's backend, DynamoDB TTL deletion and injected faults
-(ddb_model.py), and the JSON control endpoints of docs/interfaces.md ("Test world
-control endpoints", control.py) under /_smartscale/.
+(ddb_model.py), EC2 prices (the Price List Query API's GetProducts and
+DescribeSpotPriceHistory, prices_model.py), and the JSON control endpoints of
+docs/interfaces.md ("Test world control endpoints", control.py) under /_smartscale/.
 With --port 0 the first stdout line names the chosen port:
     listening on http://127.0.0.1:PORT
 """
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 import traceback
+from http import HTTPStatus
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,6 +37,7 @@ from werkzeug.wrappers import Request  # noqa: E402
 import asg_model as model  # noqa: E402
 import control  # noqa: E402
 import ddb_model  # noqa: E402
+import prices_model  # noqa: E402
 
 # Services whose requests read or change what the model owns. Others (e.g. SQS long
 # polls) run without the lock so they cannot stall the clock.
@@ -54,6 +57,11 @@ class App:
         if environ.get("PATH_INFO", "").startswith("/_smartscale"):
             with model.LOCK:
                 return control.handle(Request(environ))(environ, start_response)
+        if environ.get("HTTP_X_AMZ_TARGET", "").startswith("AWSPriceListService."):  # moto has no Price List API
+            with model.LOCK:
+                status, headers, body = prices_model.pricing(environ)
+            start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+            return [body]
         app = self.moto.get_application(environ)
         if getattr(app, "service", None) not in LOCKED_SERVICES:
             return app(environ, start_response)
@@ -108,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MOTO_PORT", str(port))  # moto builds some URLs from it
 
     model.install()
+    prices_model.install()
     server = make_server(
         args.host, port, App(), threaded=True, request_handler=MotoRequestHandler, fd=sock.fileno()
     )
