@@ -59,6 +59,19 @@ pub struct NodeInfoLabels {
     pub node_group: String,
 }
 
+/// One worker node's hourly cost, with where its price came from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeCostLabels {
+    pub node: String,
+    pub instance_id: String,
+    pub instance_type: String,
+    pub capacity_type: String,
+    pub zone: String,
+    pub node_group: String,
+    /// `price_list`, `spot_price_history`, `group_price` or `none`.
+    pub price_source: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
     pub service: String,
@@ -101,6 +114,7 @@ pub struct Metrics {
     pub hourly_cost: Family<GroupLabels, FloatGauge>,
     pub node_info: Family<NodeInfoLabels, Gauge>,
     pub node_price: Family<PriceLabels, FloatGauge>,
+    pub node_cost: Family<NodeCostLabels, FloatGauge>,
     pub aws_calls: AwsCalls,
     /// Problems blocking a group's scale-down (no terminate hook, AZRebalance active, ...).
     pub group_problems: Family<GroupLabels, Gauge>,
@@ -137,6 +151,7 @@ impl Metrics {
             hourly_cost: Family::default(),
             node_info: Family::default(),
             node_price: Family::default(),
+            node_cost: Family::default(),
             aws_calls: AwsCalls::default(),
             group_problems: Family::default(),
             group_backoff: Family::default(),
@@ -184,7 +199,7 @@ impl Metrics {
         );
         r.register(
             "estimated_hourly_cost_dollars",
-            "Ready and booting nodes times the group's hourly price",
+            "The group's live instances (booting ones too: they are billed) at their prices",
             m.hourly_cost.clone(),
         );
         r.register(
@@ -194,8 +209,13 @@ impl Metrics {
         );
         r.register(
             "node_hourly_price_dollars",
-            "Configured hourly price per node of a group",
+            "Hourly price of one node of a group by type and lifecycle (looked up, else configured); on-demand for every type seen, the static-fleet baseline",
             m.node_price.clone(),
+        );
+        r.register(
+            "node_hourly_cost_dollars",
+            "Hourly price of each worker node: its type's on-demand price, or the spot price of its zone",
+            m.node_cost.clone(),
         );
         r.register(
             "aws_calls",

@@ -8,6 +8,7 @@ use crate::cycle::{self, Context};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::signals::cluster::ClusterWatch;
+use crate::signals::prices::PriceBook;
 use crate::signals::prometheus::Prometheus;
 use crate::state::{Store, StoreOptions};
 use crate::{Error, Result};
@@ -158,8 +159,15 @@ pub async fn connect(cfg: Config, dry_run: bool, c: Connection<'_>) -> Result<Co
     if let Some(arn) = &cfg.notifications.sns_topic_arn {
         notifier = notifier.with_sns(aws_sdk_sns::Client::new(c.sdk), arn.clone());
     }
+    let prices = PriceBook::new(
+        c.sdk,
+        cfg.prices.lookup,
+        cfg.prices.refresh,
+        metrics.aws_calls.clone(),
+    );
     let mut ctx = Context::new(cfg, prometheus, cluster, actuator, store, metrics);
     ctx.notifier = notifier;
+    ctx.prices = prices;
     Ok(ctx)
 }
 

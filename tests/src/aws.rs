@@ -443,6 +443,14 @@ impl ModelClient {
         self.clear("/_smartscale/next-private-ip", None).await
     }
 
+    /// `PUT /_smartscale/prices`: the region's on-demand prices by instance type and spot prices
+    /// by zone and type, as the Price List API and DescribeSpotPriceHistory will answer them
+    /// (`{"region", "on_demand": {type: $}, "spot": {zone: {type: $}}}`); answers what is set.
+    pub async fn set_prices(&self, prices: &serde_json::Value) -> Result<serde_json::Value> {
+        self.json(self.http.put(self.url("/_smartscale/prices")).json(prices))
+            .await
+    }
+
     /// `GET /_smartscale/health` answered 200.
     pub async fn healthy(&self) -> bool {
         matches!(self.http.get(self.url("/_smartscale/health")).send().await,

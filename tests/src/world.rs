@@ -159,17 +159,22 @@ pub fn node_name(instance: &ModelInstanceDetails) -> String {
 
 impl World {
     pub async fn start(opts: WorldOptions) -> Result<World> {
-        let aws = AwsModel::start().await?;
         let dir = tempfile::Builder::new()
             .prefix("smartscale-world-")
             .tempdir()
             .map_err(|e| Error::io("creating the world's directory", e))?;
-        let plane = ControlPlane::start(ControlPlaneOptions {
-            node_monitor_grace_period: opts.node_monitor_grace_period,
-            dir: Some(dir.path().join("kubernetes")),
-            ..ControlPlaneOptions::default()
-        })
-        .await?;
+        // The AWS model and the control plane start side by side; pods wait until the
+        // controller manager has created the default ServiceAccount (below, after the set-up).
+        let (aws, plane) = tokio::join!(
+            AwsModel::start(),
+            ControlPlane::start(ControlPlaneOptions {
+                node_monitor_grace_period: opts.node_monitor_grace_period,
+                dir: Some(dir.path().join("kubernetes")),
+                wait_for_pods: false,
+                ..ControlPlaneOptions::default()
+            })
+        );
+        let (aws, plane) = (aws?, plane?);
         let k3s = K3sServer::start(
             &plane,
             K3sOptions {
@@ -199,6 +204,7 @@ impl World {
         };
         let controller_kubeconfig = world.kubeconfig();
         world.setup().create(&opts, &controller_kubeconfig).await?;
+        world.plane.wait_for_pods().await?;
         if opts.auto_join {
             world.sync = Some(spawn_instance_sync(InstanceSync {
                 model: world.aws.client().clone(),
@@ -375,8 +381,14 @@ impl World {
                 aws_sdk_autoscaling::error::DisplayErrorContext(e),
             )
         })?;
+        self.follow_group(name);
+        Ok(())
+    }
+
+    /// Joins the instances of group `name` as nodes too, as the world's own group's are (with
+    /// `auto_join`; a group the test created itself, a mixed-instances one, say).
+    pub fn follow_group(&self, name: &str) {
         if self.sync.is_some() {
-            // The world's instance sync follows its own group; follow this one too.
             let handle = spawn_instance_sync(InstanceSync {
                 model: self.aws.client().clone(),
                 k3s: self.k3s.clone(),
@@ -389,7 +401,6 @@ impl World {
             });
             lock(&self.extra_syncs).push(handle);
         }
-        Ok(())
     }
 
     /// (desired capacity, instances) of any group of the world.

@@ -48,6 +48,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub notifications: Notifications,
     pub cloudwatch: CloudWatchConfig,
+    pub prices: PricesConfig,
     pub simulate: SimOptions,
     /// Not wrong, but worth a word at start-up (unknown `SMARTSCALE_*` variables).
     pub warnings: Vec<String>,
@@ -123,6 +124,16 @@ pub struct CloudWatchConfig {
     pub namespace: String,
 }
 
+/// Where workers' prices come from (`crate::signals::prices`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PricesConfig {
+    /// Ask the AWS Price List API (on-demand) and DescribeSpotPriceHistory (spot); `false`
+    /// keeps to each group's `hourly_price`.
+    pub lookup: bool,
+    /// How long a looked-up price is used before it is asked again.
+    pub refresh: Duration,
+}
+
 /// What the config is for: the controller needs its cluster, Prometheus and table; the
 /// digital twin only the policy, node group and `simulate` sections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +201,10 @@ pub(super) fn unreachable_default() -> Config {
         cloudwatch: CloudWatchConfig {
             enabled: false,
             namespace: CLOUDWATCH_NAMESPACE.into(),
+        },
+        prices: PricesConfig {
+            lookup: true,
+            refresh: Duration::from_secs(3600),
         },
         simulate: SimOptions::default(),
         warnings: vec![],

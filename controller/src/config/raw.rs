@@ -23,6 +23,7 @@ pub(super) struct Raw {
     pub(super) api: RawApi,
     pub(super) notifications: RawNotifications,
     pub(super) cloudwatch: RawCloudWatch,
+    pub(super) prices: RawPrices,
     pub(super) simulate: SimOptions,
 }
 
@@ -41,6 +42,7 @@ impl Default for Raw {
             api: RawApi::default(),
             notifications: RawNotifications::default(),
             cloudwatch: RawCloudWatch::default(),
+            prices: RawPrices::default(),
             simulate: SimOptions::default(),
         }
     }
@@ -285,6 +287,22 @@ impl Default for RawCloudWatch {
         RawCloudWatch {
             enabled: false,
             namespace: super::CLOUDWATCH_NAMESPACE.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub(super) struct RawPrices {
+    pub(super) lookup: bool,
+    pub(super) refresh: Dur,
+}
+
+impl Default for RawPrices {
+    fn default() -> Self {
+        RawPrices {
+            lookup: true,
+            refresh: Dur::secs(3600),
         }
     }
 }

@@ -251,3 +251,23 @@ fn sns_and_cloudwatch_are_off_by_default_and_read_when_set() {
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     assert!(c.cloudwatch.enabled);
 }
+
+#[test]
+fn prices_are_looked_up_hourly_by_default_and_a_too_short_refresh_is_refused() {
+    let c = parse("c.yaml", GOOD, &[], Purpose::Controller).unwrap();
+    assert!(c.prices.lookup);
+    assert_eq!(c.prices.refresh, Duration::from_secs(3600));
+    let env = vec![
+        ("SMARTSCALE_PRICES_LOOKUP".to_string(), "false".to_string()),
+        ("SMARTSCALE_PRICES_REFRESH".to_string(), "10m".to_string()),
+    ];
+    let c = parse("c.yaml", GOOD, &env, Purpose::Controller).unwrap();
+    assert!(!c.prices.lookup);
+    assert_eq!(c.prices.refresh, Duration::from_secs(600));
+    let p = problems(&format!("{GOOD}prices: {{refresh: 10s}}\n"));
+    assert!(
+        p.iter()
+            .any(|l| l.starts_with("prices.refresh: 10s is too short")),
+        "{p:?}"
+    );
+}

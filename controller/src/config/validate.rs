@@ -312,6 +312,13 @@ pub(super) fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Confi
             "cloudwatch.namespace: `{namespace}` must be 1–255 printable ASCII characters and not start with `AWS/` (default SmartScale/Autoscaler)"
         ));
     }
+    let refresh = raw.prices.refresh.0;
+    if refresh < Duration::from_secs(60) {
+        p.push(format!(
+            "prices.refresh: {} is too short: spot prices change at most every few minutes and every lookup is an API call; use 1m or more (default 1h)",
+            smartscale_common::duration::format(refresh)
+        ));
+    }
     if raw.notifications.error_threshold < 1 {
         p.push("notifications.error_threshold: must be at least 1".into());
     }
@@ -380,6 +387,10 @@ pub(super) fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Confi
         cloudwatch: CloudWatchConfig {
             enabled: raw.cloudwatch.enabled,
             namespace,
+        },
+        prices: super::PricesConfig {
+            lookup: raw.prices.lookup,
+            refresh: refresh.max(Duration::from_secs(60)),
         },
         simulate: raw.simulate,
         warnings: vec![],

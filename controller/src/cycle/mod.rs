@@ -55,6 +55,8 @@ pub struct Context {
     known_instances: std::sync::Mutex<HashMap<String, Instant>>,
     /// Each instance's lifecycle state at the last look (to see launches end in Pending:Wait).
     last_states: std::sync::Mutex<HashMap<String, String>>,
+    /// The workers' prices, looked up in the background (`signals::prices`).
+    pub prices: crate::signals::prices::PriceBook,
 }
 
 /// Holds the manual-request slot; dropping it frees the slot.
@@ -145,6 +147,7 @@ impl Context {
             safety: std::sync::Mutex::new(HashMap::new()),
             known_instances: std::sync::Mutex::new(HashMap::new()),
             last_states: std::sync::Mutex::new(HashMap::new()),
+            prices: crate::signals::prices::PriceBook::offline(),
         }
     }
 
@@ -336,7 +339,7 @@ async fn cycle(ctx: &Context, record_none: bool) -> Result<Outcome> {
     let cancels = guards::update_backoffs(ctx, &asgs, &mut state, now).await;
     let obs = build_observation(ctx, &prom, &asgs, &snap, &mut state, &safety, now);
     let (decision, memory) = policy::decide(&obs, &state.memory, &ctx.cfg.policy, now);
-    export(ctx, &prom, &obs, &snap, &decision);
+    export(ctx, &prom, &obs, &asgs, &snap, &decision);
     report(ctx, &obs, &snap, &safety).await;
     if !ctx.dry_run() {
         let deleted = guards::collect_ghost_nodes(ctx, &lease, &asgs, &snap).await;

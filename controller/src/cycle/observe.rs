@@ -3,11 +3,12 @@
 use super::Context;
 use crate::actuator::AsgState;
 use crate::metrics::{
-    DecisionLabels, GroupLabels, NodeInfoLabels, NodeLabels, PriceLabels, SignalLabels,
-    TransitionLabels,
+    DecisionLabels, GroupLabels, NodeCostLabels, NodeInfoLabels, NodeLabels, PriceLabels,
+    SignalLabels, TransitionLabels,
 };
 use crate::policy::{Decision, Lifecycle, Observation, Resources};
 use crate::signals::cluster::ClusterSnapshot;
+use crate::signals::prices::Priced;
 use crate::signals::prometheus::PromSignals;
 use crate::state::StoredState;
 use crate::{Error, Result};
@@ -201,6 +202,7 @@ pub(super) fn export(
     ctx: &Context,
     prom: &PromSignals,
     obs: &Observation,
+    asgs: &[AsgState],
     snap: &ClusterSnapshot,
     d: &Decision,
 ) {
@@ -228,6 +230,9 @@ pub(super) fn export(
     m.unhelpable_pods.set(snap.unhelpable.len() as i64);
     m.node_info.clear();
     m.node_price.clear();
+    m.node_cost.clear();
+    let mut wanted = Vec::new();
+    let mut prices_seen = std::collections::HashSet::new();
     for (gi, g) in obs.groups.iter().enumerate() {
         let ids: std::collections::HashSet<&str> =
             g.instances.iter().map(|i| i.id.as_str()).collect();
@@ -261,36 +266,99 @@ pub(super) fn export(
             "in_flight",
             (live - ready).max(0) + (g.desired as i64 - live).max(0),
         );
-        let cfg = &ctx.cfg.node_groups[gi.min(ctx.cfg.node_groups.len() - 1)];
-        let price = cfg.hourly_price.unwrap_or(0.0);
-        m.hourly_cost
-            .get_or_create(&GroupLabels {
-                node_group: g.asg_name.clone(),
-            })
-            .set(price * live as f64);
-        for (n, meta) in snap.nodes.iter().zip(&snap.meta) {
-            let Some(id) = n.instance_id.as_deref().filter(|id| ids.contains(id)) else {
-                continue;
+        let fallback = ctx
+            .cfg
+            .node_groups
+            .get(gi.min(ctx.cfg.node_groups.len().saturating_sub(1)))
+            .and_then(|c| c.hourly_price);
+        // Each instance at its own price: its node's type, zone and lifecycle, or (no node yet)
+        // its type's on-demand price in its zone, the bound until the node says spot.
+        let mut group_cost = 0.0;
+        for inst in g
+            .instances
+            .iter()
+            .filter(|i| matches!(i.lifecycle, Lifecycle::Launching | Lifecycle::InService))
+        {
+            let node = snap
+                .nodes
+                .iter()
+                .zip(&snap.meta)
+                .find(|(n, _)| n.instance_id.as_deref() == Some(inst.id.as_str()));
+            let priced = match node {
+                Some((_, meta)) => {
+                    Priced::new(&meta.instance_type, &meta.zone, &meta.capacity_type)
+                }
+                None => {
+                    let asg = asgs
+                        .iter()
+                        .find(|a| a.name == g.asg_name)
+                        .and_then(|a| a.instances.iter().find(|i| i.id == inst.id));
+                    Priced::new(
+                        asg.map(|a| a.instance_type.as_str()).unwrap_or("unknown"),
+                        asg.map(|a| a.zone.as_str()).unwrap_or("unknown"),
+                        "on-demand",
+                    )
+                }
             };
+            let quote = ctx.prices.quote(&priced, fallback);
+            group_cost += quote.dollars;
+            wanted.push(priced.clone());
+            let Some((n, meta)) = node else { continue };
             m.node_info
                 .get_or_create(&NodeInfoLabels {
                     node: n.name.clone(),
-                    instance_id: id.to_string(),
+                    instance_id: inst.id.clone(),
                     instance_type: meta.instance_type.clone(),
                     capacity_type: meta.capacity_type.clone(),
                     zone: meta.zone.clone(),
                     node_group: g.asg_name.clone(),
                 })
                 .set(1);
-            m.node_price
-                .get_or_create(&PriceLabels {
-                    node_group: g.asg_name.clone(),
+            m.node_cost
+                .get_or_create(&NodeCostLabels {
+                    node: n.name.clone(),
+                    instance_id: inst.id.clone(),
                     instance_type: meta.instance_type.clone(),
                     capacity_type: meta.capacity_type.clone(),
+                    zone: meta.zone.clone(),
+                    node_group: g.asg_name.clone(),
+                    price_source: quote.source.as_str().to_string(),
                 })
-                .set(price);
+                .set(quote.dollars);
+            // The group's price for this type and lifecycle (the dearest zone's, for spot), and
+            // the type's on-demand price: what a static fleet of it would cost.
+            let mut set_price = |capacity_type: &str, dollars: f64| {
+                let gauge = m.node_price.get_or_create(&PriceLabels {
+                    node_group: g.asg_name.clone(),
+                    instance_type: meta.instance_type.clone(),
+                    capacity_type: capacity_type.to_string(),
+                });
+                if prices_seen.insert((
+                    g.asg_name.clone(),
+                    meta.instance_type.clone(),
+                    capacity_type.to_string(),
+                )) {
+                    gauge.set(dollars);
+                } else {
+                    gauge.set(gauge.get().max(dollars));
+                }
+            };
+            set_price(&meta.capacity_type, quote.dollars);
+            if priced.spot {
+                let od = ctx.prices.quote(
+                    &Priced::new(&meta.instance_type, &meta.zone, "on-demand"),
+                    fallback,
+                );
+                set_price("on-demand", od.dollars);
+            }
         }
+        m.hourly_cost
+            .get_or_create(&GroupLabels {
+                node_group: g.asg_name.clone(),
+            })
+            .set(group_cost);
     }
+    ctx.prices.refresh_in_background(wanted);
     m.decisions
         .get_or_create(&DecisionLabels {
             action: d.action.as_str().to_string(),

@@ -63,6 +63,10 @@ pub struct ControlPlaneOptions {
     pub dir: Option<PathBuf>,
     /// The API server's port; a free one if `None`.
     pub api_port: Option<u16>,
+    /// Return only once pods can be created (the `default` ServiceAccount exists, ~5 s after the
+    /// controller manager is healthy). Callers with other set-up to do meanwhile pass `false` and
+    /// call [`ControlPlane::wait_for_pods`] when they need it.
+    pub wait_for_pods: bool,
 }
 
 impl Default for ControlPlaneOptions {
@@ -72,6 +76,7 @@ impl Default for ControlPlaneOptions {
             default_toleration_seconds: 300,
             dir: None,
             api_port: None,
+            wait_for_pods: true,
         }
     }
 }
@@ -196,6 +201,7 @@ impl ControlPlane {
             ChildProcess::spawn("etcd", etcd_cmd, logs.join("etcd.log"))?.with_grace(STOP_GRACE);
         etcd.wait_for_http(&format!("{etcd_url}/health"), READY_TIMEOUT)
             .await?;
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "etcd ready");
 
         // kube-apiserver with K3s's authentication and authorization settings.
         let api_port = match opts.api_port {
@@ -265,6 +271,10 @@ impl ControlPlane {
         let sched_kc = identity("system:kube-scheduler", None, "scheduler.kubeconfig")?;
         let admin = super::client_for(&admin_kc).await?;
         wait_readyz(&admin, &mut apiserver).await?;
+        tracing::debug!(
+            seconds = started.elapsed().as_secs_f64(),
+            "kube-apiserver ready"
+        );
 
         // kube-controller-manager: every controller K3s runs, service-account tokens signed by
         // the world's key, node CIDRs allocated, no leader election (one replica).
@@ -319,27 +329,11 @@ impl ControlPlane {
 
         wait_healthz(&mut controller_manager, kcm_port).await?;
         wait_healthz(&mut scheduler, sched_port).await?;
-        // The service-account controller creates `default` in every namespace; the
-        // ServiceAccount admission plugin refuses pods until it exists.
-        let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "default");
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while sas.get_opt("default").await.ok().flatten().is_none() {
-            controller_manager.check_running()?;
-            if Instant::now() >= deadline {
-                return Err(Error::NotReady {
-                    name: "the default ServiceAccount (kube-controller-manager's serviceaccount controller)".into(),
-                    seconds: READY_TIMEOUT.as_secs(),
-                    log: controller_manager.log_tail(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        tracing::info!(
-            %url,
+        tracing::debug!(
             seconds = started.elapsed().as_secs_f64(),
-            "control plane ready"
+            "controller manager and scheduler healthy"
         );
-        Ok(ControlPlane {
+        let mut plane = ControlPlane {
             url,
             pki,
             dir: dir.to_path_buf(),
@@ -349,7 +343,35 @@ impl ControlPlane {
             apiserver,
             etcd,
             admin,
-        })
+        };
+        if opts.wait_for_pods {
+            plane.wait_for_pods().await?;
+        }
+        tracing::info!(
+            url = %plane.url,
+            seconds = started.elapsed().as_secs_f64(),
+            "control plane ready"
+        );
+        Ok(plane)
+    }
+
+    /// Waits until pods can be created: the service-account controller has created `default` in
+    /// the `default` namespace (the ServiceAccount admission plugin refuses pods until then).
+    pub async fn wait_for_pods(&mut self) -> Result<()> {
+        let sas: Api<ServiceAccount> = Api::namespaced(self.admin.clone(), "default");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while sas.get_opt("default").await.ok().flatten().is_none() {
+            self.controller_manager.check_running()?;
+            if Instant::now() >= deadline {
+                return Err(Error::NotReady {
+                    name: "the default ServiceAccount (kube-controller-manager's serviceaccount controller)".into(),
+                    seconds: READY_TIMEOUT.as_secs(),
+                    log: self.controller_manager.log_tail(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
     }
 
     /// A client with cluster-admin rights (`system:masters`).
