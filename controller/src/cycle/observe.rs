@@ -284,22 +284,26 @@ pub(super) fn export(
                 .iter()
                 .zip(&snap.meta)
                 .find(|(n, _)| n.instance_id.as_deref() == Some(inst.id.as_str()));
-            let priced = match node {
-                Some((_, meta)) => {
-                    Priced::new(&meta.instance_type, &meta.zone, &meta.capacity_type)
-                }
-                None => {
-                    let asg = asgs
-                        .iter()
-                        .find(|a| a.name == g.asg_name)
-                        .and_then(|a| a.instances.iter().find(|i| i.id == inst.id));
-                    Priced::new(
-                        asg.map(|a| a.instance_type.as_str()).unwrap_or("unknown"),
-                        asg.map(|a| a.zone.as_str()).unwrap_or("unknown"),
-                        "on-demand",
-                    )
-                }
-            };
+            // Type and zone as Auto Scaling reports them: K3s's cloud provider labels every
+            // node `node.kubernetes.io/instance-type=k3s`, so the label cannot price it. The
+            // lifecycle comes from the agent's `smartscale.io/capacity-type` label.
+            let asg = asgs
+                .iter()
+                .find(|a| a.name == g.asg_name)
+                .and_then(|a| a.instances.iter().find(|i| i.id == inst.id));
+            let known = |s: &str| !s.is_empty() && s != "unknown";
+            let instance_type = asg
+                .map(|a| a.instance_type.as_str())
+                .filter(|t| known(t))
+                .or(node.map(|(_, m)| m.instance_type.as_str()))
+                .unwrap_or("unknown");
+            let zone = asg
+                .map(|a| a.zone.as_str())
+                .filter(|z| known(z))
+                .or(node.map(|(_, m)| m.zone.as_str()))
+                .unwrap_or("unknown");
+            let capacity_type = node.map_or("on-demand", |(_, m)| m.capacity_type.as_str());
+            let priced = Priced::new(instance_type, zone, capacity_type);
             let quote = ctx.prices.quote(&priced, fallback);
             group_cost += quote.dollars;
             wanted.push(priced.clone());
@@ -308,9 +312,9 @@ pub(super) fn export(
                 .get_or_create(&NodeInfoLabels {
                     node: n.name.clone(),
                     instance_id: inst.id.clone(),
-                    instance_type: meta.instance_type.clone(),
+                    instance_type: priced.instance_type.clone(),
                     capacity_type: meta.capacity_type.clone(),
-                    zone: meta.zone.clone(),
+                    zone: priced.zone.clone(),
                     node_group: g.asg_name.clone(),
                 })
                 .set(1);
@@ -318,9 +322,9 @@ pub(super) fn export(
                 .get_or_create(&NodeCostLabels {
                     node: n.name.clone(),
                     instance_id: inst.id.clone(),
-                    instance_type: meta.instance_type.clone(),
+                    instance_type: priced.instance_type.clone(),
                     capacity_type: meta.capacity_type.clone(),
-                    zone: meta.zone.clone(),
+                    zone: priced.zone.clone(),
                     node_group: g.asg_name.clone(),
                     price_source: quote.source.as_str().to_string(),
                 })
@@ -330,12 +334,12 @@ pub(super) fn export(
             let mut set_price = |capacity_type: &str, dollars: f64| {
                 let gauge = m.node_price.get_or_create(&PriceLabels {
                     node_group: g.asg_name.clone(),
-                    instance_type: meta.instance_type.clone(),
+                    instance_type: priced.instance_type.clone(),
                     capacity_type: capacity_type.to_string(),
                 });
                 if prices_seen.insert((
                     g.asg_name.clone(),
-                    meta.instance_type.clone(),
+                    priced.instance_type.clone(),
                     capacity_type.to_string(),
                 )) {
                     gauge.set(dollars);
@@ -346,7 +350,7 @@ pub(super) fn export(
             set_price(&meta.capacity_type, quote.dollars);
             if priced.spot {
                 let od = ctx.prices.quote(
-                    &Priced::new(&meta.instance_type, &meta.zone, "on-demand"),
+                    &Priced::new(&priced.instance_type, &priced.zone, "on-demand"),
                     fallback,
                 );
                 set_price("on-demand", od.dollars);
