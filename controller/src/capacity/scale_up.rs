@@ -107,6 +107,9 @@ struct Book {
     per_zone: BTreeMap<String, u32>,
     planned: u32,
     seq: usize,
+    /// A node was planned where the balance had a tie: from then on the zones of this group's
+    /// new nodes are AWS's choice, not a prediction.
+    uncertain: bool,
 }
 
 impl Book {
@@ -119,22 +122,38 @@ impl Book {
             per_zone,
             planned: 0,
             seq: 0,
+            uncertain: false,
         }
     }
 
-    /// The zone the ASG launches the next instance in: the one with the fewest (ties: the
-    /// group's zone order).
-    fn next_zone(&self, g: &GroupSpec) -> String {
+    /// The zone the ASG launches the next instance in: the one with the fewest; on a tie the
+    /// first in the group's zone order is assumed, and `true` says it was a tie (AWS decides).
+    fn next_zone(&self, g: &GroupSpec) -> (String, bool) {
         let zones: Vec<&String> = if g.zones.is_empty() {
             self.per_zone.keys().collect()
         } else {
             g.zones.iter().collect()
         };
-        zones
-            .into_iter()
-            .min_by_key(|z| self.per_zone.get(*z).copied().unwrap_or(0))
-            .cloned()
-            .unwrap_or_default()
+        let count = |z: &String| self.per_zone.get(z).copied().unwrap_or(0);
+        let Some(min) = zones.iter().map(|z| count(z)).min() else {
+            return (String::new(), false);
+        };
+        let tied: Vec<&&String> = zones.iter().filter(|z| count(z) == min).collect();
+        (
+            tied.first().map(|z| (**z).clone()).unwrap_or_default(),
+            tied.len() > 1,
+        )
+    }
+
+    /// Whether the zone of the next node is known: no tie now and none before.
+    fn next_zone_certain(&self, g: &GroupSpec) -> bool {
+        !self.uncertain && !self.next_zone(g).1
+    }
+
+    /// Accounts for a node planned in `zone`.
+    fn planned_in(&mut self, zone: &str, tied: bool) {
+        *self.per_zone.entry(zone.to_string()).or_insert(0) += 1;
+        self.uncertain |= tied;
     }
 }
 
@@ -156,41 +175,28 @@ fn zones_of(g: &NodeGroup) -> Vec<String> {
     }
 }
 
-/// Whether a fresh node of `g` could host `pod` in the current snapshot: in one zone of the
-/// group, or, for a pod whose placement depends on the zone in a group spanning several,
-/// in every one of them (the ASG, not SmartScale, picks the zone).
+/// Whether a fresh node of `g` could host `pod` in the current snapshot, in at least one of
+/// the group's zones. (Which zone a new node lands in is the ASG's choice; the estimator
+/// plans a pod that depends on the zone only on nodes whose zone the balance determines.)
 fn hostable(
     snap: &mut Snapshot,
     g: &NodeGroup,
     pod: &Arc<PodSpec>,
 ) -> std::result::Result<(), String> {
-    let zones = zones_of(g);
-    let strict = zones.len() > 1 && pod.zone_sensitive();
     let mut fails = Vec::new();
-    for z in &zones {
+    for z in &zones_of(g) {
         snap.fork();
         let id = add_template_node(snap, &g.template, &format!("probe-{}", g.spec.name), z);
         let r = snap.check(pod, id);
         snap.revert();
         match r {
-            Ok(()) if !strict => return Ok(()),
-            Ok(()) => {}
+            Ok(()) => return Ok(()),
             Err(why) => fails.push(if z.is_empty() {
                 why.to_string()
             } else {
                 format!("in {z}: {why}")
             }),
         }
-    }
-    if fails.is_empty() {
-        return Ok(());
-    }
-    if strict && fails.len() < zones.len() {
-        return Err(format!(
-            "the group spans {} zones and AWS picks the zone; {}",
-            zones.len(),
-            fails.join("; ")
-        ));
     }
     Err(fails.join("; "))
 }
@@ -206,9 +212,13 @@ struct Estimate {
     price: f64,
 }
 
-/// Packs `pods` (largest first, as cluster-autoscaler's binpacking estimator) onto new nodes of
-/// group `gi`, adding a node when no new node so far takes the next pod, up to `room` nodes.
-/// The snapshot keeps what it packed; callers fork around it.
+/// Packs `pods` in the scheduler's queue order (priority, then as listed: the order the
+/// scheduler will place them when the nodes come up, where cluster-autoscaler packs largest
+/// first) onto new nodes of group `gi`, adding a node when no new node so far takes the next
+/// pod, up to `room` nodes. A pod whose placement depends on the zone is planned only on new
+/// nodes whose zone the ASG's balance determines; when it fits only a node whose zone is a
+/// guess it still takes the room there (the scheduler may put it there) without counting as
+/// helped. The snapshot keeps what it packed; callers fork around it.
 fn estimate(
     snap: &mut Snapshot,
     groups: &[NodeGroup],
@@ -218,25 +228,38 @@ fn estimate(
     book: &mut Book,
 ) -> Estimate {
     let g = &groups[gi];
-    let free = g.template.free();
-    let mut order: Vec<&Arc<PodSpec>> = pods.iter().collect();
-    let size = |p: &PodSpec| p.requests.dominant_share(&free);
-    order.sort_by(|a, b| size(b).total_cmp(&size(a)));
     let mut new_nodes: Vec<NodeId> = Vec::new();
+    // New nodes whose zone the ASG's balance determines: the only ones a pod whose placement
+    // depends on the zone may be planned on, in a group spanning several zones.
+    let mut certain: Vec<NodeId> = Vec::new();
+    let multi_zone = g.template.zones.len() > 1;
     let mut names = Vec::new();
     let mut zones = Vec::new();
     let mut helped = Vec::new();
     let mut requested = super::resources::Resources::default();
-    for pod in order {
-        if !new_nodes.is_empty() && snap.place(pod, Some(&new_nodes)).is_ok() {
+    for pod in pods {
+        let sensitive = multi_zone && pod.zone_sensitive();
+        let candidates = if sensitive { &certain } else { &new_nodes };
+        if !candidates.is_empty() && snap.place(pod, Some(candidates)).is_ok() {
             helped.push(pod.key());
             requested.add(&pod.requests);
             continue;
         }
-        if (new_nodes.len() as u32) >= room {
+        if sensitive && new_nodes.len() > certain.len() {
+            let guessed: Vec<NodeId> = new_nodes
+                .iter()
+                .copied()
+                .filter(|n| !certain.contains(n))
+                .collect();
+            if snap.place(pod, Some(&guessed)).is_ok() {
+                continue;
+            }
+        }
+        if (new_nodes.len() as u32) >= room || (sensitive && !book.next_zone_certain(&g.spec)) {
             continue;
         }
-        let zone = book.next_zone(&g.spec);
+        let known = book.next_zone_certain(&g.spec);
+        let (zone, tied) = book.next_zone(&g.spec);
         book.seq += 1;
         let name = format!("new-{}-{}", g.spec.name, book.seq);
         snap.fork();
@@ -245,8 +268,11 @@ fn estimate(
             snap.bind(pod, id);
             snap.commit();
             new_nodes.push(id);
+            if known {
+                certain.push(id);
+            }
             names.push(name);
-            *book.per_zone.entry(zone.clone()).or_insert(0) += 1;
+            book.planned_in(&zone, tied);
             zones.push(zone);
             helped.push(pod.key());
             requested.add(&pod.requests);
@@ -331,11 +357,11 @@ fn plan_in(snap: &mut Snapshot, req: &ScaleUpRequest) -> ScaleUpPlan {
     // Capacity in flight: the nodes each group is already bringing up.
     for (gi, g) in groups.iter().enumerate() {
         for _ in 0..g.spec.upcoming {
-            let zone = books[gi].next_zone(&g.spec);
+            let (zone, tied) = books[gi].next_zone(&g.spec);
             books[gi].seq += 1;
             let name = format!("booting-{}-{}", g.spec.name, books[gi].seq);
             add_template_node(snap, &g.template, &name, &zone);
-            *books[gi].per_zone.entry(zone).or_insert(0) += 1;
+            books[gi].planned_in(&zone, tied);
         }
     }
 
@@ -429,10 +455,17 @@ fn plan_in(snap: &mut Snapshot, req: &ScaleUpRequest) -> ScaleUpPlan {
                     "backing off: its last new nodes did not become Ready in time".to_string()
                 } else if room(&groups[gi], &books[gi]) == 0 {
                     format!("at its maximum of {}", s.max)
+                } else if !out.increases.is_empty() && !out.increases.iter().any(|i| i.group == s.name) {
+                    format!(
+                        "waits for the nodes of {} to come up first (its pods could land on them)",
+                        out.increases.iter().map(|i| i.group.as_str()).collect::<Vec<_>>().join(", ")
+                    )
+                } else if pod.zone_sensitive() && !books[gi].next_zone_certain(s) {
+                    "its next node's zone is AWS's choice (a tie in the zone balance) and the pod depends on the zone".to_string()
                 } else {
                     format!(
                         "its next node (in {}) would not take the pod",
-                        books[gi].next_zone(s)
+                        books[gi].next_zone(s).0
                     )
                 };
                 (s.name.clone(), w)
@@ -466,10 +499,37 @@ fn grow(
     let groups = req.groups;
     let mut placed = false;
     loop {
+        // Groups grown in this plan already. The scheduler does not know which pod a new node
+        // is meant for: a second group grows in the same plan only if none of its pods could
+        // land on the first group's new nodes and none of the first's on its own.
+        let grown: Vec<usize> = out
+            .increases
+            .iter()
+            .filter_map(|i| groups.iter().position(|g| g.spec.name == i.group))
+            .collect();
+        let planned_for: Vec<usize> = (0..remaining.len())
+            .filter(|pi| {
+                !open.contains(pi)
+                    && out
+                        .increases
+                        .iter()
+                        .any(|i| i.pods.contains(&remaining[*pi].key()))
+            })
+            .collect();
         let mut best: Option<Estimate> = None;
         for gi in 0..groups.len() {
             if req.backoff.contains(&groups[gi].spec.name) || room(&groups[gi], &books[gi]) == 0 {
                 continue;
+            }
+            if !grown.is_empty() && !grown.contains(&gi) {
+                let crosses = planned_for.iter().any(|&pi| hosts[pi].contains(&gi))
+                    || open
+                        .iter()
+                        .filter(|&&pi| hosts[pi].contains(&gi))
+                        .any(|&pi| grown.iter().any(|g| hosts[pi].contains(g)));
+                if crosses {
+                    continue;
+                }
             }
             let pods: Vec<Arc<PodSpec>> = open
                 .iter()
@@ -484,6 +544,7 @@ fn grow(
                 per_zone: books[gi].per_zone.clone(),
                 planned: 0,
                 seq: books[gi].seq,
+                uncertain: books[gi].uncertain,
             };
             let e = estimate(
                 snap,

@@ -317,11 +317,11 @@ fn zonal_pods_need_a_group_that_lands_in_their_zone() {
         std::slice::from_ref(&spanning),
         Expander::LeastWaste,
     );
+    // Not unhelpable: once the zones' balance is not a tie, the next node's zone is known.
     assert_eq!(plan.nodes(), 0);
+    assert!(plan.unhelpable.is_empty(), "{plan:?}");
     assert!(
-        plan.unhelpable[0].reasons[0]
-            .1
-            .contains("AWS picks the zone"),
+        plan.blocked[0].reasons[0].1.contains("AWS's choice"),
         "{plan:?}"
     );
     let plan = plan_for(
@@ -427,4 +427,98 @@ fn from_objects_to_a_scale_up_and_a_scale_down() {
     let chosen = down.chosen.unwrap();
     assert_eq!(chosen.node, "n2");
     assert_eq!(chosen.moves[0].to, "n1");
+}
+
+// The ASG, not SmartScale, breaks a tie in its zone balance: a pod whose placement depends on
+// the zone is planned only on a new node whose zone the balance determines.
+#[test]
+fn zone_dependent_pods_wait_for_a_node_whose_zone_is_known() {
+    let mut s = snapshot(vec![], vec![]);
+    let mut spread = cpu("web", 500);
+    spread.spread.push(super::pod::SpreadConstraint {
+        max_skew: 1,
+        topology_key: ZONE.into(),
+        selector: Selector::from_reqs(vec![LabelReq::In("app".into(), ["web".to_string()].into())]),
+        min_domains: 1,
+        honor_node_affinity: true,
+        honor_node_taints: false,
+    });
+    let tied = with_template(group("general", "m5.large", &["a", "b"], 10), &[]);
+    let plan = plan_for(
+        &mut s,
+        std::slice::from_ref(&spread),
+        std::slice::from_ref(&tied),
+        Expander::LeastWaste,
+    );
+    assert_eq!(plan.nodes(), 0, "{plan:?}");
+    assert!(
+        plan.blocked[0].reasons[0].1.contains("AWS's choice"),
+        "{plan:?}"
+    );
+    // A zone-independent pod is fine on the same node.
+    let plain = plan_for(
+        &mut s,
+        &[cpu("plain", 500)],
+        std::slice::from_ref(&tied),
+        Expander::LeastWaste,
+    );
+    assert_eq!(plain.nodes(), 1);
+
+    let mut known = group("general", "m5.large", &["a", "b"], 10);
+    known.instances_per_zone.insert("a".into(), 1);
+    let plan = plan_for(
+        &mut s,
+        &[spread],
+        &[with_template(known, &[])],
+        Expander::LeastWaste,
+    );
+    assert_eq!(plan.increases[0].zones, vec!["b".to_string()]);
+}
+
+// The scheduler does not know which pod a new node is for: a second group grows in the same
+// plan only for pods the first group's nodes could not take (and the other way round).
+#[test]
+fn a_second_group_grows_only_for_pods_the_first_ones_nodes_cannot_take() {
+    let mut s = snapshot(vec![], vec![]);
+    let a = with_template(group("a", "m5.large", &["z1"], 10), &[]);
+    let mut b_spec = group("b", "m5.large", &["z1"], 10);
+    b_spec.tags.insert(format!("{TAG_LABEL}disk"), "ssd".into());
+    b_spec.priority = 1;
+    let b = with_template(b_spec, &[]);
+    // `any` fits both groups, `ssd` only b.
+    let mut ssd = cpu("ssd", 1900);
+    ssd.node_selector.insert("disk".into(), "ssd".into());
+    let plan = plan_for(
+        &mut s,
+        &[cpu("any", 1900), ssd.clone()],
+        &[a.clone(), b.clone()],
+        Expander::LeastWaste,
+    );
+    assert_eq!(plan.nodes(), 2, "{plan:?}");
+    assert_eq!(plan.increases.len(), 1, "b takes both: {plan:?}");
+    // With b preferred for `any` too, or a for it, only one group grows at a time.
+    let mut tainted = group("c", "m5.large", &["z1"], 10);
+    tainted
+        .tags
+        .insert(format!("{TAG_TAINT}dedicated"), "c:NoSchedule".into());
+    let mut only_c = cpu("only-c", 1900);
+    only_c
+        .tolerations
+        .push(Toleration::exists("dedicated", "NoSchedule"));
+    only_c
+        .node_selector
+        .insert("kubernetes.io/os".into(), "linux".into());
+    let plan = plan_for(
+        &mut s,
+        &[cpu("plain", 1900), only_c],
+        &[a, with_template(tainted, &[])],
+        Expander::LeastWaste,
+    );
+    // `only-c` tolerates c's taint but also fits a: the groups overlap, one grows.
+    assert_eq!(plan.increases.len(), 1, "{plan:?}");
+    assert_eq!(
+        plan.blocked.len() + plan.increases[0].pods.len(),
+        2,
+        "{plan:?}"
+    );
 }
