@@ -233,6 +233,12 @@ pub(super) fn export(
     m.node_cost.clear();
     let mut wanted = Vec::new();
     let mut prices_seen = std::collections::HashSet::new();
+    let node_of: std::collections::HashMap<&str, _> = snap
+        .nodes
+        .iter()
+        .zip(&snap.meta)
+        .filter_map(|(n, meta)| Some((n.instance_id.as_deref()?, (n, meta))))
+        .collect();
     for (gi, g) in obs.groups.iter().enumerate() {
         let ids: std::collections::HashSet<&str> =
             g.instances.iter().map(|i| i.id.as_str()).collect();
@@ -271,26 +277,20 @@ pub(super) fn export(
             .node_groups
             .get(gi.min(ctx.cfg.node_groups.len().saturating_sub(1)))
             .and_then(|c| c.hourly_price);
-        // Each instance at its own price: its node's type, zone and lifecycle, or (no node yet)
-        // its type's on-demand price in its zone, the bound until the node says spot.
+        // Each instance at its own price: its type and zone, spot or on-demand as its node says
+        // (no node yet: on-demand, the bound until the node says spot).
+        let asg = asgs.iter().find(|a| a.name == g.asg_name);
         let mut group_cost = 0.0;
         for inst in g
             .instances
             .iter()
             .filter(|i| matches!(i.lifecycle, Lifecycle::Launching | Lifecycle::InService))
         {
-            let node = snap
-                .nodes
-                .iter()
-                .zip(&snap.meta)
-                .find(|(n, _)| n.instance_id.as_deref() == Some(inst.id.as_str()));
+            let node = node_of.get(inst.id.as_str()).copied();
             // Type and zone as Auto Scaling reports them: K3s's cloud provider labels every
             // node `node.kubernetes.io/instance-type=k3s`, so the label cannot price it. The
             // lifecycle comes from the agent's `smartscale.io/capacity-type` label.
-            let asg = asgs
-                .iter()
-                .find(|a| a.name == g.asg_name)
-                .and_then(|a| a.instances.iter().find(|i| i.id == inst.id));
+            let asg = asg.and_then(|a| a.instances.iter().find(|i| i.id == inst.id));
             let known = |s: &str| !s.is_empty() && s != "unknown";
             let instance_type = asg
                 .map(|a| a.instance_type.as_str())

@@ -143,27 +143,21 @@ impl PriceBook {
                     calls,
                 }
             });
+        PriceBook::with(lookup, refresh)
+    }
+
+    /// Configured prices only.
+    pub fn offline() -> PriceBook {
+        PriceBook::with(None, Duration::from_secs(3600))
+    }
+
+    fn with(lookup: Option<Lookup>, refresh: Duration) -> PriceBook {
         PriceBook(Arc::new(Inner {
             lookup,
             refresh,
             cache: Mutex::new(Cache::default()),
             running: AtomicBool::new(false),
         }))
-    }
-
-    /// Configured prices only.
-    pub fn offline() -> PriceBook {
-        PriceBook(Arc::new(Inner {
-            lookup: None,
-            refresh: Duration::from_secs(3600),
-            cache: Mutex::new(Cache::default()),
-            running: AtomicBool::new(false),
-        }))
-    }
-
-    /// Whether a lookup is running in the background now.
-    pub fn looking_up(&self) -> bool {
-        self.0.running.load(Ordering::Acquire)
     }
 
     /// The price of one `what`: the looked-up one, else `fallback` (the group's configured price).
@@ -193,14 +187,6 @@ impl PriceBook {
                 source: PriceSource::Unknown,
             },
         }
-    }
-
-    /// The looked-up on-demand price of a type, if any (a static fleet's baseline).
-    pub fn on_demand(&self, instance_type: &str) -> Option<f64> {
-        self.cache()
-            .on_demand
-            .get(instance_type)
-            .and_then(|e| e.price)
     }
 
     /// Starts a background lookup of what in `wanted` is missing or stale (on-demand prices of
@@ -462,15 +448,6 @@ async fn spot_prices(
 mod tests {
     use super::*;
 
-    fn book_with(refresh: Duration) -> PriceBook {
-        PriceBook(Arc::new(Inner {
-            lookup: None,
-            refresh,
-            cache: Mutex::new(Cache::default()),
-            running: AtomicBool::new(false),
-        }))
-    }
-
     const DOC: &str = r#"{"product":{"productFamily":"Compute Instance","attributes":{"instanceType":"m5.large"}},
         "terms":{"OnDemand":{"X.JRTCKXETXF":{"priceDimensions":{"X.JRTCKXETXF.6YS6EN2CT7":
         {"unit":"Hrs","pricePerUnit":{"USD":"0.0960000000"}}}}},
@@ -522,7 +499,7 @@ mod tests {
 
     #[test]
     fn spot_is_priced_per_zone_and_on_demand_per_type() {
-        let b = book_with(Duration::from_secs(3600));
+        let b = PriceBook::with(None, Duration::from_secs(3600));
         let now = Instant::now();
         {
             let mut c = b.cache();
@@ -556,7 +533,7 @@ mod tests {
     #[test]
     fn prices_are_looked_up_again_once_stale_and_failures_sooner() {
         let refresh = Duration::from_secs(3600);
-        let b = book_with(refresh);
+        let b = PriceBook::with(None, refresh);
         let t0 = Instant::now();
         let wanted = || {
             vec![
