@@ -1,12 +1,14 @@
 //! What each worker costs per hour: on-demand prices from the AWS Price List API (`GetProducts`,
 //! served from us-east-1), spot prices from EC2's `DescribeSpotPriceHistory` per instance type and
 //! zone. Looked up in the background and cached (`prices.refresh`), so a slow or unreachable
-//! pricing endpoint never delays a decision; until a lookup lands, or where it failed, the group's
-//! configured `hourly_price` applies and the metric's `price_source` says so.
+//! pricing endpoint never delays a decision. A failed lookup keeps the last price it found and is
+//! tried again after [`RETRY_AFTER_FAILURE`]; until a lookup lands, or where none ever found a price,
+//! the group's configured `hourly_price` applies and the metric's `price_source` says so.
 
 use crate::metrics::AwsCalls;
 use aws_sdk_pricing::types::{Filter, FilterType};
 use std::collections::{BTreeSet, HashMap};
+use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -74,22 +76,60 @@ impl Priced {
     }
 }
 
-/// A looked-up price: `None` when the lookup failed or AWS had none.
+/// A looked-up price: `None` when AWS had none or no lookup has found one yet.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     price: Option<f64>,
+    /// When it was last looked up, successfully or not.
     at: Instant,
+    /// The last lookup failed: `price` is the one found before, if any.
+    failed: bool,
 }
 
 impl Entry {
     /// Whether it is due for another lookup at `now`.
     fn stale(&self, now: Instant, refresh: Duration) -> bool {
-        let ttl = if self.price.is_some() {
+        let ttl = if self.price.is_some() && !self.failed {
             refresh
         } else {
             RETRY_AFTER_FAILURE.min(refresh)
         };
         now.duration_since(self.at) >= ttl
+    }
+}
+
+/// A lookup that failed (an error or the timeout), as opposed to one that found no price.
+#[derive(Debug, Clone, Copy)]
+struct Failed;
+
+/// Records under `key` what a lookup at `now` answered: the price (`None` when AWS has none) or,
+/// when it failed, the last known price kept and the entry due again after [`RETRY_AFTER_FAILURE`].
+fn record<K: Eq + Hash>(
+    entries: &mut HashMap<K, Entry>,
+    key: K,
+    looked: Result<Option<f64>, Failed>,
+    now: Instant,
+) {
+    match looked {
+        Ok(price) => {
+            entries.insert(
+                key,
+                Entry {
+                    price,
+                    at: now,
+                    failed: false,
+                },
+            );
+        }
+        Err(Failed) => {
+            let entry = entries.entry(key).or_insert(Entry {
+                price: None,
+                at: now,
+                failed: true,
+            });
+            entry.at = now;
+            entry.failed = true;
+        }
     }
 }
 
@@ -202,14 +242,15 @@ impl PriceBook {
         let book = self.clone();
         let span = tracing::info_span!("prices", wanted = due.len());
         let task = async move {
+            let started = Instant::now();
             match tokio::time::timeout(LOOKUP_TIMEOUT, book.look_up(&lookup, &due)).await {
                 Ok(()) => {}
                 Err(_) => {
                     tracing::warn!(
                         seconds = LOOKUP_TIMEOUT.as_secs(),
-                        "price lookup timed out; configured prices apply meanwhile"
+                        "price lookup timed out; the last known prices, else the configured ones, apply meanwhile"
                     );
-                    book.store_failed(&due, Instant::now());
+                    book.store_failed(&due, started, Instant::now());
                 }
             }
             book.0.running.store(false, Ordering::Release);
@@ -249,68 +290,83 @@ impl PriceBook {
 
     async fn look_up(&self, lookup: &Lookup, due: &[Priced]) {
         for p in due.iter().filter(|p| !p.spot) {
-            let price = match on_demand_price(lookup, &p.instance_type).await {
-                Ok(Some(price)) => Some(price),
+            let looked = match on_demand_price(lookup, &p.instance_type).await {
+                Ok(Some(price)) => Ok(Some(price)),
                 Ok(None) => {
                     tracing::warn!(
                         instance_type = %p.instance_type,
                         region = %lookup.region,
                         "the Price List API has no Linux on-demand price for this type; the group's hourly_price applies"
                     );
-                    None
+                    Ok(None)
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, instance_type = %p.instance_type, "on-demand price lookup failed; the group's hourly_price applies");
-                    None
+                    tracing::warn!(error = %e, instance_type = %p.instance_type, "on-demand price lookup failed; the last known price, else the group's hourly_price, applies");
+                    Err(Failed)
                 }
             };
-            let mut cache = self.cache();
-            cache.on_demand.insert(
-                p.instance_type.clone(),
-                Entry {
-                    price,
-                    at: Instant::now(),
-                },
-            );
+            self.store_on_demand(&p.instance_type, looked, Instant::now());
         }
         let spot: Vec<&Priced> = due.iter().filter(|p| p.spot).collect();
         if spot.is_empty() {
             return;
         }
         let types: BTreeSet<String> = spot.iter().map(|p| p.instance_type.clone()).collect();
-        let found = match spot_prices(lookup, &types).await {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::warn!(error = %e, "spot price lookup failed; the group's hourly_price applies");
-                HashMap::new()
-            }
-        };
-        let now = Instant::now();
+        let found = spot_prices(lookup, &types).await.map_err(|e| {
+            tracing::warn!(error = %e, "spot price lookup failed; the last known prices, else the group's hourly_price, apply");
+            Failed
+        });
+        self.store_spot(&spot, found.as_ref().map_err(|f| *f), Instant::now());
+    }
+
+    /// Records the answer of the on-demand lookup of `instance_type` at `now`.
+    fn store_on_demand(
+        &self,
+        instance_type: &str,
+        looked: Result<Option<f64>, Failed>,
+        now: Instant,
+    ) {
+        record(
+            &mut self.cache().on_demand,
+            instance_type.to_string(),
+            looked,
+            now,
+        );
+    }
+
+    /// Records the answer of the spot lookup of `spot` at `now`: a zone it did not answer has no price.
+    fn store_spot(
+        &self,
+        spot: &[&Priced],
+        found: Result<&HashMap<(String, String), f64>, Failed>,
+        now: Instant,
+    ) {
         let mut cache = self.cache();
         for p in spot {
             let key = (p.instance_type.clone(), p.zone.clone());
-            let price = found.get(&key).copied();
-            cache.spot.insert(key, Entry { price, at: now });
+            let looked = found.map(|found| found.get(&key).copied());
+            record(&mut cache.spot, key, looked, now);
         }
     }
 
-    fn store_failed(&self, due: &[Priced], now: Instant) {
+    /// Records at `now` that the lookup of `due`, begun at `started`, timed out: what it stored
+    /// before then stays as stored.
+    fn store_failed(&self, due: &[Priced], started: Instant, now: Instant) {
         let mut cache = self.cache();
-        let failed = Entry {
-            price: None,
-            at: now,
-        };
+        let unanswered = |e: Option<&Entry>| e.is_none_or(|e| e.at < started);
         for p in due {
             if p.spot {
-                cache
-                    .spot
-                    .entry((p.instance_type.clone(), p.zone.clone()))
-                    .or_insert(failed);
-            } else {
-                cache
-                    .on_demand
-                    .entry(p.instance_type.clone())
-                    .or_insert(failed);
+                let key = (p.instance_type.clone(), p.zone.clone());
+                if unanswered(cache.spot.get(&key)) {
+                    record(&mut cache.spot, key, Err(Failed), now);
+                }
+            } else if unanswered(cache.on_demand.get(&p.instance_type)) {
+                record(
+                    &mut cache.on_demand,
+                    p.instance_type.clone(),
+                    Err(Failed),
+                    now,
+                );
             }
         }
     }
@@ -508,6 +564,7 @@ mod tests {
                 Entry {
                     price: Some(0.096),
                     at: now,
+                    failed: false,
                 },
             );
             c.spot.insert(
@@ -515,6 +572,7 @@ mod tests {
                 Entry {
                     price: Some(0.03),
                     at: now,
+                    failed: false,
                 },
             );
         }
@@ -552,6 +610,7 @@ mod tests {
                     Entry {
                         price: Some(0.1),
                         at: t0,
+                        failed: false,
                     },
                 );
             }
@@ -560,6 +619,7 @@ mod tests {
                 Entry {
                     price: None,
                     at: t0,
+                    failed: true,
                 },
             );
         }
@@ -572,5 +632,133 @@ mod tests {
             "{due:?}"
         );
         assert_eq!(b.due(wanted(), t0 + refresh).len(), 3);
+    }
+
+    const REFRESH: Duration = Duration::from_secs(3600);
+
+    fn m5_on_demand() -> Priced {
+        Priced::new("m5.large", "", "on-demand")
+    }
+
+    fn m5_spot() -> Priced {
+        Priced::new("m5.large", "us-east-1a", "spot")
+    }
+
+    /// A book that looked up m5.large's on-demand (0.096) and zone-a spot (0.03) prices at `at`.
+    fn book_that_knew_m5_at(at: Instant) -> PriceBook {
+        let b = PriceBook::with(None, REFRESH);
+        b.store_on_demand("m5.large", Ok(Some(0.096)), at);
+        let found = HashMap::from([(("m5.large".into(), "us-east-1a".into()), 0.03)]);
+        b.store_spot(&[&m5_spot()], Ok(&found), at);
+        b
+    }
+
+    fn known_m5_quotes_are_kept(b: &PriceBook) {
+        assert_eq!(
+            b.quote(&m5_on_demand(), Some(0.5)),
+            Quote {
+                dollars: 0.096,
+                source: PriceSource::PriceList
+            }
+        );
+        assert_eq!(
+            b.quote(&m5_spot(), Some(0.5)),
+            Quote {
+                dollars: 0.03,
+                source: PriceSource::SpotPriceHistory
+            }
+        );
+    }
+
+    #[test]
+    fn a_failed_refresh_keeps_the_last_known_price_and_its_source() {
+        let t0 = Instant::now();
+        let t1 = t0 + REFRESH;
+        // The lookup answered with an error.
+        let b = book_that_knew_m5_at(t0);
+        b.store_on_demand("m5.large", Err(Failed), t1);
+        b.store_spot(&[&m5_spot()], Err(Failed), t1);
+        known_m5_quotes_are_kept(&b);
+        // The lookup timed out.
+        let b = book_that_knew_m5_at(t0);
+        b.store_failed(&b.due([m5_spot()], t1), t1, t1 + LOOKUP_TIMEOUT);
+        known_m5_quotes_are_kept(&b);
+        // Kept, but retried after RETRY_AFTER_FAILURE, not after a whole refresh interval.
+        let retry = t1 + LOOKUP_TIMEOUT + RETRY_AFTER_FAILURE;
+        assert_eq!(b.due([m5_spot()], retry).len(), 2);
+        // A later answer replaces it and is kept for the refresh interval again.
+        b.store_on_demand("m5.large", Ok(Some(0.1)), retry);
+        assert_eq!(b.quote(&m5_on_demand(), None).dollars, 0.1);
+        assert!(
+            !b.due([m5_on_demand()], retry + RETRY_AFTER_FAILURE)
+                .contains(&m5_on_demand())
+        );
+    }
+
+    #[test]
+    fn a_failed_lookup_of_a_stale_entry_is_retried_only_after_the_retry_delay() {
+        let t0 = Instant::now();
+        let b = book_that_knew_m5_at(t0);
+        // An entry that failed before and is due again too.
+        b.store_on_demand("c5.large", Err(Failed), t0);
+        let wanted = || [m5_spot(), Priced::new("c5.large", "", "on-demand")];
+        let started = t0 + REFRESH;
+        let due = b.due(wanted(), started);
+        assert_eq!(due.len(), 3, "{due:?}");
+        let failed_at = started + LOOKUP_TIMEOUT;
+        b.store_failed(&due, started, failed_at);
+        let just_before = failed_at + RETRY_AFTER_FAILURE - Duration::from_secs(1);
+        assert!(b.due(wanted(), failed_at).is_empty());
+        assert!(b.due(wanted(), just_before).is_empty());
+        assert_eq!(b.due(wanted(), failed_at + RETRY_AFTER_FAILURE), due);
+        // The same through an error answer rather than the timeout.
+        let b = book_that_knew_m5_at(t0);
+        b.store_on_demand("m5.large", Err(Failed), started);
+        assert!(
+            b.due([m5_on_demand()], just_before - LOOKUP_TIMEOUT)
+                .is_empty()
+        );
+        assert_eq!(
+            b.due([m5_on_demand()], started + RETRY_AFTER_FAILURE),
+            vec![m5_on_demand()]
+        );
+    }
+
+    #[test]
+    fn a_failed_lookup_of_a_never_known_price_falls_back_and_is_retried_after_the_delay() {
+        let t0 = Instant::now();
+        let failed_at = t0 + LOOKUP_TIMEOUT;
+        let b = PriceBook::with(None, REFRESH);
+        b.store_on_demand("m5.large", Err(Failed), failed_at);
+        b.store_failed(&[m5_spot()], t0, failed_at);
+        for what in [m5_on_demand(), m5_spot()] {
+            assert_eq!(
+                b.quote(&what, Some(0.5)),
+                Quote {
+                    dollars: 0.5,
+                    source: PriceSource::GroupPrice
+                }
+            );
+            assert_eq!(b.quote(&what, None).source, PriceSource::Unknown);
+        }
+        let retry = failed_at + RETRY_AFTER_FAILURE;
+        assert!(
+            b.due([m5_spot()], retry - Duration::from_secs(1))
+                .is_empty()
+        );
+        assert_eq!(b.due([m5_spot()], retry).len(), 2);
+    }
+
+    #[test]
+    fn a_timeout_leaves_what_the_lookup_stored_before_it_alone() {
+        let t0 = Instant::now();
+        let b = PriceBook::with(None, REFRESH);
+        let due = b.due([m5_spot()], t0);
+        // The on-demand price landed; the spot lookup then ran out of time.
+        b.store_on_demand("m5.large", Ok(Some(0.096)), t0 + Duration::from_secs(1));
+        b.store_failed(&due, t0, t0 + LOOKUP_TIMEOUT);
+        let retry = t0 + LOOKUP_TIMEOUT + RETRY_AFTER_FAILURE;
+        assert_eq!(b.due([m5_spot()], retry), vec![m5_spot()]);
+        assert_eq!(b.quote(&m5_on_demand(), None).dollars, 0.096);
     }
 }
