@@ -19,7 +19,7 @@ use aws_sdk_autoscaling::types::{LaunchTemplateSpecification, LifecycleHookSpeci
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
 };
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -614,6 +614,59 @@ impl World {
             .await
             .map_err(|e| sdk_err(&format!("creating pod {name}"), e))?;
         Ok(())
+    }
+
+    /// A replicated pod on `node`: a pod bound there (labels `app=<name>`), then a one-replica
+    /// ReplicaSet that adopts it (the real ReplicaSet controller adopts orphans its selector
+    /// matches). Waits for the adoption: then the pod is one a drain may move (a controller
+    /// recreates it wherever the scheduler likes), unlike a bare pod, which nothing recreates.
+    pub async fn create_replica(
+        &self,
+        name: &str,
+        cpu: &str,
+        memory: &str,
+        node: &str,
+    ) -> Result<()> {
+        let spec = json!({
+            "containers": [{"name": "app", "image": "nginx", "resources": {"requests": {"cpu": cpu, "memory": memory}}}],
+            "terminationGracePeriodSeconds": 0
+        });
+        let mut bound = spec.clone();
+        bound["nodeName"] = json!(node);
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+            "spec": bound
+        }))
+        .map_err(|e| sdk_err("pod JSON", e))?;
+        let pods = Api::<Pod>::namespaced(self.kube.clone(), "default");
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .map_err(|e| sdk_err(&format!("creating pod {name}"), e))?;
+        let rs: ReplicaSet = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}}, "spec": spec}}
+        }))
+        .map_err(|e| sdk_err("replicaset JSON", e))?;
+        Api::<ReplicaSet>::namespaced(self.kube.clone(), "default")
+            .create(&PostParams::default(), &rs)
+            .await
+            .map_err(|e| sdk_err(&format!("creating replicaset {name}"), e))?;
+        poll_until(
+            &format!("pod {name} adopted by its ReplicaSet"),
+            Duration::from_secs(30),
+            || async {
+                let p = pods
+                    .get(name)
+                    .await
+                    .map_err(|e| sdk_err("reading pod", e))?;
+                Ok(p.metadata
+                    .owner_references
+                    .is_some_and(|o| o.iter().any(|r| r.kind == "ReplicaSet"))
+                    .then_some(()))
+            },
+        )
+        .await
     }
 
     /// Creates a Deployment in `default` whose pods request `cpu`/`memory`; the real ReplicaSet

@@ -205,6 +205,18 @@ async fn the_controllers_service_account_gets_only_what_the_shipped_rbac_grants(
     };
     assert_eq!(can_i("watch", "pods"), "yes");
     assert_eq!(can_i("list", "poddisruptionbudgets.policy"), "yes");
+    // What the capacity model reads, and its events on pods no new node would help.
+    for kind in [
+        "persistentvolumes",
+        "persistentvolumeclaims",
+        "storageclasses.storage.k8s.io",
+        "daemonsets.apps",
+        "namespaces",
+    ] {
+        assert_eq!(can_i("watch", kind), "yes", "watch {kind}");
+    }
+    assert_eq!(can_i("create", "events.events.k8s.io"), "yes");
+    assert_eq!(can_i("delete", "persistentvolumes"), "no");
     assert_eq!(can_i("update", "nodes"), "no");
     assert_eq!(can_i("delete", "nodes"), "yes");
     assert_eq!(can_i("delete", "pods"), "no");

@@ -151,7 +151,8 @@ async fn scale_up_is_clamped_by_max() {
             (Some("scale_up"), Some(3)),
             "{d}"
         );
-        assert!(reasons(&d).contains("clamped to max 3"), "{d}");
+        // The pods the third node cannot take are named, with the group's maximum as why.
+        assert!(reasons(&d).contains("at its maximum of 3"), "{d}");
     })
     .await
     .expect("test timed out");
@@ -239,13 +240,13 @@ async fn low_load_removes_the_least_utilised_eligible_worker_through_the_termina
         .await;
         let workers = worker_names(&w).await;
         // a: busy (1.2 CPU); b: lightest (0.1) but annotated scale-down-disabled; c: 0.3.
-        w.create_pod("a1", "1200m", "1Gi", Some(&workers[0]), json!({}))
+        w.create_replica("a1", "1200m", "1Gi", &workers[0])
             .await
             .unwrap();
-        w.create_pod("b1", "100m", "128Mi", Some(&workers[1]), json!({}))
+        w.create_replica("b1", "100m", "128Mi", &workers[1])
             .await
             .unwrap();
-        w.create_pod("c1", "300m", "256Mi", Some(&workers[2]), json!({}))
+        w.create_replica("c1", "300m", "256Mi", &workers[2])
             .await
             .unwrap();
         annotate(&w, &workers[1], "smartscale.io/scale-down-disabled", "true").await;
@@ -302,15 +303,15 @@ async fn nothing_is_removed_while_its_pods_would_not_fit_elsewhere() {
         )
         .await;
         let workers = worker_names(&w).await;
-        w.create_pod("a1", "1500m", "1Gi", Some(&workers[0]), json!({}))
+        w.create_replica("a1", "1500m", "1Gi", &workers[0])
             .await
             .unwrap();
-        w.create_pod("b1", "1500m", "1Gi", Some(&workers[1]), json!({}))
+        w.create_replica("b1", "1500m", "1Gi", &workers[1])
             .await
             .unwrap();
         let d = once(&w, &cfg, &[]).await;
         assert_eq!(d["action"], "none", "{d}");
-        assert!(reasons(&d).contains("would not fit elsewhere"), "{d}");
+        assert!(reasons(&d).contains("has no other place"), "{d}");
         assert!(
             w.activities()
                 .await

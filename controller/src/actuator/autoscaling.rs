@@ -44,6 +44,12 @@ pub struct AsgState {
     /// Suspended processes (`AZRebalance`, `Launch`, ...).
     pub suspended: Vec<String>,
     pub new_instances_protected: bool,
+    /// The zones of the group's subnets.
+    pub zones: Vec<String>,
+    /// The group's tags (cluster-autoscaler's node-template tags among them).
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// A mixed-instances policy's instance types (empty for a plain launch template).
+    pub instance_types: Vec<String>,
 }
 
 /// What the controller found wrong with a group and could not fix; each blocks scale-down of
@@ -155,6 +161,22 @@ impl Actuator {
                     .filter_map(|p| p.process_name().map(str::to_string))
                     .collect(),
                 new_instances_protected: g.new_instances_protected_from_scale_in().unwrap_or(false),
+                zones: g.availability_zones().to_vec(),
+                tags: g
+                    .tags()
+                    .iter()
+                    .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+                    .collect(),
+                instance_types: g
+                    .mixed_instances_policy()
+                    .and_then(|m| m.launch_template())
+                    .map(|lt| {
+                        lt.overrides()
+                            .iter()
+                            .filter_map(|o| o.instance_type().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             });
         }
         let missing: Vec<&String> = names

@@ -11,6 +11,7 @@
 //! Dry-run reads but never writes.
 
 mod autoscaling;
+mod events;
 mod fence_window;
 mod instances;
 mod nodes;
@@ -30,6 +31,10 @@ pub struct Actuator {
     kube: kube::Client,
     dry_run: bool,
     calls: AwsCalls,
+    /// Events on pods no new node would help (`events`).
+    events: kube::runtime::events::Recorder,
+    /// When each pod's last such event went out.
+    events_sent: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl Actuator {
@@ -51,6 +56,14 @@ impl Actuator {
             autoscaling: aws_sdk_autoscaling::Client::from_conf(config),
             fence_window,
             ec2: aws_sdk_ec2::Client::new(sdk),
+            events: kube::runtime::events::Recorder::new(
+                kube.clone(),
+                kube::runtime::events::Reporter {
+                    controller: "smartscale-controller".into(),
+                    instance: std::env::var("HOSTNAME").ok(),
+                },
+            ),
+            events_sent: Default::default(),
             kube,
             dry_run,
             calls,

@@ -84,6 +84,7 @@ pub async fn run_manual(
         let (prom, asgs, snap) = observe(ctx).await?;
         let safety = super::guards::secure_groups(ctx, &asgs).await;
         let mut obs = build_observation(ctx, &prom, &asgs, &snap, &mut state, &safety, now);
+        let mut capacity = super::capacity_model(ctx, &asgs, &snap);
         let g = obs.groups[gi].clone();
         let reason = format!("manual: {}", req.reason);
         let (to, victims) = match req.action {
@@ -91,9 +92,12 @@ pub async fn run_manual(
             _ => {
                 let mut victims = Vec::new();
                 for _ in 0..req.count {
-                    match policy::victim::choose(&obs) {
+                    match policy::victim::choose(&obs, capacity.as_mut()) {
                         Ok(c) if c.group == gi => {
                             policy::victim::remove(&mut obs, &c.victim.node);
+                            if let Some(m) = capacity.as_mut() {
+                                m.remove(&c.victim.node);
+                            }
                             obs.groups[gi].desired -= 1;
                             victims.push(c.victim);
                         }
@@ -120,6 +124,7 @@ pub async fn run_manual(
             replace: vec![],
             in_flight: 0,
             reasons: vec![reason.clone()],
+            unhelpable: vec![],
         };
         // Cooldowns start from a manual action too, once it went through.
         let now_rec = jiff::Timestamp::now().as_second();

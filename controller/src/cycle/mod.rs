@@ -9,6 +9,7 @@
 
 mod guards;
 mod manual;
+mod model;
 mod observe;
 mod reconcile;
 
@@ -338,7 +339,23 @@ async fn cycle(ctx: &Context, record_none: bool) -> Result<Outcome> {
     let safety = guards::secure_groups(ctx, &asgs).await;
     let cancels = guards::update_backoffs(ctx, &asgs, &mut state, now).await;
     let obs = build_observation(ctx, &prom, &asgs, &snap, &mut state, &safety, now);
-    let (decision, memory) = policy::decide(&obs, &state.memory, &ctx.cfg.policy, now);
+    let mut capacity = capacity_model(ctx, &asgs, &snap);
+    let (decision, memory) =
+        policy::decide_with(&obs, capacity.as_mut(), &state.memory, &ctx.cfg.policy, now);
+    if !decision.unhelpable.is_empty() {
+        tracing::info!(
+            pods = ?decision.unhelpable,
+            "pending pods no new node of any group could take (reason per group); not scaling up for them"
+        );
+        let refs = unhelpable_refs(&decision.unhelpable, &snap);
+        let report = ctx.actuator.report_unhelpable(&refs);
+        if tokio::time::timeout(std::time::Duration::from_secs(2), report)
+            .await
+            .is_err()
+        {
+            tracing::warn!("NotTriggerScaleUp events not all published within 2 s");
+        }
+    }
     export(ctx, &prom, &obs, &asgs, &snap, &decision);
     report(ctx, &obs, &snap, &safety).await;
     if !ctx.dry_run() {
@@ -652,4 +669,56 @@ async fn finish(
         tracing::warn!(error = %e, "could not record the action's outcome");
     }
     result
+}
+
+/// This cycle's capacity model; when it cannot be built, the reason is logged and counted and
+/// the policy packs requests instead.
+fn capacity_model(
+    ctx: &Context,
+    asgs: &[crate::actuator::AsgState],
+    snap: &crate::signals::cluster::ClusterSnapshot,
+) -> Option<policy::CapacityModel> {
+    let _span = tracing::info_span!("capacity_model").entered();
+    match model::build(ctx, asgs, snap) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            ctx.metrics.error("capacity_model");
+            tracing::error!(error = %e, "capacity model not built; deciding by requests only this cycle");
+            None
+        }
+    }
+}
+
+/// The pods named in `unhelpable` (`ns/name: why`), as event references with their uid.
+fn unhelpable_refs(
+    unhelpable: &[String],
+    snap: &crate::signals::cluster::ClusterSnapshot,
+) -> Vec<(k8s_openapi::api::core::v1::ObjectReference, String)> {
+    unhelpable
+        .iter()
+        .filter_map(|line| {
+            let (key, why) = line.split_once(": ")?;
+            let (ns, name) = key.split_once('/')?;
+            let uid = snap
+                .objects
+                .pods
+                .iter()
+                .find(|p| {
+                    p.metadata.namespace.as_deref() == Some(ns)
+                        && p.metadata.name.as_deref() == Some(name)
+                })
+                .and_then(|p| p.metadata.uid.clone());
+            Some((
+                k8s_openapi::api::core::v1::ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    namespace: Some(ns.into()),
+                    name: Some(name.into()),
+                    uid,
+                    ..Default::default()
+                },
+                why.to_string(),
+            ))
+        })
+        .collect()
 }

@@ -227,7 +227,14 @@ pub(super) fn export(
             .set(r.value().unwrap_or(f64::NAN));
     }
     m.pending_pods.set(obs.pending.len() as i64);
-    m.unhelpable_pods.set(snap.unhelpable.len() as i64);
+    // The capacity model's verdict when it ran (with the reason per group), else the
+    // requests-only view's.
+    let unhelpable = if d.unhelpable.is_empty() {
+        snap.unhelpable.len()
+    } else {
+        d.unhelpable.len()
+    };
+    m.unhelpable_pods.set(unhelpable as i64);
     m.node_info.clear();
     m.node_price.clear();
     m.node_cost.clear();

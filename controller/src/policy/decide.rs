@@ -1,5 +1,6 @@
 //! The decision itself: scale up for pending pods or high usage, otherwise maybe scale down.
 
+use super::model::{self, CapacityModel};
 use super::{
     Action, Decision, Lifecycle, Memory, Observation, PolicyConfig, Reading, binpack, victim,
 };
@@ -12,6 +13,8 @@ const CONSOLIDATION_MARGIN: f64 = 10.0;
 /// Capacity still arriving, and instances to roll back, across all groups.
 struct Boot {
     in_flight: u32,
+    /// `in_flight` per group, indexed like `Observation::groups`.
+    per_group: Vec<u32>,
     rollback: Vec<String>,
     /// Instances past the provision time that are not rolled back (see `booting`).
     unmatched: Vec<String>,
@@ -38,11 +41,13 @@ fn booting(obs: &Observation, cfg: &PolicyConfig, now: i64) -> Boot {
     let unknown = unknown_nodes(obs);
     let mut boot = Boot {
         in_flight: 0,
+        per_group: vec![0; obs.groups.len()],
         rollback: Vec::new(),
         unmatched: Vec::new(),
     };
     let mut overdue: Vec<(i64, String)> = Vec::new();
-    for g in &obs.groups {
+    for (gi, g) in obs.groups.iter().enumerate() {
+        let before = boot.in_flight;
         let live: Vec<_> = g
             .instances
             .iter()
@@ -69,6 +74,7 @@ fn booting(obs: &Observation, cfg: &PolicyConfig, now: i64) -> Boot {
         if g.backoff.is_none() {
             boot.in_flight += g.desired.saturating_sub(live.len() as u32);
         }
+        boot.per_group[gi] = boot.in_flight - before;
     }
     // One rollback per decision, the oldest first: terminated without lowering desired
     // capacity, so the ASG launches a fresh replacement (still counted in flight above).
@@ -139,8 +145,21 @@ fn cooling(last: Option<i64>, window: std::time::Duration, now: i64) -> Option<i
     (left > 0).then_some(left)
 }
 
-/// Decides one step. Returns the decision and the memory to persist for the next one.
+/// Decides one step with the requests-only picture of the cluster (see [`decide_with`]).
 pub fn decide(obs: &Observation, mem: &Memory, cfg: &PolicyConfig, now: i64) -> (Decision, Memory) {
+    decide_with(obs, None, mem, cfg, now)
+}
+
+/// Decides one step. Returns the decision and the memory to persist for the next one. With a
+/// capacity model, pending pods are matched to the groups whose template can host them under
+/// every scheduler filter, and a node is removed only if all its pods have a place elsewhere.
+pub fn decide_with(
+    obs: &Observation,
+    mut model: Option<&mut CapacityModel>,
+    mem: &Memory,
+    cfg: &PolicyConfig,
+    now: i64,
+) -> (Decision, Memory) {
     let mut next = mem.clone();
     let mut reasons = Vec::new();
     let boot = booting(obs, cfg, now);
@@ -192,10 +211,11 @@ pub fn decide(obs: &Observation, mem: &Memory, cfg: &PolicyConfig, now: i64) -> 
         from: obs.groups.first().map_or(0, |g| g.desired),
         to: obs.groups.first().map_or(0, |g| g.desired),
         victim: None,
-        rollback: boot.rollback,
+        rollback: boot.rollback.clone(),
         replace,
         in_flight: boot.in_flight,
         reasons,
+        unhelpable: Vec::new(),
     };
 
     // A desired capacity below the group's minimum (set outside SmartScale) is raised first.
@@ -217,8 +237,15 @@ pub fn decide(obs: &Observation, mem: &Memory, cfg: &PolicyConfig, now: i64) -> 
         return (decision, next);
     }
 
-    let add = scale_up_count(
+    // The model's verdict on the pending pods: which group grows, which pods no node helps.
+    let verdict = model
+        .as_deref_mut()
+        .filter(|m| model::plans_pending(cfg) && !m.cluster.pending.is_empty())
+        .map(|m| m.plan_pending(obs, &boot.per_group, &mut decision.reasons));
+    let pending_helpable = verdict.as_ref().map_or(obs.pending.len(), |v| v.helpable);
+    let (add, chosen) = scale_up_count(
         obs,
+        verdict.as_ref(),
         mem,
         &next,
         cfg,
@@ -226,12 +253,16 @@ pub fn decide(obs: &Observation, mem: &Memory, cfg: &PolicyConfig, now: i64) -> 
         now,
         &mut decision.reasons,
     );
+    if let Some(v) = verdict {
+        decision.unhelpable = v.unhelpable;
+    }
     if add > 0 {
-        match obs
-            .groups
-            .iter()
-            .position(|g| g.desired < g.max && g.backoff.is_none())
-        {
+        let group = chosen.or_else(|| {
+            obs.groups
+                .iter()
+                .position(|g| g.desired < g.max && g.backoff.is_none())
+        });
+        match group {
             Some(gi) => {
                 let g = &obs.groups[gi];
                 decision.action = Action::ScaleUp;
@@ -254,8 +285,37 @@ pub fn decide(obs: &Observation, mem: &Memory, cfg: &PolicyConfig, now: i64) -> 
         return (decision, next);
     }
 
-    scale_down(obs, &mut next, cfg, boot.in_flight, now, &mut decision);
+    scale_down(
+        obs,
+        model,
+        pending_helpable,
+        &mut next,
+        cfg,
+        boot.in_flight,
+        now,
+        &mut decision,
+    );
     (decision, next)
+}
+
+/// Nodes to add for pending pods as the capacity model plans them (`None`: no new node would
+/// help them; the usage signals still decide), and the group to grow.
+fn for_pending_modelled(
+    v: &model::PendingVerdict,
+    cfg: &PolicyConfig,
+    up_cooldown: Option<i64>,
+    reasons: &mut Vec<String>,
+) -> Option<(u32, Option<usize>)> {
+    let Some((gi, add)) = v.grow else {
+        return (v.waiting > 0).then_some((0, None));
+    };
+    if let Some(left) = up_cooldown.filter(|_| cfg.cooldown_applies_to_pending) {
+        reasons.push(format!(
+            "pending pods need nodes, but scale-up cooldown has {left}s left"
+        ));
+        return Some((0, None));
+    }
+    Some((add, Some(gi)))
 }
 
 /// Nodes to add for pending pods, or `None` when no new node could help them (all larger than
@@ -308,22 +368,29 @@ fn for_pending(
     Some(wanted - in_flight)
 }
 
-/// How many nodes to add (0 for none), with the reasons.
+/// How many nodes to add (0 for none) and, when the capacity model chose it, to which group;
+/// with the reasons.
+#[allow(clippy::too_many_arguments)]
 fn scale_up_count(
     obs: &Observation,
+    verdict: Option<&model::PendingVerdict>,
     mem: &Memory,
     next: &Memory,
     cfg: &PolicyConfig,
     in_flight: u32,
     now: i64,
     reasons: &mut Vec<String>,
-) -> u32 {
+) -> (u32, Option<usize>) {
     let up_cooldown = cooling(mem.last_scale_up, cfg.after_scale_up, now);
-    if cfg.pending_pods
+    if let Some(v) = verdict {
+        if let Some(grow) = for_pending_modelled(v, cfg, up_cooldown, reasons) {
+            return grow;
+        }
+    } else if cfg.pending_pods
         && !obs.pending.is_empty()
         && let Some(add) = for_pending(obs, cfg, in_flight, up_cooldown, reasons)
     {
-        return add;
+        return (add, None);
     }
 
     let mut why = Vec::new();
@@ -344,28 +411,31 @@ fn scale_up_count(
         }
     }
     if why.is_empty() {
-        return 0;
+        return (0, None);
     }
     if in_flight > 0 {
         reasons.push(format!(
             "{}; waiting for {in_flight} nodes already booting",
             why.join("; ")
         ));
-        return 0;
+        return (0, None);
     }
     if let Some(left) = up_cooldown {
         reasons.push(format!(
             "{}; scale-up cooldown has {left}s left",
             why.join("; ")
         ));
-        return 0;
+        return (0, None);
     }
     reasons.extend(why);
-    1
+    (1, None)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn scale_down(
     obs: &Observation,
+    model: Option<&mut CapacityModel>,
+    pending: usize,
     next: &mut Memory,
     cfg: &PolicyConfig,
     in_flight: u32,
@@ -376,8 +446,8 @@ fn scale_down(
         next.low_since = None;
         d.reasons.push(why);
     };
-    if !obs.pending.is_empty() {
-        return block(next, d, format!("{} pods pending", obs.pending.len()));
+    if pending > 0 {
+        return block(next, d, format!("{pending} pods pending"));
     }
     if in_flight > 0 || !d.rollback.is_empty() {
         return block(next, d, format!("{in_flight} nodes still booting"));
@@ -429,7 +499,7 @@ fn scale_down(
     }
     let usage_low = cpu < cfg.cpu_below && memory < cfg.memory_below && custom_low;
 
-    let candidate = match victim::choose(obs) {
+    let candidate = match victim::choose(obs, model) {
         Ok(c) => c,
         Err(why) => return block(next, d, why),
     };

@@ -5,6 +5,9 @@
 
 pub mod binpack;
 mod decide;
+pub mod model;
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod tests;
 pub mod victim;
@@ -12,7 +15,8 @@ pub mod victim;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-pub use decide::decide;
+pub use decide::{decide, decide_with};
+pub use model::CapacityModel;
 
 /// CPU cores and memory in GiB.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
@@ -362,4 +366,8 @@ pub struct Decision {
     /// Nodes still booting (capacity in flight), all groups.
     pub in_flight: u32,
     pub reasons: Vec<String>,
+    /// Pending pods no new node of any group could take (`ns/name: why per group`), by the
+    /// capacity model: never a reason to grow.
+    #[serde(default)]
+    pub unhelpable: Vec<String>,
 }

@@ -1,7 +1,15 @@
-//! Choosing the node to remove: the least utilised eligible worker whose pods fit elsewhere.
+//! Choosing the node to remove: the least utilised eligible worker whose pods fit elsewhere —
+//! under every scheduler filter when there is a capacity model, by requests when there is not.
 
+use super::model::CapacityModel;
 use super::{Lifecycle, Node, Observation, Resources, Victim, binpack};
 use std::collections::HashMap;
+
+/// Nodes the capacity model tries per decision (cluster-autoscaler's default is 30 per loop
+/// for non-empty nodes): a bound on the decision's time in a large cluster.
+const MODEL_TRIES: usize = 50;
+/// Refusals named in the decision's reasons.
+const NAMED: usize = 5;
 
 /// A removable node and the group it belongs to.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,6 +23,8 @@ pub struct Candidate {
 #[derive(Debug, Default)]
 struct Exclusions {
     counts: Vec<(&'static str, u32)>,
+    /// The model's refusals: `node: pod ...: why`.
+    refusals: Vec<String>,
 }
 
 impl Exclusions {
@@ -33,15 +43,25 @@ impl Exclusions {
             .iter()
             .map(|(why, n)| format!("{n} {why}"))
             .collect();
-        format!("no node can be removed: {}", parts.join(", "))
+        let mut s = format!("no node can be removed: {}", parts.join(", "));
+        for r in self.refusals.iter().take(NAMED) {
+            s.push_str("; ");
+            s.push_str(r);
+        }
+        if self.refusals.len() > NAMED {
+            s.push_str(&format!("; and {} more", self.refusals.len() - NAMED));
+        }
+        s
     }
 }
 
 /// Picks the node to remove, or says why none can go. Rules (DESIGN.md, "Scale-down"): never a
 /// control-plane node, one annotated `smartscale.io/scale-down-disabled=true`, one running a pod
 /// that is not safe to evict, the last node running kube-system pods, or one whose group is at
-/// its minimum; and only when its pods fit on the remaining schedulable nodes by requests.
-pub fn choose(obs: &Observation) -> Result<Candidate, String> {
+/// its minimum; and only when its pods fit on the remaining schedulable nodes: by the capacity
+/// model's filters and drain rules when there is one (no pod without a place, no blocking pod,
+/// no budget exceeded), else by requests.
+pub fn choose(obs: &Observation, model: Option<&mut CapacityModel>) -> Result<Candidate, String> {
     let mut owner: HashMap<&str, (usize, Lifecycle)> = HashMap::new();
     for (gi, g) in obs.groups.iter().enumerate() {
         for i in &g.instances {
@@ -53,10 +73,12 @@ pub fn choose(obs: &Observation) -> Result<Candidate, String> {
             .iter()
             .any(|p| p.namespace == "kube-system" && p.moves_with_drain())
     };
+    // Workers only: the control-plane node is never removed, so it never makes a worker's
+    // kube-system pods "not the last".
     let kube_system_nodes = obs
         .nodes
         .iter()
-        .filter(|n| n.ready && runs_kube_system(n))
+        .filter(|n| n.ready && !n.control_plane && runs_kube_system(n))
         .count();
 
     let mut why = Exclusions::default();
@@ -83,7 +105,9 @@ pub fn choose(obs: &Observation) -> Result<Candidate, String> {
             why.add("at group minimum");
         } else if n.pods.iter().any(|p| p.not_safe_to_evict) {
             why.add("running a pod not safe to evict");
-        } else if runs_kube_system(n) && kube_system_nodes <= 1 {
+        } else if model.is_none() && runs_kube_system(n) && kube_system_nodes <= 1 {
+            // (The model's rule is cluster-autoscaler's: a kube-system pod without a budget
+            // blocks its node.)
             why.add("last node running kube-system pods");
         } else {
             eligible.push((n.requested().dominant_share(n.allocatable), ni, *gi));
@@ -100,6 +124,22 @@ pub fn choose(obs: &Observation) -> Result<Candidate, String> {
         .iter()
         .map(|n| (n.ready && !n.unschedulable && !n.tainted).then(|| n.free()))
         .collect();
+    if let Some(m) = model {
+        for &(_, ni, gi) in eligible.iter().take(MODEL_TRIES) {
+            let node = &obs.nodes[ni];
+            match m.removable(&node.name) {
+                Ok(_) => return Ok(candidate(node, gi)),
+                Err(refusal) => {
+                    why.add("whose pods have no other place or keep it");
+                    why.refusals.push(format!("{}: {refusal}", node.name));
+                }
+            }
+        }
+        if eligible.len() > MODEL_TRIES {
+            why.add("not tried this decision (the least utilised are tried first)");
+        }
+        return Err(why.summary());
+    }
     for (_, ni, gi) in eligible {
         let node = &obs.nodes[ni];
         let moving: Vec<Resources> = node
@@ -115,18 +155,22 @@ pub fn choose(obs: &Observation) -> Result<Candidate, String> {
             .filter_map(|(_, f)| *f)
             .collect();
         if binpack::fits_into(&moving, &mut others) {
-            return Ok(Candidate {
-                victim: Victim {
-                    node: node.name.clone(),
-                    instance_id: node.instance_id.clone().unwrap_or_default(),
-                },
-                group: gi,
-                allocatable: node.allocatable,
-            });
+            return Ok(candidate(node, gi));
         }
         why.add("whose pods would not fit elsewhere");
     }
     Err(why.summary())
+}
+
+fn candidate(node: &Node, group: usize) -> Candidate {
+    Candidate {
+        victim: Victim {
+            node: node.name.clone(),
+            instance_id: node.instance_id.clone().unwrap_or_default(),
+        },
+        group,
+        allocatable: node.allocatable,
+    }
 }
 
 /// Takes `node` out of the observation as if it had been drained: its movable pods land on the

@@ -1,13 +1,17 @@
-//! The Kubernetes side of the signals: nodes, pods and PodDisruptionBudgets, kept current by
-//! watches (kube reflectors) so a cycle reads memory, not the API, and a newly unschedulable
-//! pod can wake the loop at once (the fast path).
+//! The Kubernetes side of the signals: nodes, pods, PodDisruptionBudgets and what the capacity
+//! model needs besides (PersistentVolumes and claims, StorageClasses, DaemonSets, Namespaces),
+//! kept current by watches (kube reflectors) so a cycle reads memory, not the API, and a newly
+//! unschedulable pod can wake the loop at once (the fast path).
 
 use super::quantity;
+use crate::capacity::ClusterObjects;
 use crate::policy::{self, Resources};
 use crate::{Error, Result};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -22,16 +26,52 @@ pub const SAFE_TO_EVICT: &str = "cluster-autoscaler.kubernetes.io/safe-to-evict"
 pub const DRAINING_TAINT: &str = "smartscale.io/draining";
 const MIRROR: &str = "kubernetes.io/config.mirror";
 
+/// The kinds watched: the policy's view needs the first three, the capacity model all.
+const KINDS: usize = 8;
+
 /// Live view of the cluster.
 pub struct ClusterWatch {
     nodes: Store<Node>,
     pods: Store<Pod>,
     pdbs: Store<PodDisruptionBudget>,
+    pvs: Store<PersistentVolume>,
+    pvcs: Store<PersistentVolumeClaim>,
+    storage_classes: Store<StorageClass>,
+    daemonsets: Store<DaemonSet>,
+    namespaces: Store<Namespace>,
     /// Notified when a pod becomes unschedulable.
     pub unschedulable: Arc<Notify>,
-    /// One flag per watch (nodes, pods, PDBs): all must be healthy, or the view is stale.
-    healthy: [Arc<AtomicBool>; 3],
+    /// One flag per watch: all must be healthy, or the view is stale.
+    healthy: [Arc<AtomicBool>; KINDS],
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Copies of what the watches hold, for the capacity model.
+#[derive(Debug, Clone, Default)]
+pub struct Objects {
+    pub nodes: Vec<Node>,
+    pub pods: Vec<Pod>,
+    pub pvs: Vec<PersistentVolume>,
+    pub pvcs: Vec<PersistentVolumeClaim>,
+    pub storage_classes: Vec<StorageClass>,
+    pub pdbs: Vec<PodDisruptionBudget>,
+    pub daemonsets: Vec<DaemonSet>,
+    pub namespaces: Vec<Namespace>,
+}
+
+impl Objects {
+    pub fn as_capacity(&self) -> ClusterObjects<'_> {
+        ClusterObjects {
+            nodes: &self.nodes,
+            pods: &self.pods,
+            pvs: &self.pvs,
+            pvcs: &self.pvcs,
+            storage_classes: &self.storage_classes,
+            pdbs: &self.pdbs,
+            daemonsets: &self.daemonsets,
+            namespaces: &self.namespaces,
+        }
+    }
 }
 
 impl Drop for ClusterWatch {
@@ -54,6 +94,8 @@ pub struct ClusterSnapshot {
     /// of them matches, or an extended resource (e.g. a GPU) none of them offers. More of the
     /// same nodes would not help, so they do not drive scale-ups.
     pub unhelpable: Vec<String>,
+    /// The objects themselves, for the capacity model.
+    pub objects: Arc<Objects>,
 }
 
 /// A node's instance type, zone and capacity type, from its well-known labels; its uid and
@@ -137,15 +179,17 @@ where
 
 impl ClusterWatch {
     pub fn start(client: kube::Client) -> ClusterWatch {
-        let healthy: [Arc<AtomicBool>; 3] = Default::default();
+        let healthy: [Arc<AtomicBool>; KINDS] = Default::default();
         let unschedulable = Arc::new(Notify::new());
         let notify = unschedulable.clone();
-        let (nodes, t1) = spawn_reflector(
+        let mut tasks = Vec::new();
+        let (nodes, t) = spawn_reflector(
             kube::Api::<Node>::all(client.clone()),
             healthy[0].clone(),
             |_| {},
         );
-        let (pods, t2) = spawn_reflector(
+        tasks.push(t);
+        let (pods, t) = spawn_reflector(
             kube::Api::<Pod>::all(client.clone()),
             healthy[1].clone(),
             move |p: &Pod| {
@@ -154,18 +198,33 @@ impl ClusterWatch {
                 }
             },
         );
-        let (pdbs, t3) = spawn_reflector(
-            kube::Api::<PodDisruptionBudget>::all(client),
-            healthy[2].clone(),
-            |_| {},
-        );
+        tasks.push(t);
+        let (pdbs, t) = spawn_reflector(kube::Api::all(client.clone()), healthy[2].clone(), |_| {});
+        tasks.push(t);
+        let (pvs, t) = spawn_reflector(kube::Api::all(client.clone()), healthy[3].clone(), |_| {});
+        tasks.push(t);
+        let (pvcs, t) = spawn_reflector(kube::Api::all(client.clone()), healthy[4].clone(), |_| {});
+        tasks.push(t);
+        let (storage_classes, t) =
+            spawn_reflector(kube::Api::all(client.clone()), healthy[5].clone(), |_| {});
+        tasks.push(t);
+        let (daemonsets, t) =
+            spawn_reflector(kube::Api::all(client.clone()), healthy[6].clone(), |_| {});
+        tasks.push(t);
+        let (namespaces, t) = spawn_reflector(kube::Api::all(client), healthy[7].clone(), |_| {});
+        tasks.push(t);
         ClusterWatch {
             nodes,
             pods,
             pdbs,
+            pvs,
+            pvcs,
+            storage_classes,
+            daemonsets,
+            namespaces,
             unschedulable,
             healthy,
-            tasks: vec![t1, t2, t3],
+            tasks,
         }
     }
 
@@ -175,10 +234,15 @@ impl ClusterWatch {
             let _ = self.nodes.wait_until_ready().await;
             let _ = self.pods.wait_until_ready().await;
             let _ = self.pdbs.wait_until_ready().await;
+            let _ = self.pvs.wait_until_ready().await;
+            let _ = self.pvcs.wait_until_ready().await;
+            let _ = self.storage_classes.wait_until_ready().await;
+            let _ = self.daemonsets.wait_until_ready().await;
+            let _ = self.namespaces.wait_until_ready().await;
         };
         tokio::time::timeout(timeout, all).await.map_err(|_| {
             Error::Kubernetes(format!(
-                "no answer from the API server within {timeout:?}; check KUBECONFIG and that the server is up"
+                "no answer from the API server within {timeout:?}; check KUBECONFIG, that the server is up and that the controller may list nodes, pods, PodDisruptionBudgets, PersistentVolumes and claims, StorageClasses, DaemonSets and Namespaces (userdata/manifests/smartscale.yaml)"
             ))
         })
     }
@@ -189,11 +253,22 @@ impl ClusterWatch {
     }
 
     pub fn snapshot(&self) -> ClusterSnapshot {
-        let nodes: Vec<Node> = self.nodes.state().iter().map(|n| (**n).clone()).collect();
-        let pods: Vec<Pod> = self.pods.state().iter().map(|p| (**p).clone()).collect();
-        let pdbs: Vec<PodDisruptionBudget> =
-            self.pdbs.state().iter().map(|p| (**p).clone()).collect();
-        to_policy(&nodes, &pods, &pdbs)
+        fn copy<K: kube::Resource<DynamicType = ()> + Clone>(s: &Store<K>) -> Vec<K> {
+            s.state().iter().map(|o| (**o).clone()).collect()
+        }
+        let objects = Objects {
+            nodes: copy(&self.nodes),
+            pods: copy(&self.pods),
+            pvs: copy(&self.pvs),
+            pvcs: copy(&self.pvcs),
+            storage_classes: copy(&self.storage_classes),
+            pdbs: copy(&self.pdbs),
+            daemonsets: copy(&self.daemonsets),
+            namespaces: copy(&self.namespaces),
+        };
+        let mut snap = to_policy(&objects.nodes, &objects.pods, &objects.pdbs);
+        snap.objects = Arc::new(objects);
+        snap
     }
 }
 
@@ -218,6 +293,7 @@ pub fn to_policy(nodes: &[Node], pods: &[Pod], pdbs: &[PodDisruptionBudget]) -> 
         pending: Vec::new(),
         meta: nodes.iter().map(node_meta).collect(),
         unhelpable: Vec::new(),
+        objects: Arc::default(),
     };
     let index: BTreeMap<String, usize> = out
         .nodes

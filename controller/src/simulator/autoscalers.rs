@@ -64,7 +64,10 @@ impl Autoscaler for RealPolicy {
             custom: vec![],
         };
         let obs = cluster.observe(usage, &self.group);
-        let (d, next) = policy::decide(&obs, &self.memory, &self.config, now);
+        // The controller's path: the same capacity model, from the simulated cluster.
+        let mut model = super::capacity::model(cluster, &obs.groups[0]);
+        let (d, next) =
+            policy::decide_with(&obs, Some(&mut model), &self.memory, &self.config, now);
         self.memory = next;
         let mut cmd = Command {
             desired: None,

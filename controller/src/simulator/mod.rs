@@ -3,6 +3,7 @@
 //! `policy` module, so its numbers say something about production.
 
 mod autoscalers;
+mod capacity;
 pub mod chart;
 mod cluster;
 mod oracle;
