@@ -69,6 +69,7 @@ async fn a_pod_no_new_node_can_take_never_grows_the_group() {
             .items
             .iter()
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("wide"))
+            .filter(|e| e.reporting_controller.as_deref() == Some("smartscale-controller"))
             .collect();
         assert_eq!(on_wide.len(), 1, "{:?}", events.items);
         assert_eq!(on_wide[0].reason.as_deref(), Some("NotTriggerScaleUp"));
