@@ -41,6 +41,10 @@ fn the_example_config_in_interfaces_md_shows_the_defaults() {
     );
     assert_eq!(documented.node_groups, defaults.node_groups, "node_groups");
     assert_eq!(documented.policy, defaults.policy, "policy");
+    assert_eq!(
+        documented.capacity, defaults.capacity,
+        "policy: expander, skip_nodes_with_*"
+    );
     assert_eq!(documented.api, defaults.api, "api");
     assert_eq!(
         documented.notifications, defaults.notifications,
@@ -102,6 +106,15 @@ fn the_readme_configuration_table_gives_the_codes_defaults() {
     }
     assert_eq!(default_of("api.listen"), d.api.listen.to_string());
     assert_eq!(
+        default_of("node_groups[].priority"),
+        d.node_groups[0].priority.to_string()
+    );
+    assert_eq!(
+        Some(d.capacity.expander),
+        default_of("policy.scale_up.expander").parse().ok(),
+        "README's default expander"
+    );
+    assert_eq!(
         default_of("notifications.error_threshold"),
         d.notifications.error_threshold.to_string()
     );
@@ -113,6 +126,18 @@ fn the_readme_configuration_table_gives_the_codes_defaults() {
         (
             "node_groups[].protect_from_scale_in",
             d.node_groups[0].protect_from_scale_in,
+        ),
+        (
+            "policy.scale_down.skip_nodes_with_local_storage",
+            d.capacity.scale_down.skip_nodes_with_local_storage,
+        ),
+        (
+            "policy.scale_down.skip_nodes_with_system_pods",
+            d.capacity.scale_down.skip_nodes_with_system_pods,
+        ),
+        (
+            "policy.scale_down.skip_nodes_with_custom_controller_pods",
+            d.capacity.scale_down.skip_nodes_with_custom_controller_pods,
         ),
     ] {
         assert_eq!(

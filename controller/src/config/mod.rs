@@ -49,6 +49,8 @@ pub struct Config {
     pub notifications: Notifications,
     pub cloudwatch: CloudWatchConfig,
     pub prices: PricesConfig,
+    /// The capacity model's choices (`policy.scale_up.expander`, `policy.scale_down.skip_*`).
+    pub capacity: CapacityConfig,
     pub simulate: SimOptions,
     /// Not wrong, but worth a word at start-up (unknown `SMARTSCALE_*` variables).
     pub warnings: Vec<String>,
@@ -95,6 +97,8 @@ pub struct NodeGroup {
     /// One node's allocatable; when absent, learned from the group's Ready nodes.
     pub allocatable: Option<Resources>,
     pub hourly_price: Option<f64>,
+    /// For the `priority` expander: the highest-priority group that can host the pods grows.
+    pub priority: i32,
     /// Suspend the group's `AZRebalance` process (so AWS never terminates an instance of its
     /// own choosing after a scale-down); when it cannot be suspended, no scale-down.
     pub suspend_az_rebalance: bool,
@@ -132,6 +136,14 @@ pub struct PricesConfig {
     pub lookup: bool,
     /// How long a looked-up price is used before it is asked again.
     pub refresh: Duration,
+}
+
+/// How the capacity model chooses among groups and which pods keep their node
+/// (cluster-autoscaler's `--expander` and `--skip-nodes-with-*` flags, same defaults).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CapacityConfig {
+    pub expander: crate::capacity::Expander,
+    pub scale_down: crate::capacity::ScaleDownConfig,
 }
 
 /// What the config is for: the controller needs its cluster, Prometheus and table; the
@@ -206,6 +218,7 @@ pub(super) fn unreachable_default() -> Config {
             lookup: true,
             refresh: Duration::from_secs(3600),
         },
+        capacity: CapacityConfig::default(),
         simulate: SimOptions::default(),
         warnings: vec![],
     }

@@ -129,6 +129,7 @@ pub(super) struct RawGroup {
     pub(super) instance_type: Option<String>,
     pub(super) allocatable: Option<RawAllocatable>,
     pub(super) hourly_price: Option<f64>,
+    pub(super) priority: Option<i64>,
     pub(super) suspend_az_rebalance: Option<bool>,
     pub(super) protect_from_scale_in: Option<bool>,
 }
@@ -174,12 +175,16 @@ impl Default for RawPolicy {
                 memory_above: d.memory_above,
                 pending_pods: d.pending_pods,
                 pending_pods_binpack: d.pending_pods_binpack,
+                expander: "least-waste".into(),
             },
             scale_down: RawScaleDown {
                 cpu_below: d.cpu_below,
                 memory_below: d.memory_below,
                 sustained: Dur(d.sustained),
                 consolidate: d.consolidate,
+                skip_nodes_with_local_storage: true,
+                skip_nodes_with_system_pods: true,
+                skip_nodes_with_custom_controller_pods: true,
             },
             cooldown: RawCooldown {
                 after_scale_up: Dur(d.after_scale_up),
@@ -204,6 +209,7 @@ pub(super) struct RawScaleUp {
     pub(super) memory_above: f64,
     pub(super) pending_pods: bool,
     pub(super) pending_pods_binpack: bool,
+    pub(super) expander: String,
 }
 
 impl Default for RawScaleUp {
@@ -219,6 +225,9 @@ pub(super) struct RawScaleDown {
     pub(super) memory_below: f64,
     pub(super) sustained: Dur,
     pub(super) consolidate: bool,
+    pub(super) skip_nodes_with_local_storage: bool,
+    pub(super) skip_nodes_with_system_pods: bool,
+    pub(super) skip_nodes_with_custom_controller_pods: bool,
 }
 
 impl Default for RawScaleDown {

@@ -90,6 +90,16 @@ pub(crate) const BAD: &[(&str, &str, &str)] = &[
         "must be an http:// or https:// URL",
     ),
     (
+        "unknown expander",
+        "policy: {scale_up: {expander: most-pods}}",
+        "policy.scale_up.expander: `most-pods` is not one of least-waste",
+    ),
+    (
+        "priority out of range",
+        "node_groups: [{asg_name: w, min: 1, max: 3, priority: 9999999999}]",
+        "node_groups[0].priority: 9999999999 is out of range",
+    ),
+    (
         "threshold above 100",
         "policy: {scale_up: {cpu_above: 170}}",
         "policy.scale_up.cpu_above: 170 is a percentage",
@@ -270,4 +280,22 @@ fn prices_are_looked_up_hourly_by_default_and_a_too_short_refresh_is_refused() {
             .any(|l| l.starts_with("prices.refresh: 10s is too short")),
         "{p:?}"
     );
+}
+
+#[test]
+fn the_capacity_models_choices_are_read_with_cluster_autoscalers_defaults() {
+    let yaml = "cluster_id: c\nprometheus: {url: http://p:9090}\nstate: {table: smartscale-state}\nnode_groups: [{asg_name: w, min: 1, max: 3}]\n";
+    let c = parse("t", yaml, &[], Purpose::Controller).unwrap();
+    assert_eq!(c.capacity.expander, crate::capacity::Expander::LeastWaste);
+    assert!(c.capacity.scale_down.skip_nodes_with_local_storage);
+    assert!(c.capacity.scale_down.skip_nodes_with_system_pods);
+    assert_eq!(c.node_groups[0].priority, 0);
+    let yaml = format!(
+        "{yaml}policy: {{scale_up: {{expander: priority}}, scale_down: {{skip_nodes_with_local_storage: false}}}}\n"
+    )
+    .replace("max: 3}", "max: 3, priority: 10}");
+    let c = parse("t", &yaml, &[], Purpose::Controller).unwrap();
+    assert_eq!(c.capacity.expander, crate::capacity::Expander::Priority);
+    assert!(!c.capacity.scale_down.skip_nodes_with_local_storage);
+    assert_eq!(c.node_groups[0].priority, 10);
 }

@@ -201,7 +201,18 @@ pub(super) fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Confi
                 "{at}.hourly_price: {price} must be a price in dollars per hour ≥ 0"
             ));
         }
+        let priority = match g.priority {
+            None => 0,
+            Some(v) if i32::try_from(v).is_ok() => v as i32,
+            Some(v) => {
+                p.push(format!(
+                    "{at}.priority: {v} is out of range; use an integer between -2147483648 and 2147483647 (higher wins with expander: priority)"
+                ));
+                0
+            }
+        };
         node_groups.push(NodeGroup {
+            priority,
             asg_name,
             min,
             max,
@@ -254,6 +265,23 @@ pub(super) fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Confi
     if rp.max_node_provision_time.0 < Duration::from_secs(5) {
         p.push("policy.max_node_provision_time: allow nodes at least 5s to boot (EC2 needs minutes; default 15m)".into());
     }
+    let expander = rp.scale_up.expander.parse().unwrap_or_else(|_| {
+        p.push(format!(
+            "policy.scale_up.expander: `{}` is not one of least-waste (the default), priority (node_groups[].priority, higher wins), price",
+            rp.scale_up.expander
+        ));
+        crate::capacity::Expander::default()
+    });
+    let capacity = super::CapacityConfig {
+        expander,
+        scale_down: crate::capacity::ScaleDownConfig {
+            skip_nodes_with_local_storage: rp.scale_down.skip_nodes_with_local_storage,
+            skip_nodes_with_system_pods: rp.scale_down.skip_nodes_with_system_pods,
+            skip_nodes_with_custom_controller_pods: rp
+                .scale_down
+                .skip_nodes_with_custom_controller_pods,
+        },
+    };
     let policy = PolicyConfig {
         cpu_above: rp.scale_up.cpu_above,
         cpu_checks: rp.scale_up.cpu_checks.clamp(1, 100) as u32,
@@ -392,6 +420,7 @@ pub(super) fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Confi
             lookup: raw.prices.lookup,
             refresh: refresh.max(Duration::from_secs(60)),
         },
+        capacity,
         simulate: raw.simulate,
         warnings: vec![],
     }

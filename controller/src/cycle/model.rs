@@ -4,7 +4,7 @@
 
 use super::Context;
 use crate::actuator::AsgState;
-use crate::capacity::{Cluster, Expander, GroupSpec, NodeGroup, ScaleDownConfig};
+use crate::capacity::{Cluster, GroupSpec, NodeGroup};
 use crate::policy::CapacityModel;
 use crate::signals::cluster::ClusterSnapshot;
 use std::collections::BTreeMap;
@@ -32,7 +32,8 @@ pub(super) fn build(
         let Some(asg) = asgs.iter().find(|a| a.name == cfg.asg_name) else {
             continue;
         };
-        let spec = spec(asg, cfg.instance_type.as_deref(), cfg.hourly_price);
+        let mut spec = spec(asg, cfg.instance_type.as_deref(), cfg.hourly_price);
+        spec.priority = cfg.priority;
         let members: Vec<&str> = asg
             .live()
             .filter_map(|i| node_of.get(i.id.as_str()).copied())
@@ -46,8 +47,8 @@ pub(super) fn build(
         cluster,
         groups,
         untemplated,
-        scale_down: ScaleDownConfig::default(),
-        expander: Expander::default(),
+        scale_down: ctx.cfg.capacity.scale_down.clone(),
+        expander: ctx.cfg.capacity.expander,
     })
 }
 
