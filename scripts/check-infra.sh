@@ -172,7 +172,7 @@ systemd_checks() {
   # for the two binaries, which verify requires to exist.
   mkdir -p "$root/usr/local/bin" "$root/usr/local/lib/smartscale" "$root/etc/systemd/system" "$root/usr/lib/systemd"
   cp -a /usr/lib/systemd/system "$root/usr/lib/systemd/"
-  for b in bin/smartscale-agent bin/smartscale-controller lib/smartscale/aws; do
+  for b in bin/smartscale-agent bin/smartscale-controller lib/smartscale/aws lib/smartscale/publish-identity; do
     printf '#!/bin/sh\n' >"$root/usr/local/$b"
     chmod 0755 "$root/usr/local/$b"
   done
@@ -184,7 +184,7 @@ systemd_checks() {
   else
     echo "systemd-analyze verify smartscale-sync.timer: clean"
   fi
-  for unit in smartscale-agent.service smartscale-controller.service smartscale-sync.service; do
+  for unit in smartscale-agent.service smartscale-controller.service smartscale-sync.service smartscale-identity.service; do
     # verify exits 0 even when it ignores a bad directive: any output is a failure.
     out=$(systemd-analyze --root="$root" verify "$root/etc/systemd/system/$unit" 2>&1) || rc=1
     if [[ -n "$out" ]]; then

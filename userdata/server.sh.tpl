@@ -8,7 +8,8 @@
 #
 # Steps: server token + a new agent token password -> k3s config -> controller user and units ->
 # sync (manifests, controller, its config) -> k3s server -> agent token published -> Grafana admin
-# Secret -> controller (API token, ServiceAccount kubeconfig) started -> sync timer.
+# Secret -> daemon mode: controller (API token, ServiceAccount kubeconfig) started; Lambda mode:
+# the controller's identity published for the function, the daemon left disabled -> sync timer.
 set -euo pipefail
 umask 077
 
@@ -27,6 +28,10 @@ AGENT_TOKEN_SECRET_ID='@@AGENT_TOKEN_SECRET_ID@@'
 GRAFANA_SECRET_ID='@@GRAFANA_SECRET_ID@@'
 RELEASE_PARAM='@@RELEASE_PARAM@@'
 CONTROLLER_CONFIG_PARAM='@@CONTROLLER_CONFIG_PARAM@@'
+# daemon: smartscale-controller.service runs the controller here; lambda: an AWS Lambda function
+# does, with the identity this server publishes into CONTROLLER_IDENTITY_SECRET_ID (empty in daemon mode).
+CONTROLLER_MODE='@@CONTROLLER_MODE@@'
+CONTROLLER_IDENTITY_SECRET_ID='@@CONTROLLER_IDENTITY_SECRET_ID@@'
 
 @@BLOCK:COMMON_FUNCTIONS@@
 
@@ -93,6 +98,16 @@ SMARTSCALE_EOF
 cat >/etc/systemd/system/smartscale-sync.timer <<'SMARTSCALE_EOF'
 @@BLOCK:SYNC_TIMER@@
 SMARTSCALE_EOF
+IDENTITY_PUBLISHER=/usr/local/lib/smartscale/publish-identity
+if [[ $CONTROLLER_MODE == lambda ]]; then
+  cat >"$IDENTITY_PUBLISHER" <<'SMARTSCALE_EOF'
+@@BLOCK:IDENTITY_PUBLISHER@@
+SMARTSCALE_EOF
+  chmod 0700 "$IDENTITY_PUBLISHER"
+  cat >/etc/systemd/system/smartscale-identity.service <<'SMARTSCALE_EOF'
+@@BLOCK:IDENTITY_UNIT@@
+SMARTSCALE_EOF
+fi
 systemctl daemon-reload
 
 # 3. The release: K3s manifests (applied by K3s at start and whenever they change: HelmCharts for
@@ -130,21 +145,35 @@ k3s kubectl -n monitoring create secret generic grafana-admin \
   --dry-run=client -o yaml | k3s kubectl apply -f - >/dev/null
 rm -f /run/smartscale/grafana-admin-password
 
-# 7. Controller: an API token generated here, and a kubeconfig for its ServiceAccount (read-only
-# RBAC), not the cluster-admin one.
-if [[ ! -s "${ETC_DIR}/api-token" ]]; then
-  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"${ETC_DIR}/api-token"
-fi
-chown smartscale:smartscale "${ETC_DIR}/api-token"
-chmod 0600 "${ETC_DIR}/api-token"
+# 7. The controller.
+if [[ $CONTROLLER_MODE == lambda ]]; then
+  # Lambda mode: the function runs the controller. It reads its Kubernetes identity (API address,
+  # CA, ServiceAccount token) from Secrets Manager, published here once K3s has filled the token
+  # Secret, and again at every boot by smartscale-identity.service. The daemon stays disabled (and
+  # smartscale-sync's try-restart leaves a stopped unit stopped), so only the function acts.
+  IDENTITY_ENV=("AWS_REGION=${REGION}" "IDENTITY_SECRET_ID=${CONTROLLER_IDENTITY_SECRET_ID}"
+    "SERVER_URL=https://${PRIVATE_IP}:6443" "IDENTITY_WAIT_SECONDS=600")
+  printf '%s\n' "${IDENTITY_ENV[@]}" >"${ETC_DIR}/identity.env"
+  chmod 0600 "${ETC_DIR}/identity.env"
+  env "${IDENTITY_ENV[@]}" "$IDENTITY_PUBLISHER"
+  systemctl enable smartscale-identity.service
+  systemctl disable --now smartscale-controller.service
+else
+  # Daemon mode: an API token generated here, and a kubeconfig for the controller's
+  # ServiceAccount (read-only RBAC), not the cluster-admin one.
+  if [[ ! -s "${ETC_DIR}/api-token" ]]; then
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"${ETC_DIR}/api-token"
+  fi
+  chown smartscale:smartscale "${ETC_DIR}/api-token"
+  chmod 0600 "${ETC_DIR}/api-token"
 
-sa_token_ready() {
-  [[ -n "$(k3s kubectl -n kube-system get secret smartscale-controller-token -o jsonpath='{.data.token}')" ]]
-}
-wait_for "the controller's ServiceAccount token" 600 sa_token_ready
-SA_TOKEN=$(k3s kubectl -n kube-system get secret smartscale-controller-token -o jsonpath='{.data.token}' | base64 -d)
-SA_CA=$(k3s kubectl -n kube-system get secret smartscale-controller-token -o jsonpath='{.data.ca\.crt}')
-cat >"${ETC_DIR}/kubeconfig" <<SMARTSCALE_EOF
+  sa_token_ready() {
+    [[ -n "$(k3s kubectl -n kube-system get secret smartscale-controller-token -o jsonpath='{.data.token}')" ]]
+  }
+  wait_for "the controller's ServiceAccount token" 600 sa_token_ready
+  SA_TOKEN=$(k3s kubectl -n kube-system get secret smartscale-controller-token -o jsonpath='{.data.token}' | base64 -d)
+  SA_CA=$(k3s kubectl -n kube-system get secret smartscale-controller-token -o jsonpath='{.data.ca\.crt}')
+  cat >"${ETC_DIR}/kubeconfig" <<SMARTSCALE_EOF
 apiVersion: v1
 kind: Config
 clusters:
@@ -163,18 +192,20 @@ contexts:
       user: smartscale-controller
 current-context: smartscale-controller
 SMARTSCALE_EOF
-unset SA_TOKEN SA_CA
-chown smartscale:smartscale "${ETC_DIR}/kubeconfig"
-chmod 0600 "${ETC_DIR}/kubeconfig"
+  unset SA_TOKEN SA_CA
+  chown smartscale:smartscale "${ETC_DIR}/kubeconfig"
+  chmod 0600 "${ETC_DIR}/kubeconfig"
 
-cat >"${ETC_DIR}/controller.env" <<SMARTSCALE_EOF
+  cat >"${ETC_DIR}/controller.env" <<SMARTSCALE_EOF
 AWS_REGION=${REGION}
 KUBECONFIG=${ETC_DIR}/kubeconfig
 SMARTSCALE_EOF
-chmod 0640 "${ETC_DIR}/controller.env"
-chgrp smartscale "${ETC_DIR}/controller.env"
+  chmod 0640 "${ETC_DIR}/controller.env"
+  chgrp smartscale "${ETC_DIR}/controller.env"
 
-systemctl enable --now smartscale-controller.service
+  systemctl enable --now smartscale-controller.service
+fi
+
 # 8. From now on every `pulumi up` reaches this server through smartscale-sync.
 systemctl enable --now smartscale-sync.timer
-log "server bootstrap complete"
+log "server bootstrap complete (controller: ${CONTROLLER_MODE})"

@@ -8,7 +8,8 @@ Version 4 as AWS documents it. Installed by the UserData as /usr/local/lib/smart
   aws s3-get --bucket B --key K --version-id V --sha256 HEX --dest PATH [--mode 0755]
   aws secret-get --id SECRET --dest PATH      the SecretString into a 0600 file (never to stdout)
   aws secret-wait --id SECRET                 until the secret has a current value (discarded)
-  aws secret-put --id SECRET --src PATH       PutSecretValue from a file
+  aws secret-put --id SECRET --src PATH|-     PutSecretValue from a file, or from stdin with `-` (so a
+                                              credential need not be written to a file or an argument)
   aws ssm-get --name NAME                     the parameter's value on stdout
   aws lifecycle --asg A --hook H --instance I heartbeat|continue|abandon
   aws sync --release-param P --config-param C the server's release (see sync())
@@ -250,8 +251,16 @@ def secret_get(c: Client, secret_id: str, dest: str) -> None:
 
 
 def secret_put(c: Client, secret_id: str, src: str) -> None:
-    with open(src) as f:
-        value = f.read().strip()
+    """PutSecretValue of the file `src`, or of stdin if `src` is "-"; the value is never logged."""
+    if src == "-":
+        value = sys.stdin.read().strip()
+    else:
+        with open(src) as f:
+            value = f.read().strip()
+    if not value:
+        raise AwsError(0, "EmptyValue", f"nothing to store in {secret_id}: {'stdin' if src == '-' else src} is empty")
+    # One ClientRequestToken for all of this call's retries: a retried request that AWS had already
+    # applied is not stored twice.
     c.json_call("secretsmanager", "secretsmanager.PutSecretValue",
                 {"SecretId": secret_id, "SecretString": value, "ClientRequestToken": str(uuid.uuid4())})
     log(f"stored a new value of {secret_id}")
@@ -354,7 +363,7 @@ def main(argv: list[str]) -> int:
         if name == "secret-get":
             s.add_argument("--dest", required=True)
         if name == "secret-put":
-            s.add_argument("--src", required=True)
+            s.add_argument("--src", required=True, help="a file, or - for stdin")
     sub.add_parser("ssm-get").add_argument("--name", required=True)
     s = sub.add_parser("lifecycle")
     for a in ("--asg", "--hook", "--instance"):

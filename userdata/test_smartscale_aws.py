@@ -6,7 +6,10 @@ checked by an independent implementation (moto's, built on botocore).
     <venv with tests/aws_model/requirements.txt>/bin/python userdata/test_smartscale_aws.py
 
 Covers: S3 GET of a pinned object version (key needing URI encoding, SHA-256 check, nothing left
-behind on a mismatch), Secrets Manager get (0600, never on stdout) / wait / put, SSM get, lifecycle
+behind on a mismatch), Secrets Manager get (0600, never on stdout) / wait / put (from a file, and
+from stdin as the Lambda mode's identity is published: stored as given, republished harmlessly, an
+empty input and a missing secret refused with the reason, a throttled put retried with the same
+ClientRequestToken through a proxy that refuses it once), SSM get, lifecycle
 heartbeat / ABANDON / "no active action" (exit 3), a wrong secret key refused, and the server's
 `sync`: a first release installed, a second run a no-op, a new manifest version re-applied without
 a controller restart, a new controller config restarting it, a release naming a path outside the
@@ -22,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import boto3
@@ -86,6 +90,49 @@ def fake_imds(creds: dict) -> str:
     return f"http://127.0.0.1:{srv.server_address[1]}"
 
 
+def flaky_proxy(upstream: str, target: str, refusals: int) -> tuple[str, list[dict]]:
+    """Forwards every request to `upstream` unchanged (Host too, so the signature still holds),
+    except the first `refusals` with X-Amz-Target `target`, answered with a ThrottlingException.
+    Returns its URL and the JSON bodies of the `target` requests it saw."""
+    import http.client
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[dict] = []
+    up = urllib.parse.urlsplit(upstream)
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *_):
+            pass
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.headers.get("X-Amz-Target") == target:
+                seen.append(json.loads(body))
+                if len(seen) <= refusals:
+                    out = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"}).encode()
+                    self.send_response(400)
+                    self.send_header("Content-Type", "application/x-amz-json-1.1")
+                    self.send_header("Content-Length", str(len(out)))
+                    self.end_headers()
+                    self.wfile.write(out)
+                    return
+            conn = http.client.HTTPConnection(up.hostname, up.port, timeout=30)
+            conn.request("POST", self.path, body=body, headers=dict(self.headers.items()))
+            r = conn.getresponse()
+            out = r.read()
+            self.send_response(r.status)
+            for k, v in r.getheaders():
+                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{srv.server_address[1]}", seen
+
+
 def main() -> int:
     proc, url = start_model()
     tmp = Path(tempfile.mkdtemp(prefix="smartscale-aws-test-"))
@@ -103,9 +150,10 @@ def main() -> int:
                "AWS_SECRET_ACCESS_KEY": creds["aws_secret_access_key"]}
         env.pop("AWS_SESSION_TOKEN", None)
 
-        def run(*args: str, timeout: float = 20, extra_env: dict | None = None):
+        def run(*args: str, timeout: float = 20, extra_env: dict | None = None, stdin: str | None = None):
             return subprocess.run([sys.executable, str(HELPER), "--region", REGION, "--timeout", str(timeout), *args],
-                                  capture_output=True, text=True, env={**env, **(extra_env or {})}, timeout=120)
+                                  capture_output=True, text=True, env={**env, **(extra_env or {})}, timeout=120,
+                                  input=stdin)
 
         # ---- S3
         s3 = c("s3")
@@ -161,6 +209,37 @@ def main() -> int:
         r = run("secret-wait", "--id", agent_arn, timeout=30)
         check("secret-wait returns once secret-put stored a value", r.returncode == 0 and time.monotonic() - t0 >= 1.5
               and sm.get_secret_value(SecretId=agent_arn)["SecretString"] == "K10" + "a" * 64 + "::node:pw", r.stderr)
+
+        # ---- secret-put from stdin: the Lambda mode's identity, never in a file or an argument
+        ident_arn = sm.create_secret(Name="smartscale/t/controller-kubernetes")["ARN"]
+        token = "eyJhbGciOiJSUzI1NiJ9.c2EtdG9rZW4tZm9yLXRlc3Q.c2ln"
+        identity = json.dumps({"server": "https://10.0.0.10:6443", "ca_crt": "LS0tLS1CRUdJTg==", "token": token})
+        versions = lambda arn: len(sm.list_secret_version_ids(SecretId=arn)["Versions"])  # noqa: E731
+        r = run("secret-put", "--id", ident_arn, "--src", "-", stdin=identity + "\n")
+        check("secret-put --src - stores stdin as the SecretString, and nothing of it on stdout or stderr",
+              r.returncode == 0 and sm.get_secret_value(SecretId=ident_arn)["SecretString"] == identity
+              and token not in r.stdout + r.stderr, r.stderr)
+        r = run("secret-put", "--id", ident_arn, "--src", "-", stdin=identity)
+        check("publishing the same identity again (the next boot) stores it as the new current version",
+              r.returncode == 0 and versions(ident_arn) == 2
+              and sm.get_secret_value(SecretId=ident_arn)["SecretString"] == identity, r.stderr)
+        r = run("secret-put", "--id", ident_arn, "--src", "-", stdin="  \n")
+        check("secret-put refuses an empty stdin with a clear error, storing nothing", r.returncode == 1
+              and "secret-put failed: EmptyValue: nothing to store" in r.stderr and versions(ident_arn) == 2, r.stderr)
+        r = run("secret-put", "--id", ident_arn, "--src", "-", stdin=identity, timeout=2, extra_env=wrong)
+        check("Secrets Manager: a request signed with the wrong secret key is refused", r.returncode == 1
+              and "Signature" in r.stderr and versions(ident_arn) == 2 and token not in r.stderr, r.stderr[-300:])
+        r = run("secret-put", "--id", "smartscale/t/no-such-secret", "--src", "-", stdin=identity, timeout=30)
+        check("secret-put to a missing secret fails at once with the reason (not retried)", r.returncode == 1
+              and "ResourceNotFoundException" in r.stderr and "retrying" not in r.stderr, r.stderr[-300:])
+        proxy, seen = flaky_proxy(url, "secretsmanager.PutSecretValue", refusals=1)
+        renewed = identity.replace("10.0.0.10", "10.0.0.11")
+        r = run("secret-put", "--id", ident_arn, "--src", "-", stdin=renewed, extra_env={"AWS_ENDPOINT_URL": proxy})
+        check("a throttled put is retried, signed again, with the same ClientRequestToken, and stored",
+              r.returncode == 0 and "ThrottlingException" in r.stderr and "retrying" in r.stderr and len(seen) == 2
+              and seen[0]["ClientRequestToken"] == seen[1]["ClientRequestToken"]
+              and sm.get_secret_value(SecretId=ident_arn)["SecretString"] == renewed, r.stderr[-400:])
+
         ssm = c("ssm")
         ssm.put_parameter(Name="/smartscale/t/controller/config", Type="String", Value="cluster_id: t\ninterval: 30s")
         r = run("ssm-get", "--name", "/smartscale/t/controller/config")

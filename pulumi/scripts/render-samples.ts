@@ -81,6 +81,7 @@ const files: Record<string, string> = {
     "smartscale-agent.service": readRepoFile("userdata", "systemd", "smartscale-agent.service"),
     "smartscale-controller.service": readRepoFile("userdata", "systemd", "smartscale-controller.service"),
     "smartscale-sync.service": readRepoFile("userdata", "systemd", "smartscale-sync.service"),
+    "smartscale-identity.service": readRepoFile("userdata", "systemd", "smartscale-identity.service"),
     "smartscale-sync.timer": readRepoFile("userdata", "systemd", "smartscale-sync.timer"),
     "smartscale.yaml": serverManifest(cfg, prices),
     "recording_rules.yml": costRules(cfg, prices),

@@ -13,9 +13,10 @@
 //     config parameter and its Kubernetes identity, publishing to the topic, putting metrics in
 //     its own namespace, its VPC network interfaces and its log group, nothing else;
 //   - the EventBridge rule (default rate(1 minute)) and the permission for it to invoke;
-//   - the Kubernetes identity secret, created empty: the K3s server writes the controller's
-//     ServiceAccount token (with the CA and the API address) into it at boot, so no credential is
-//     in the function's environment, its code package or the Pulumi state;
+//   - the Kubernetes identity secret (createControllerIdentity, before the server, which writes
+//     it at first boot), created empty: the K3s server writes the controller's ServiceAccount token
+//     (with the CA and the API address) into it at every boot (userdata/publish-identity.sh), so
+//     no credential is in the function's environment, its code package or the Pulumi state;
 //   - optionally an SNS topic for the notifications (`smartscale:notificationTopic`).
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
@@ -90,14 +91,42 @@ export function privateSubnetCidr(vpcCidr: string, index: number): string {
     return `${a}.${b}.${128 + index * 16}.0/20`;
 }
 
+/** The secret the server writes the function's Kubernetes identity into, and its right to. */
+export interface ControllerIdentity {
+    secret: aws.secretsmanager.Secret;
+    /** The server role's PutSecretValue on it. */
+    publishPolicy: aws.iam.RolePolicy;
+    resources: pulumi.Resource[];
+}
+
+/**
+ * Created before the server, whose first boot writes it: the secret (empty; only the server ever
+ * gives it a value) and the server role's right to write it.
+ */
+export function createControllerIdentity(cfg: StackConfig, names: Names, serverRole: aws.iam.Role): ControllerIdentity {
+    const secret = new aws.secretsmanager.Secret("controller-kubernetes", {
+        name: lambdaNames(names, cfg.clusterId).identitySecretName,
+        description: `SmartScale ${cfg.clusterId}: the controller's ServiceAccount token, CA and API address (written by the K3s server)`,
+        recoveryWindowInDays: 0,
+        tags: baseTags(cfg, names),
+    });
+    const publishPolicy = new aws.iam.RolePolicy("server-publish-controller-identity", {
+        role: serverRole.id,
+        policy: policyDocument([
+            { Sid: "PublishControllerIdentity", Effect: "Allow", Action: ["secretsmanager:PutSecretValue"], Resource: secret.arn },
+        ]),
+    });
+    return { secret, publishPolicy, resources: [secret, publishPolicy] };
+}
+
 export interface LambdaInputs {
     net: Network;
     arns: Arns;
     asgArn: pulumi.Input<string>;
     tableArn: pulumi.Input<string>;
     serverPrivateIp: pulumi.Output<string>;
-    /** The server's role: it writes the Kubernetes identity. */
-    serverRole: aws.iam.Role;
+    /** The identity secret the server writes (createControllerIdentity). */
+    identity: ControllerIdentity;
 }
 
 export interface LambdaController {
@@ -105,7 +134,6 @@ export interface LambdaController {
     rule: aws.cloudwatch.EventRule;
     role: aws.iam.Role;
     securityGroup: aws.ec2.SecurityGroup;
-    identitySecret: aws.secretsmanager.Secret;
     topic?: aws.sns.Topic;
     resources: pulumi.Resource[];
 }
@@ -229,16 +257,10 @@ export function createLambdaController(cfg: StackConfig, names: Names, i: Lambda
         }),
     );
 
-    // ---- what it reads: its config (SSM and packaged) and its Kubernetes identity.
+    // ---- what it reads: its config (SSM and packaged); its Kubernetes identity is i.identity.
     const topic = cfg.notificationTopic
         ? new aws.sns.Topic("notifications", { name: ln.topicName, tags: tags() })
         : undefined;
-    const identitySecret = new aws.secretsmanager.Secret("controller-kubernetes", {
-        name: ln.identitySecretName,
-        description: `SmartScale ${cfg.clusterId}: the controller's ServiceAccount token, CA and API address (written by the K3s server)`,
-        recoveryWindowInDays: 0,
-        tags: tags(),
-    });
     const configYaml = pulumi
         .all([i.serverPrivateIp, topic ? topic.arn : pulumi.output(undefined)])
         .apply(([serverPrivateIp, topicArn]) => lambdaConfigYaml(cfg, names, { serverPrivateIp, topicArn }));
@@ -255,17 +277,9 @@ export function createLambdaController(cfg: StackConfig, names: Names, i: Lambda
         retentionInDays: cfg.lambdaLogRetentionDays,
         tags: tags(),
     });
-    resources.push(identitySecret, configParam, logGroup, ...(topic ? [topic] : []));
+    resources.push(configParam, logGroup, ...(topic ? [topic] : []));
 
-    // ---- the server writes the identity; the function reads it.
-    resources.push(
-        new aws.iam.RolePolicy("server-publish-controller-identity", {
-            role: i.serverRole.id,
-            policy: policyDocument([
-                { Sid: "PublishControllerIdentity", Effect: "Allow", Action: ["secretsmanager:PutSecretValue"], Resource: identitySecret.arn },
-            ]),
-        }),
-    );
+    // ---- its role: the daemon controller's rights, plus lambdaStatements (its config, the identity the server writes, its logs).
     const role = new aws.iam.Role("controller-lambda", {
         assumeRolePolicy: LAMBDA_ASSUME_ROLE,
         description: `SmartScale ${cfg.clusterId}: controller Lambda function`,
@@ -278,7 +292,7 @@ export function createLambdaController(cfg: StackConfig, names: Names, i: Lambda
             ...controllerStatements(cfg, names, { asgArn: i.asgArn, tableArn: i.tableArn }),
             ...lambdaStatements(cfg, {
                 configParamArn: configParam.arn,
-                identitySecretArn: identitySecret.arn,
+                identitySecretArn: i.identity.secret.arn,
                 logGroupArn: logGroup.arn,
                 topicArn: topic?.arn,
                 networkInterfaceArn: ec2Arn("network-interface/*"),
@@ -349,5 +363,5 @@ export function createLambdaController(cfg: StackConfig, names: Names, i: Lambda
         retryPolicy: { maximumRetryAttempts: 0, maximumEventAgeInSeconds: 60 },
     }, { dependsOn: [permission] });
     resources.push(fn, invokeConfig, rule, permission, target);
-    return { fn, rule, role, securityGroup: sg, identitySecret, topic, resources };
+    return { fn, rule, role, securityGroup: sg, topic, resources };
 }

@@ -13,7 +13,7 @@ import { StackConfig, loadConfig } from "./config";
 import { controllerConfigYaml } from "./controller-config";
 import { asgArn, attachPolicy, controllerStatements, createInstanceIdentity, serverStatements, ssmParameterArn, workerStatements } from "./iam";
 import { k3sFiles } from "./k3s";
-import { createLambdaController } from "./lambda";
+import { createControllerIdentity, createLambdaController } from "./lambda";
 import { serverManifest } from "./monitoring";
 import { namesFor } from "./names";
 import { createNetwork } from "./network";
@@ -94,14 +94,24 @@ export function createStack(): Stack {
             parameterArns: [names.serverReleaseParam, names.controllerConfigParam].map((n) => ssmParameterArn(cfg, arns, n)),
         }),
     );
-    const controllerPolicy = attachPolicy(
-        "server-controller",
-        serverIdentity,
-        controllerStatements(cfg, names, { asgArn: workerAsgArn, tableArn: table.arn }),
-    );
+    // Daemon mode: the controller runs on the server with the server's role. Lambda mode: the
+    // server only publishes the function's Kubernetes identity (the secret exists before it boots)
+    // and gets none of the controller's rights.
+    const controllerPolicy =
+        cfg.controllerMode === "daemon"
+            ? attachPolicy("server-controller", serverIdentity, controllerStatements(cfg, names, { asgArn: workerAsgArn, tableArn: table.arn }))
+            : undefined;
+    const controllerIdentity = cfg.controllerMode === "lambda" ? createControllerIdentity(cfg, names, serverIdentity.role) : undefined;
     const serverUserData = pulumi
-        .all([artifacts.bucket.bucket, k3sRefs, secrets.serverTokenSecret.arn, secrets.agentTokenSecret.arn, secrets.grafanaSecret.arn])
-        .apply(([bucket, k3sRef, serverTokenSecretId, agentTokenSecretId, grafanaSecretId]) =>
+        .all([
+            artifacts.bucket.bucket,
+            k3sRefs,
+            secrets.serverTokenSecret.arn,
+            secrets.agentTokenSecret.arn,
+            secrets.grafanaSecret.arn,
+            controllerIdentity ? controllerIdentity.secret.arn : pulumi.output(undefined),
+        ])
+        .apply(([bucket, k3sRef, serverTokenSecretId, agentTokenSecretId, grafanaSecretId, controllerIdentitySecretId]) =>
             packUserData(
                 "server",
                 serverScript({
@@ -114,6 +124,7 @@ export function createStack(): Stack {
                     grafanaSecretId,
                     releaseParam: names.serverReleaseParam,
                     controllerConfigParam: names.controllerConfigParam,
+                    controllerIdentitySecretId,
                 }),
             ),
         );
@@ -122,18 +133,19 @@ export function createStack(): Stack {
         ...serverParams,
         ...secrets.resources,
         ...artifacts.resources,
+        ...(controllerIdentity?.resources ?? []),
     ]);
 
     // ---- lambda mode: the controller as a function in the VPC on a schedule (src/lambda.ts).
     const lambda =
-        cfg.controllerMode === "lambda"
+        controllerIdentity !== undefined
             ? createLambdaController(cfg, names, {
                   net,
                   arns,
                   asgArn: workerAsgArn,
                   tableArn: table.arn,
                   serverPrivateIp: server.privateIp,
-                  serverRole: serverIdentity.role,
+                  identity: controllerIdentity,
               })
             : undefined;
 
@@ -183,7 +195,8 @@ export function createStack(): Stack {
             serverIdentity.role,
             serverIdentity.profile,
             serverPolicy,
-            controllerPolicy,
+            ...(controllerPolicy ? [controllerPolicy] : []),
+            ...(controllerIdentity?.resources ?? []),
             server,
             ...agentParams,
             workerIdentity.role,

@@ -117,6 +117,12 @@ export interface ServerUserDataInput {
     grafanaSecretId: string;
     releaseParam: string;
     controllerConfigParam: string;
+    /**
+     * Lambda mode only: the secret the server writes the controller function's Kubernetes identity
+     * into (userdata/publish-identity.sh). Given, the server leaves the daemon controller disabled;
+     * absent, it runs the daemon.
+     */
+    controllerIdentitySecretId?: string;
 }
 
 export function serverScript(i: ServerUserDataInput): string {
@@ -132,12 +138,16 @@ export function serverScript(i: ServerUserDataInput): string {
             GRAFANA_SECRET_ID: i.grafanaSecretId,
             RELEASE_PARAM: i.releaseParam,
             CONTROLLER_CONFIG_PARAM: i.controllerConfigParam,
+            CONTROLLER_MODE: i.controllerIdentitySecretId ? "lambda" : "daemon",
+            CONTROLLER_IDENTITY_SECRET_ID: i.controllerIdentitySecretId ?? "",
         },
         blocks: {
             ...commonBlocks(),
             CONTROLLER_UNIT: readRepoFile("userdata", "systemd", "smartscale-controller.service"),
             SYNC_SERVICE: readRepoFile("userdata", "systemd", "smartscale-sync.service"),
             SYNC_TIMER: readRepoFile("userdata", "systemd", "smartscale-sync.timer"),
+            IDENTITY_PUBLISHER: readRepoFile("userdata", "publish-identity.sh"),
+            IDENTITY_UNIT: readRepoFile("userdata", "systemd", "smartscale-identity.service"),
         },
     });
 }

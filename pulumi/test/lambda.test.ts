@@ -7,7 +7,7 @@ import * as fs from "fs";
 import { scheduleSeconds } from "../src/lambda";
 import { NO_RESOURCE_LEVEL_ACTIONS, NO_RESOURCE_LEVEL_LAMBDA_ACTIONS } from "../src/iam";
 import { documentedControllerKeys, yamlKeyPaths } from "./docs";
-import { ACCOUNT, MOCK_K3S_TOKEN, MOCK_SERVER_PRIVATE_IP, REGION, Recorded, baseConfig, fakeBinaries, ofType, one, runStack } from "./harness";
+import { ACCOUNT, MOCK_K3S_TOKEN, MOCK_SERVER_PRIVATE_IP, REGION, Recorded, baseConfig, dependsOn, fakeBinaries, ofType, one, runStack, userData } from "./harness";
 
 const T = {
     fn: "aws:lambda/function:Function",
@@ -158,6 +158,30 @@ describe("Lambda mode under Pulumi mocks", function () {
         assert.deepStrictEqual(statements(p).map((s) => [s.Action, s.Resource]), [
             [["secretsmanager:PutSecretValue"], `arn:aws:secretsmanager:${REGION}:${ACCOUNT}:secret:smartscale/prod/controller-kubernetes-AbC123`],
         ]);
+    });
+
+    it("has the server publish the identity at boot and leave the daemon controller disabled", () => {
+        const ud = userData(recorded).server;
+        const secretArn = `arn:aws:secretsmanager:${REGION}:${ACCOUNT}:secret:smartscale/prod/controller-kubernetes-AbC123`;
+        assert.match(ud, /\nCONTROLLER_MODE='lambda'\n/);
+        assert.ok(ud.includes(`\nCONTROLLER_IDENTITY_SECRET_ID='${secretArn}'\n`), "the identity secret's ARN in the server's UserData");
+        // The publisher and its per-boot unit travel in the UserData; the daemon is disabled.
+        assert.match(ud, /\n# smartscale-publish-identity \(Lambda mode only\)/);
+        assert.match(ud, /\nExecStart=\/usr\/local\/lib\/smartscale\/publish-identity\n/);
+        assert.match(ud, /\n {2}systemctl disable --now smartscale-controller\.service\n/);
+        // The secret and the right to write it exist before the server's first boot writes it.
+        const server = one(recorded, "aws:ec2/instance:Instance");
+        assert.ok(dependsOn(server, T.secret, "controller-kubernetes"), "the server waits for the identity secret");
+        assert.ok(dependsOn(server, T.rolePolicy, "server-publish-controller-identity"), "the server waits for its PutSecretValue");
+    });
+
+    it("gives the server none of the controller's rights: only the function acts", () => {
+        const serverPolicies = ofType(recorded, T.rolePolicy).filter((p) => p.inputs.role === "server-id");
+        assert.deepStrictEqual(serverPolicies.map((p) => p.name).sort(), ["server", "server-publish-controller-identity"]);
+        const actions = serverPolicies.flatMap(statements).flatMap((s) => list(s.Action));
+        for (const a of ["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup", "dynamodb:PutItem"]) {
+            assert.ok(!actions.includes(a), `the server may ${a}`);
+        }
     });
 
     it("gives the function its own log group with a retention", () => {

@@ -252,8 +252,10 @@ describe("SmartScale stack under Pulumi mocks", function () {
                 assert.ok(!/githubusercontent|get\.k3s\.io|github\.com\/k3s-io|releases\/download/i.test(ud), "GitHub");
                 assert.ok(!/\baws (s3api|s3|secretsmanager|autoscaling|ssm) /.test(ud), "the AWS CLI");
                 assert.ok(!/apt-get|pip install/.test(ud), "package installs");
+                // Allowed: IMDS, AWS's endpoints, the unit files' Documentation=, and the server's own
+                // K3s API (the daemon's kubeconfig; the address the Lambda mode's identity names).
                 for (const url of ud.match(/https?:\/\/[^\s'"]+/g) ?? []) {
-                    assert.ok(url.startsWith("http://169.254.169.254") || url.startsWith("https://127.0.0.1:6443") || url.includes("amazonaws.com") || url.startsWith("https://github.com/smartscale/smartscale/blob"), `fetches ${url}`);
+                    assert.ok(url.startsWith("http://169.254.169.254") || url.startsWith("https://127.0.0.1:6443") || url === "https://${PRIVATE_IP}:6443" || url.includes("amazonaws.com") || url.startsWith("https://github.com/smartscale/smartscale/blob"), `fetches ${url}`);
                 }
             }
         });
@@ -352,6 +354,14 @@ describe("SmartScale stack under Pulumi mocks", function () {
             for (const [type, name] of [[T.rolePolicy, "server"], [T.param, "controller-config"], [T.param, "server-release"], [T.object, "server-manifest"], [T.object, "k3s-binary"]]) {
                 assert.ok(dependsOn(server, type, name), `${name}`);
             }
+        });
+
+        it("runs the controller as the daemon on the server by default, and publishes no identity", () => {
+            assert.match(serverUserData, /\nCONTROLLER_MODE='daemon'\n/);
+            assert.match(serverUserData, /\nCONTROLLER_IDENTITY_SECRET_ID=''\n/);
+            assert.match(serverUserData, /\n {2}systemctl enable --now smartscale-controller\.service\n/);
+            assert.ok(!ofType(recorded, T.secret).some((x) => x.name === "controller-kubernetes"), "no identity secret in daemon mode");
+            assert.deepStrictEqual(actionsOn("server", "secretsmanager:PutSecretValue"), [one(recorded, T.secret, "k3s-agent-token").state.arn]);
         });
     });
 
