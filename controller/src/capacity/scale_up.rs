@@ -218,7 +218,11 @@ struct Estimate {
 /// pod, up to `room` nodes. A pod whose placement depends on the zone is planned only on new
 /// nodes whose zone the ASG's balance determines; when it fits only a node whose zone is a
 /// guess it still takes the room there (the scheduler may put it there) without counting as
-/// helped. The snapshot keeps what it packed; callers fork around it.
+/// helped. A pod whose filters count other pods (topology spread, required pod affinity) may
+/// pass on a node that exists once the pods packed before it have landed (they raise the
+/// spread's global minimum, or bring the pod it needs): the scheduler weighs that node with
+/// the new ones, and so does the estimate, instead of adding a node for it.
+/// The snapshot keeps what it packed; callers fork around it.
 fn estimate(
     snap: &mut Snapshot,
     groups: &[NodeGroup],
@@ -237,10 +241,31 @@ fn estimate(
     let mut zones = Vec::new();
     let mut helped = Vec::new();
     let mut requested = super::resources::Resources::default();
+    // The nodes that exist (booting and planned nodes are templates).
+    let existing: Vec<NodeId> = snap
+        .live_nodes()
+        .filter(|&n| snap.node(n).template_of.is_none())
+        .collect();
     for pod in pods {
         let sensitive = multi_zone && pod.zone_sensitive();
         let candidates = if sensitive { &certain } else { &new_nodes };
-        if !candidates.is_empty() && snap.place(pod, Some(candidates)).is_ok() {
+        // Pending, so no existing node took it before the plan; one may now. Only while every
+        // packed pod's zone is known, for a pod that depends on the zone.
+        let counts_others = !pod.spread.is_empty() || !pod.affinity.is_empty();
+        if counts_others
+            && !new_nodes.is_empty()
+            && !existing.is_empty()
+            && (!sensitive || certain.len() == new_nodes.len())
+        {
+            let among: Vec<NodeId> = candidates.iter().chain(&existing).copied().collect();
+            if let Ok(n) = snap.place(pod, Some(&among)) {
+                helped.push(pod.key());
+                if new_nodes.contains(&n) {
+                    requested.add(&pod.requests);
+                }
+                continue;
+            }
+        } else if !candidates.is_empty() && snap.place(pod, Some(candidates)).is_ok() {
             helped.push(pod.key());
             requested.add(&pod.requests);
             continue;
@@ -400,7 +425,39 @@ fn plan_in(snap: &mut Snapshot, req: &ScaleUpRequest) -> ScaleUpPlan {
     let mut reasons: Vec<Vec<(String, String)>> = vec![Vec::new(); remaining.len()];
     let mut unhosted: Vec<usize> = (0..remaining.len()).collect();
     let mut open: Vec<usize> = Vec::new();
+    // The plan's new nodes: name → group.
+    let mut planned: BTreeMap<String, String> = BTreeMap::new();
     for _round in 0..3 {
+        // A pod no fresh node could host may pass on a node as the plan leaves it: one with
+        // the pod it needs affinity with (a hostname term, which no fresh node satisfies). The
+        // scheduler puts it there once both are up.
+        if !out.increases.is_empty() {
+            let mut taken = Vec::new();
+            for &pi in &unhosted {
+                let Ok(n) = snap.place(&remaining[pi], None) else {
+                    continue;
+                };
+                let key = remaining[pi].key();
+                let node = snap.node(n);
+                let group = planned.get(&node.name).cloned();
+                match (group, node.template_of.clone()) {
+                    (Some(g), _) => {
+                        if let Some(inc) = out.increases.iter_mut().find(|i| i.group == g) {
+                            inc.pods.push(key);
+                        }
+                    }
+                    (None, Some(g)) => out.waiting.push((key, g)),
+                    // An existing node, because of pods the plan placed.
+                    (None, None) => {
+                        if let Some(inc) = out.increases.last_mut() {
+                            inc.pods.push(key);
+                        }
+                    }
+                }
+                taken.push(pi);
+            }
+            unhosted.retain(|pi| !taken.contains(pi));
+        }
         let mut newly = Vec::new();
         // Verdicts per (scheduling key, group): replicas share them within a round.
         let mut seen: BTreeMap<(u64, usize), std::result::Result<(), String>> = BTreeMap::new();
@@ -432,7 +489,14 @@ fn plan_in(snap: &mut Snapshot, req: &ScaleUpRequest) -> ScaleUpPlan {
         unhosted.retain(|pi| !newly.contains(pi));
         open.extend(newly);
         let placed = grow(
-            snap, req, &remaining, &hosts, &mut open, &mut books, &mut out,
+            snap,
+            req,
+            &remaining,
+            &hosts,
+            &mut open,
+            &mut books,
+            &mut out,
+            &mut planned,
         );
         if !placed || unhosted.is_empty() {
             break;
@@ -457,7 +521,7 @@ fn plan_in(snap: &mut Snapshot, req: &ScaleUpRequest) -> ScaleUpPlan {
                     format!("at its maximum of {}", s.max)
                 } else if !out.increases.is_empty() && !out.increases.iter().any(|i| i.group == s.name) {
                     format!(
-                        "waits for the nodes of {} to come up first (its pods could land on them)",
+                        "waits for the nodes of {} to come up first (its pods could land on them, or its nodes would change where theirs fit)",
                         out.increases.iter().map(|i| i.group.as_str()).collect::<Vec<_>>().join(", ")
                     )
                 } else if pod.zone_sensitive() && !books[gi].next_zone_certain(s) {
@@ -479,6 +543,32 @@ fn plan_in(snap: &mut Snapshot, req: &ScaleUpRequest) -> ScaleUpPlan {
     out
 }
 
+/// Whether the pods `keys` that carry a topology spread constraint still pass it where the
+/// snapshot has them. Adding a pod never breaks an earlier pod's spread (the global minimum
+/// only rises), but adding a node can: a node of another group opens a domain (its zone, or
+/// itself for a hostname spread) with none of the pods, which counts even when the pods cannot
+/// run there (`nodeTaintsPolicy: Ignore`, the default: a tainted group's node counts for pods
+/// that do not tolerate it). If it comes up before they are scheduled, they stay pending.
+fn spread_holds(snap: &mut Snapshot, keys: &BTreeSet<String>) -> bool {
+    let placed: Vec<(usize, NodeId, Arc<PodSpec>)> = snap
+        .pods
+        .iter()
+        .enumerate()
+        .filter(|(_, slot)| {
+            slot.alive && !slot.spec.spread.is_empty() && keys.contains(&slot.spec.key())
+        })
+        .map(|(id, slot)| (id, slot.node, slot.spec.clone()))
+        .collect();
+    placed.into_iter().all(|(id, node, spec)| {
+        snap.fork();
+        snap.remove_pod(id);
+        let prepared = snap.prepare(&spec);
+        let ok = super::filters::topology_spread::check(&prepared, node, snap).is_ok();
+        snap.revert();
+        ok
+    })
+}
+
 /// Nodes the group may still add.
 fn room(g: &NodeGroup, book: &Book) -> u32 {
     let s = &g.spec;
@@ -486,7 +576,9 @@ fn room(g: &NodeGroup, book: &Book) -> u32 {
 }
 
 /// The expander loop: grows the preferred group for the open pods it can host, then the next,
-/// until no group helps. Returns whether any pod was placed.
+/// until no group helps. Returns whether any pod was placed. Records the new nodes in
+/// `planned` (name → group).
+#[allow(clippy::too_many_arguments)]
 fn grow(
     snap: &mut Snapshot,
     req: &ScaleUpRequest,
@@ -495,6 +587,7 @@ fn grow(
     open: &mut Vec<usize>,
     books: &mut [Book],
     out: &mut ScaleUpPlan,
+    planned: &mut BTreeMap<String, String>,
 ) -> bool {
     let groups = req.groups;
     let mut placed = false;
@@ -515,6 +608,11 @@ fn grow(
                         .iter()
                         .any(|i| i.pods.contains(&remaining[*pi].key()))
             })
+            .collect();
+        let planned_keys: BTreeSet<String> = out
+            .increases
+            .iter()
+            .flat_map(|i| i.pods.iter().cloned())
             .collect();
         let mut best: Option<Estimate> = None;
         for gi in 0..groups.len() {
@@ -554,8 +652,11 @@ fn grow(
                 room(&groups[gi], &books[gi]),
                 &mut trial,
             );
+            // Which of the plan's nodes come up first is AWS's timing: the pods planned so far
+            // must still fit where they were planned with this group's nodes there too.
+            let keeps = planned_keys.is_empty() || spread_holds(snap, &planned_keys);
             snap.revert();
-            if e.helped.is_empty() {
+            if e.helped.is_empty() || !keeps {
                 continue;
             }
             if best
@@ -577,6 +678,9 @@ fn grow(
         let r = room(&groups[gi], &books[gi]);
         let e = estimate(snap, groups, gi, &pods, r, &mut books[gi]);
         books[gi].planned += e.nodes.len() as u32;
+        for n in &e.nodes {
+            planned.insert(n.clone(), groups[gi].spec.name.clone());
+        }
         placed |= !e.helped.is_empty();
         let helped: BTreeSet<&String> = e.helped.iter().collect();
         open.retain(|&pi| !helped.contains(&remaining[pi].key()));

@@ -522,3 +522,162 @@ fn a_second_group_grows_only_for_pods_the_first_ones_nodes_cannot_take() {
         "{plan:?}"
     );
 }
+
+// Differential seed 0: pods spread over zones (maxSkew 1) are pending because their only
+// place is a zone whose node is full; the first lands on the new node there, which raises the
+// spread's global minimum, and the scheduler then puts the second on an existing node in the
+// other zone. Planning a second new node for it leaves that node empty.
+#[test]
+fn a_pending_pod_goes_to_an_existing_node_once_the_planned_pods_allow_it() {
+    let spread = |name: &str, milli: i64| {
+        let mut p = cpu(name, milli);
+        p.labels.insert("app".into(), "web".into());
+        p.spread.push(super::pod::SpreadConstraint {
+            max_skew: 1,
+            topology_key: ZONE.into(),
+            selector: Selector::from_reqs(vec![LabelReq::In(
+                "app".into(),
+                ["web".to_string()].into(),
+            )]),
+            min_domains: 1,
+            honor_node_affinity: true,
+            honor_node_taints: false,
+        });
+        p
+    };
+    let small = |name: &str, zone: &str| NodeInfo::simple(name, 2000, 8 * GI, zone);
+    // Zone a: one web pod, room left. Zone b: a full node.
+    let mut s = snapshot(
+        vec![small("a1", "a"), small("b1", "b")],
+        vec![(spread("web-0", 200), "a1"), (cpu("filler", 2000), "b1")],
+    );
+    let groups = vec![with_template(group("general", "m5.large", &["b"], 10), &[])];
+    let pending = [spread("web-1", 1200), spread("web-2", 1200)];
+    // Before: a (1) vs b (0), so both must go to b, where only a new node has room.
+    let plan = plan_for(&mut s, &pending, &groups, Expander::LeastWaste);
+    assert!(plan.fits_now.is_empty(), "{plan:?}");
+    assert_eq!(
+        plan.nodes(),
+        1,
+        "web-2 goes to a1 once web-1 is in b: {plan:?}"
+    );
+    assert_eq!(
+        plan.increases[0].pods,
+        vec!["default/web-1".to_string(), "default/web-2".to_string()]
+    );
+    assert_eq!(plan.increases[0].zones, vec!["b".to_string()]);
+    // The snapshot is left as it was.
+    assert_eq!(s.pods_on(0).count(), 1);
+}
+
+// Differential seeds 148 and 173: a tainted group's new node is a topology domain for a spread
+// its pods' neighbours cannot use (nodeTaintsPolicy Ignore, the default). Planned together
+// with the nodes the spread pods are for, it may come up first, and the spread then keeps all
+// but one of them pending. The tainted group waits for the first group's nodes instead.
+#[test]
+fn a_group_whose_nodes_would_open_an_empty_spread_domain_waits() {
+    let spread = |name: &str| {
+        let mut p = cpu(name, 500);
+        p.labels.insert("app".into(), "web".into());
+        p.spread.push(super::pod::SpreadConstraint {
+            max_skew: 1,
+            topology_key: ZONE.into(),
+            selector: Selector::from_reqs(vec![LabelReq::In(
+                "app".into(),
+                ["web".to_string()].into(),
+            )]),
+            min_domains: 1,
+            honor_node_affinity: true,
+            honor_node_taints: false,
+        });
+        p
+    };
+    let mut general = group("general", "m5.large", &["b"], 10);
+    general.priority = 1;
+    let mut batch = group("batch", "m5.large", &["a"], 10);
+    batch
+        .tags
+        .insert(format!("{TAG_LABEL}pool"), "batch".into());
+    batch
+        .tags
+        .insert(format!("{TAG_TAINT}dedicated"), "batch:NoSchedule".into());
+    let groups = vec![with_template(general, &[]), with_template(batch, &[])];
+    let mut job = cpu("job", 1000);
+    job.node_selector.insert("pool".into(), "batch".into());
+    job.tolerations
+        .push(Toleration::exists("dedicated", "NoSchedule"));
+    let mut s = snapshot(vec![], vec![]);
+    let plan = plan_for(
+        &mut s,
+        &[spread("web-0"), spread("web-1"), job],
+        &groups,
+        Expander::Priority,
+    );
+    // Both web pods on one general node in b: with a batch node in a (no web pod, and none
+    // can go there), web-1 would be 1 + 1 - 0 > 1 in b.
+    assert_eq!(plan.increases.len(), 1, "{plan:?}");
+    assert_eq!(plan.increases[0].group, "general");
+    assert_eq!(plan.increases[0].pods.len(), 2, "{plan:?}");
+    assert_eq!(plan.blocked.len(), 1, "{plan:?}");
+    assert_eq!(plan.blocked[0].pod, "default/job");
+    assert!(
+        plan.blocked[0].reasons[0]
+            .1
+            .contains("waits for the nodes of general"),
+        "{plan:?}"
+    );
+    // Once they run, the batch group grows (a spread is only checked when scheduling).
+    let mut s = snapshot(
+        vec![NodeInfo::simple("b1", 2000, 8 * GI, "b")],
+        vec![(spread("web-0"), "b1"), (spread("web-1"), "b1")],
+    );
+    let mut job = cpu("job", 1000);
+    job.node_selector.insert("pool".into(), "batch".into());
+    job.tolerations
+        .push(Toleration::exists("dedicated", "NoSchedule"));
+    let plan = plan_for(&mut s, &[job], &groups, Expander::Priority);
+    assert_eq!(plan.increases[0].group, "batch", "{plan:?}");
+}
+
+/// A pod that must run on the node of a pod of app `leader`.
+fn plan_follower() -> PodSpec {
+    let mut follower = cpu("follower", 100);
+    follower.affinity.push(AffinityTerm {
+        namespaces: NsSet::one("default"),
+        selector: Selector::from_reqs(vec![LabelReq::In(
+            "app".into(),
+            ["leader".to_string()].into(),
+        )]),
+        topology_key: HOST.into(),
+    });
+    follower
+}
+
+// Differential seed 159: a pod with required affinity to another pending pod by hostname. No
+// fresh node can host it (none runs that pod), but the new node planned for that pod does, and
+// the scheduler puts it there once both are up: helped, not unhelpable.
+#[test]
+fn a_pod_with_hostname_affinity_to_a_planned_pod_goes_on_its_node() {
+    let mut s = snapshot(vec![], vec![]);
+    let groups = vec![with_template(
+        group("general", "m5.large", &["z1"], 10),
+        &[],
+    )];
+    let plan = plan_for(
+        &mut s,
+        &[plan_follower(), cpu("leader", 700)],
+        &groups,
+        Expander::LeastWaste,
+    );
+    assert!(plan.unhelpable.is_empty(), "{plan:?}");
+    assert_eq!(plan.nodes(), 1, "{plan:?}");
+    assert_eq!(
+        plan.increases[0].pods,
+        vec!["default/leader".to_string(), "default/follower".to_string()]
+    );
+    // Without the leader pending, nothing can host the follower.
+    let follower = vec![plan_follower()];
+    let alone = plan_for(&mut s, &follower, &groups, Expander::LeastWaste);
+    assert_eq!(alone.nodes(), 0);
+    assert_eq!(alone.unhelpable.len(), 1, "{alone:?}");
+}
