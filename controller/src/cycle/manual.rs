@@ -95,8 +95,8 @@ pub async fn run_manual(
                     match policy::victim::choose(&obs, capacity.as_mut()) {
                         Ok(c) if c.group == gi => {
                             policy::victim::remove(&mut obs, &c.victim.node);
-                            if let Some(m) = capacity.as_mut() {
-                                m.remove(&c.victim.node);
+                            if let (Some(m), Some(removal)) = (capacity.as_mut(), &c.removal) {
+                                m.apply(removal);
                             }
                             obs.groups[gi].desired -= 1;
                             victims.push(c.victim);

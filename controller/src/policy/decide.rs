@@ -162,7 +162,7 @@ pub fn decide_with(
 ) -> (Decision, Memory) {
     let mut next = mem.clone();
     let mut reasons = Vec::new();
-    let boot = booting(obs, cfg, now);
+    let mut boot = booting(obs, cfg, now);
     if !boot.rollback.is_empty() {
         reasons.push(format!(
             "rollback: {} not Ready within {}s",
@@ -211,7 +211,7 @@ pub fn decide_with(
         from: obs.groups.first().map_or(0, |g| g.desired),
         to: obs.groups.first().map_or(0, |g| g.desired),
         victim: None,
-        rollback: boot.rollback.clone(),
+        rollback: std::mem::take(&mut boot.rollback),
         replace,
         in_flight: boot.in_flight,
         reasons,

@@ -11,7 +11,7 @@ use crate::capacity::{Cluster, Expander, NodeGroup, ScaleDownConfig};
 use std::collections::BTreeSet;
 
 /// How many refusals a decision names in its reasons (the rest are counted).
-const NAMED: usize = 5;
+pub(super) const NAMED: usize = 5;
 
 /// The cluster as the scheduler sees it, and every group's template.
 #[derive(Debug, Clone)]
@@ -121,12 +121,10 @@ impl CapacityModel {
         .map_err(|r| r.to_string())
     }
 
-    /// Takes `node` out as if drained (its pods where the simulation put them, the budgets
-    /// drawn on), so the next [`Self::removable`] sees the cluster after it.
-    pub fn remove(&mut self, node: &str) {
-        if let Ok(r) = self.removable(node) {
-            scale_down::apply(&mut self.cluster.snapshot, &r, &mut self.cluster.pdbs);
-        }
+    /// Takes a removal's node out as if drained (its pods where the simulation put them, the
+    /// budgets drawn on), so the next [`Self::removable`] sees the cluster after it.
+    pub fn apply(&mut self, removal: &Removal) {
+        scale_down::apply(&mut self.cluster.snapshot, removal, &mut self.cluster.pdbs);
     }
 }
 

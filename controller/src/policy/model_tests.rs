@@ -86,6 +86,15 @@ impl Setup {
         }
     }
 
+    /// The observation, the decision with the model, and the requests-only decision (what
+    /// the policy did before the model) at CPU and memory usage `usage`.
+    fn decide(&self, usage: f64, cfg: &PolicyConfig) -> (Observation, Decision, Decision) {
+        let (obs, mut model) = self.build(usage);
+        let (with, _) = decide_with(&obs, Some(&mut model), &Memory::default(), cfg, NOW);
+        let (without, _) = decide(&obs, &Memory::default(), cfg, NOW);
+        (obs, with, without)
+    }
+
     /// The policy's view and the model, from the same objects.
     fn build(&self, cpu: f64) -> (Observation, CapacityModel) {
         let view = to_policy(&self.nodes, &self.pods, &self.pdbs);
@@ -176,19 +185,11 @@ fn a_pod_for_the_gpu_pool_grows_the_gpu_group_not_the_first() {
         json!({format!("{TAG_LABEL}pool"): "gpu"}),
         vec![],
     ));
-    let (obs, mut model) = s.build(50.0);
-    let (d, _) = decide_with(
-        &obs,
-        Some(&mut model),
-        &Memory::default(),
-        &PolicyConfig::default(),
-        NOW,
-    );
+    let (obs, d, old) = s.decide(50.0, &PolicyConfig::default());
     assert_eq!(d.action, Action::ScaleUp, "{:?}", d.reasons);
     assert_eq!(obs.groups[d.group].asg_name, "gpu", "{:?}", d.reasons);
     assert_eq!((d.from, d.to), (0, 1));
     // The requests-only view grows the first group, where the pod can never land.
-    let (old, _) = decide(&obs, &Memory::default(), &PolicyConfig::default(), NOW);
     assert_eq!(obs.groups[old.group].asg_name, "general");
 }
 
@@ -211,14 +212,7 @@ fn a_pod_no_new_node_can_take_is_reported_and_grows_nothing() {
                               "spec": {"containers": [{"name": "a", "image": "agent",
                                 "resources": {"requests": {"cpu": "200m", "memory": "64Mi"}}}]}}}
     })));
-    let (obs, mut model) = s.build(50.0);
-    let (d, _) = decide_with(
-        &obs,
-        Some(&mut model),
-        &Memory::default(),
-        &PolicyConfig::default(),
-        NOW,
-    );
+    let (_, d, old) = s.decide(50.0, &PolicyConfig::default());
     assert_eq!(d.action, Action::None, "{:?}", d.reasons);
     assert_eq!(d.unhelpable.len(), 1, "{:?}", d.unhelpable);
     assert!(
@@ -232,7 +226,6 @@ fn a_pod_no_new_node_can_take_is_reported_and_grows_nothing() {
         d.reasons
     );
     // By requests alone, 1.9 CPU fits a 2-CPU node: the old view grows for it.
-    let (old, _) = decide(&obs, &Memory::default(), &PolicyConfig::default(), NOW);
     assert_eq!(old.action, Action::ScaleUp);
 }
 
@@ -265,19 +258,11 @@ fn a_node_holding_a_local_volume_is_not_removed_and_the_reason_names_the_pod() {
                  "resources": {"requests": {"storage": "1Gi"}}},
         "status": {"phase": "Bound"}
     })));
-    let (obs, mut model) = s.build(5.0);
-    let (d, _) = decide_with(
-        &obs,
-        Some(&mut model),
-        &Memory::default(),
-        &fast_down(),
-        NOW,
-    );
+    let (_, d, old) = s.decide(5.0, &fast_down());
     // The least utilised node is `pinned`, but db-0 can only run there: `busy` goes.
     assert_eq!(d.action, Action::ScaleDown, "{:?}", d.reasons);
     assert_eq!(d.victim.as_ref().map(|v| v.node.as_str()), Some("busy"));
     // The requests-only view removes `pinned` and strands db-0.
-    let (old, _) = decide(&obs, &Memory::default(), &fast_down(), NOW);
     assert_eq!(old.victim.map(|v| v.node), Some("pinned".to_string()));
 
     // With web-0 pinned too (a host port taken elsewhere would do; a selector is simpler),
@@ -288,14 +273,7 @@ fn a_node_holding_a_local_volume_is_not_removed_and_the_reason_names_the_pod() {
         "400m",
         json!({"nodeSelector": {"kubernetes.io/hostname": "busy"}}),
     );
-    let (obs, mut model) = s.build(5.0);
-    let (d, _) = decide_with(
-        &obs,
-        Some(&mut model),
-        &Memory::default(),
-        &fast_down(),
-        NOW,
-    );
+    let (_, d, _) = s.decide(5.0, &fast_down());
     assert_eq!(d.action, Action::None, "{:?}", d.reasons);
     let why = d.reasons.join(" | ");
     assert!(why.contains("pinned: pod default/db-0"), "{why}");
@@ -321,14 +299,7 @@ fn a_budget_allowing_one_disruption_keeps_a_node_with_two_of_its_pods() {
         "spec": {"selector": {"matchLabels": {"app": "api"}}, "maxUnavailable": 1},
         "status": {"disruptionsAllowed": 1, "currentHealthy": 3, "desiredHealthy": 2, "expectedPods": 3}
     })));
-    let (obs, mut model) = s.build(5.0);
-    let (d, _) = decide_with(
-        &obs,
-        Some(&mut model),
-        &Memory::default(),
-        &fast_down(),
-        NOW,
-    );
+    let (_, d, old) = s.decide(5.0, &fast_down());
     // `a` is the least utilised, but draining it evicts two api pods where one is allowed.
     assert_eq!(
         d.victim.as_ref().map(|v| v.node.as_str()),
@@ -336,7 +307,6 @@ fn a_budget_allowing_one_disruption_keeps_a_node_with_two_of_its_pods() {
         "{:?}",
         d.reasons
     );
-    let (old, _) = decide(&obs, &Memory::default(), &fast_down(), NOW);
     assert_eq!(old.victim.map(|v| v.node), Some("a".to_string()));
 }
 

@@ -1,15 +1,14 @@
 //! Choosing the node to remove: the least utilised eligible worker whose pods fit elsewhere —
 //! under every scheduler filter when there is a capacity model, by requests when there is not.
 
-use super::model::CapacityModel;
+use super::model::{CapacityModel, NAMED};
 use super::{Lifecycle, Node, Observation, Resources, Victim, binpack};
+use crate::capacity::Removal;
 use std::collections::HashMap;
 
 /// Nodes the capacity model tries per decision (cluster-autoscaler's default is 30 per loop
 /// for non-empty nodes): a bound on the decision's time in a large cluster.
 const MODEL_TRIES: usize = 50;
-/// Refusals named in the decision's reasons.
-const NAMED: usize = 5;
 
 /// A removable node and the group it belongs to.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +16,8 @@ pub struct Candidate {
     pub victim: Victim,
     pub group: usize,
     pub allocatable: Resources,
+    /// With a capacity model: where the node's pods would go (for [`CapacityModel::apply`]).
+    pub removal: Option<Removal>,
 }
 
 /// Why nodes were not eligible, counted, for the decision's reasons.
@@ -29,9 +30,12 @@ struct Exclusions {
 
 impl Exclusions {
     fn add(&mut self, why: &'static str) {
+        self.add_n(why, 1);
+    }
+    fn add_n(&mut self, why: &'static str, k: u32) {
         match self.counts.iter_mut().find(|(w, _)| *w == why) {
-            Some((_, n)) => *n += 1,
-            None => self.counts.push((why, 1)),
+            Some((_, n)) => *n += k,
+            None => self.counts.push((why, k)),
         }
     }
     fn summary(&self) -> String {
@@ -118,17 +122,11 @@ pub fn choose(obs: &Observation, model: Option<&mut CapacityModel>) -> Result<Ca
             .then_with(|| obs.nodes[a.1].name.cmp(&obs.nodes[b.1].name))
     });
 
-    // Free capacity of every node that can take pods, indexed like `obs.nodes`.
-    let free: Vec<Option<Resources>> = obs
-        .nodes
-        .iter()
-        .map(|n| (n.ready && !n.unschedulable && !n.tainted).then(|| n.free()))
-        .collect();
     if let Some(m) = model {
         for &(_, ni, gi) in eligible.iter().take(MODEL_TRIES) {
             let node = &obs.nodes[ni];
             match m.removable(&node.name) {
-                Ok(_) => return Ok(candidate(node, gi)),
+                Ok(removal) => return Ok(candidate(node, gi, Some(removal))),
                 Err(refusal) => {
                     why.add("whose pods have no other place or keep it");
                     why.refusals.push(format!("{}: {refusal}", node.name));
@@ -136,10 +134,19 @@ pub fn choose(obs: &Observation, model: Option<&mut CapacityModel>) -> Result<Ca
             }
         }
         if eligible.len() > MODEL_TRIES {
-            why.add("not tried this decision (the least utilised are tried first)");
+            why.add_n(
+                "not tried this decision (the least utilised are tried first)",
+                (eligible.len() - MODEL_TRIES) as u32,
+            );
         }
         return Err(why.summary());
     }
+    // Free capacity of every node that can take pods, indexed like `obs.nodes`.
+    let free: Vec<Option<Resources>> = obs
+        .nodes
+        .iter()
+        .map(|n| (n.ready && !n.unschedulable && !n.tainted).then(|| n.free()))
+        .collect();
     for (_, ni, gi) in eligible {
         let node = &obs.nodes[ni];
         let moving: Vec<Resources> = node
@@ -155,15 +162,16 @@ pub fn choose(obs: &Observation, model: Option<&mut CapacityModel>) -> Result<Ca
             .filter_map(|(_, f)| *f)
             .collect();
         if binpack::fits_into(&moving, &mut others) {
-            return Ok(candidate(node, gi));
+            return Ok(candidate(node, gi, None));
         }
         why.add("whose pods would not fit elsewhere");
     }
     Err(why.summary())
 }
 
-fn candidate(node: &Node, group: usize) -> Candidate {
+fn candidate(node: &Node, group: usize, removal: Option<Removal>) -> Candidate {
     Candidate {
+        removal,
         victim: Victim {
             node: node.name.clone(),
             instance_id: node.instance_id.clone().unwrap_or_default(),
