@@ -19,6 +19,12 @@ fn smartscale_meets_its_targets_on_every_scenario() {
             let r = simulator::run_all(&t, &PolicyConfig::default(), &opts, seed, &mut |_, _| {});
             let ours = r.get("smartscale").unwrap();
             let ratio = ours.oracle_ratio.unwrap();
+            assert_eq!(
+                ours.volumes_lost,
+                0,
+                "{name}/{seed}: removed a node holding a local volume\n{}",
+                r.table()
+            );
             assert!(
                 ratio <= 1.5,
                 "{name}/{seed}: {ratio}× the oracle's node-hours\n{}",

@@ -45,6 +45,8 @@ pub struct RealPolicy {
     /// Factor applied to the CPU the policy sees (the seed's query under-reports; see README).
     pub cpu_reporting: f64,
     pub memory: Memory,
+    /// Decide with the capacity model (the controller does); the seed's design had none.
+    pub capacity_model: bool,
 }
 
 impl Autoscaler for RealPolicy {
@@ -65,9 +67,10 @@ impl Autoscaler for RealPolicy {
         };
         let obs = cluster.observe(usage, &self.group);
         // The controller's path: the same capacity model, from the simulated cluster.
-        let mut model = super::capacity::model(cluster, &obs.groups[0]);
-        let (d, next) =
-            policy::decide_with(&obs, Some(&mut model), &self.memory, &self.config, now);
+        let mut model = self
+            .capacity_model
+            .then(|| super::capacity::model(cluster, &obs.groups[0]));
+        let (d, next) = policy::decide_with(&obs, model.as_mut(), &self.memory, &self.config, now);
         self.memory = next;
         let mut cmd = Command {
             desired: None,
@@ -213,7 +216,12 @@ impl Autoscaler for RequestsOnly {
                 .filter(|o| o.id != n.id)
                 .map(|o| alloc.minus(o.requested))
                 .collect();
-            if !policy::binpack::fits_into(&moving, &mut others) {
+            // cluster-autoscaler's drain rules keep a node whose pod has a node-local volume.
+            let pinned = c
+                .pods
+                .iter()
+                .any(|p| p.node == Some(n.id) && p.volume.is_some());
+            if pinned || !policy::binpack::fits_into(&moving, &mut others) {
                 self.unneeded_since.remove(&n.id);
                 continue;
             }

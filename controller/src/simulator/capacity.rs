@@ -1,10 +1,14 @@
 //! The simulated cluster as the capacity model sees it, so the twin's decisions go through the
 //! same scheduler filters and drain rules as the controller's (`policy::decide_with`). The twin's
-//! pods are replicated pods with requests only; its nodes are one shape in one zone.
+//! pods are replicated pods with requests, and a scenario's StatefulSet pods whose local volume
+//! pins them to one node (as a bound `local-path` PV's node affinity does); its nodes are one
+//! shape in one zone.
 
-use super::cluster::{Cluster, NodeState};
+use super::cluster::{Cluster, LocalVolume, NodeState, SimPod};
 use crate::capacity::node::TAG_RESOURCES;
-use crate::capacity::volume::Catalog;
+use crate::capacity::pod::Owner;
+use crate::capacity::selector::{NodeOp, NodeReq, NodeSelector, NodeTerm};
+use crate::capacity::volume::{Catalog, HOSTNAME, VolumeNeed};
 use crate::capacity::{
     self, Expander, GroupSpec, NodeGroup, NodeInfo, PodSpec, ScaleDownConfig, Snapshot,
 };
@@ -35,14 +39,10 @@ pub fn model(cluster: &Cluster, group: &policy::Group) -> CapacityModel {
         }
         nodes.push(info);
     }
-    let spec_of = |p: &super::cluster::SimPod| {
-        let (c, m) = milli(p.requests);
-        PodSpec::simple("default", &format!("pod-{}", p.id), c, m)
-    };
     let mut bound = Vec::new();
     let mut pending = Vec::new();
     for p in &cluster.pods {
-        let mut spec = spec_of(p);
+        let mut spec = pod_spec(p);
         match p.node {
             Some(id) => {
                 spec.node_name = Some(format!("node-{id:04}"));
@@ -87,4 +87,36 @@ pub fn model(cluster: &Cluster, group: &policy::Group) -> CapacityModel {
         scale_down: ScaleDownConfig::default(),
         expander: Expander::default(),
     }
+}
+
+fn pod_spec(p: &SimPod) -> PodSpec {
+    let (c, m) = milli(p.requests);
+    let mut spec = PodSpec::simple("default", &format!("pod-{}", p.id), c, m);
+    let home = match p.volume {
+        None | Some(LocalVolume::Unbound) => return spec,
+        Some(LocalVolume::On(id)) => Some(id),
+        // Its PV still names the node that is gone: no node can ever satisfy it.
+        Some(LocalVolume::Lost) => None,
+    };
+    spec.owner = Some(Owner {
+        kind: "StatefulSet".into(),
+        name: "db".into(),
+    });
+    let node = home.map_or_else(|| format!("gone-{}", p.id), |id| format!("node-{id:04}"));
+    spec.volumes.push(VolumeNeed::Bound {
+        claim: format!("data-pod-{}", p.id),
+        pv: format!("pvc-local-{}", p.id),
+        node_affinity: Some(NodeSelector {
+            terms: vec![NodeTerm {
+                exprs: vec![NodeReq {
+                    key: HOSTNAME.to_string(),
+                    op: NodeOp::In([node].into()),
+                }],
+                fields: Vec::new(),
+            }],
+        }),
+        zones: Vec::new(),
+        node_local: true,
+    });
+    spec
 }

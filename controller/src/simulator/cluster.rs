@@ -46,6 +46,25 @@ pub struct SimPod {
     pub node: Option<u32>,
     /// When the pod started waiting to be scheduled.
     pub waiting_since: i64,
+    pub volume: Option<LocalVolume>,
+}
+
+/// A node-local PersistentVolume (K3s's `local-path`, WaitForFirstConsumer): provisioned on
+/// the node the pod first runs on, after which the pod can run nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LocalVolume {
+    /// Not provisioned yet: any node will do.
+    Unbound,
+    On(u32),
+    /// Its node was removed: the data is gone and the pod can never run again.
+    Lost,
+}
+
+impl SimPod {
+    /// Whether the pod is one of the demand's interchangeable replicas.
+    fn replica(&self) -> bool {
+        self.volume.is_none()
+    }
 }
 
 /// The whole simulated world for one policy run.
@@ -60,6 +79,7 @@ pub struct Cluster {
     /// Seconds each pod waited before it was bound (one entry per scheduling).
     pub waits: Vec<i64>,
     pub scale_actions: u32,
+    pub volumes_lost: u32,
 }
 
 impl Cluster {
@@ -75,7 +95,11 @@ impl Cluster {
             rng: ChaCha8Rng::seed_from_u64(seed),
             waits: Vec::new(),
             scale_actions: 0,
+            volumes_lost: 0,
         };
+        for _ in 0..c.opts.local_volume_pods() {
+            c.add_pod(0, Some(LocalVolume::Unbound));
+        }
         for _ in 0..nodes {
             c.launch(0);
             if let Some(n) = c.nodes.last_mut() {
@@ -174,26 +198,39 @@ impl Cluster {
         }
     }
 
-    /// Creates or deletes pods so the workload requests `cpu` cores (and `memory` GiB).
+    fn add_pod(&mut self, now: i64, volume: Option<LocalVolume>) {
+        self.pods.push(SimPod {
+            id: self.next_pod,
+            requests: self.opts.pod,
+            node: None,
+            waiting_since: now,
+            volume,
+        });
+        self.next_pod += 1;
+    }
+
+    /// Creates or deletes replicas so the workload requests `cpu` cores (and `memory` GiB);
+    /// the pods with local volumes stay as they are.
     pub fn set_demand(&mut self, cpu: f64, memory: Option<f64>, now: i64) {
-        let size = self.opts.pod;
-        let by_cpu = (cpu / size.cpu - 1e-9).ceil().max(0.0) as usize;
-        let by_mem = memory.map_or(0, |m| (m / size.memory - 1e-9).ceil().max(0.0) as usize);
-        let want = by_cpu.max(by_mem);
-        while self.pods.len() < want {
-            self.pods.push(SimPod {
-                id: self.next_pod,
-                requests: size,
-                node: None,
-                waiting_since: now,
-            });
-            self.next_pod += 1;
+        let want = super::pods_for(&self.opts, cpu, memory);
+        let replicas = |pods: &[SimPod]| pods.iter().filter(|p| p.replica()).count();
+        while replicas(&self.pods) < want {
+            self.add_pod(now, None);
         }
-        while self.pods.len() > want {
+        while replicas(&self.pods) > want {
             // Like a ReplicaSet scaling down: unscheduled pods go first, then a random one.
-            let i = match self.pods.iter().rposition(|p| p.node.is_none()) {
+            let i = match self
+                .pods
+                .iter()
+                .rposition(|p| p.replica() && p.node.is_none())
+            {
                 Some(i) => i,
-                None => self.rng.random_range(0..self.pods.len()),
+                None => {
+                    let bound: Vec<usize> = (0..self.pods.len())
+                        .filter(|&i| self.pods[i].replica())
+                        .collect();
+                    bound[self.rng.random_range(0..bound.len())]
+                }
             };
             let p = self.pods.swap_remove(i);
             if let Some(n) = p
@@ -230,8 +267,21 @@ impl Cluster {
             }
             self.launch(now);
         }
-        self.nodes
-            .retain(|n| !matches!(n.state, NodeState::Draining { gone_at } if gone_at <= now));
+        let gone: Vec<u32> = self
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.state, NodeState::Draining { gone_at } if gone_at <= now))
+            .map(|n| n.id)
+            .collect();
+        for p in &mut self.pods {
+            if let Some(LocalVolume::On(id)) = p.volume
+                && gone.contains(&id)
+            {
+                p.volume = Some(LocalVolume::Lost);
+                self.volumes_lost += 1;
+            }
+        }
+        self.nodes.retain(|n| !gone.contains(&n.id));
     }
 
     /// Binds waiting pods, oldest first, to the Ready node with the most free room that fits
@@ -246,11 +296,15 @@ impl Cluster {
         }
         waiting.sort_by_key(|&i| (self.pods[i].waiting_since, self.pods[i].id));
         for i in waiting {
-            let req = self.pods[i].requests;
+            let (req, volume) = (self.pods[i].requests, self.pods[i].volume);
+            if volume == Some(LocalVolume::Lost) {
+                continue;
+            }
             let best = self
                 .nodes
                 .iter_mut()
                 .filter(|n| n.state == NodeState::Ready && req.fits_in(alloc.minus(n.requested)))
+                .filter(|n| !matches!(volume, Some(LocalVolume::On(id)) if id != n.id))
                 .min_by(|a, b| {
                     a.requested
                         .dominant_share(alloc)
@@ -261,6 +315,9 @@ impl Cluster {
                 n.requested = n.requested.plus(req);
                 let p = &mut self.pods[i];
                 p.node = Some(n.id);
+                if p.volume == Some(LocalVolume::Unbound) {
+                    p.volume = Some(LocalVolume::On(n.id));
+                }
                 self.waits.push(now - p.waiting_since);
             }
         }

@@ -46,6 +46,8 @@ pub struct SimOptions {
     pub spot_interruptions_per_node_hour: f64,
     pub min: u32,
     pub max: u32,
+    /// Pods with a node-local volume beside the demand's pods (default: the scenario's).
+    pub local_volume_pods: Option<u32>,
 }
 
 impl Default for SimOptions {
@@ -73,6 +75,7 @@ impl Default for SimOptions {
             spot_interruptions_per_node_hour: 0.0,
             min: 1,
             max: 40,
+            local_volume_pods: None,
         }
     }
 }
@@ -85,11 +88,17 @@ pub struct Timeline {
     pub ready: u32,
 }
 
-/// Pods needed for a demand.
+/// Pods needed for a demand (the demand's own; `local_volume_pods` come on top).
 fn pods_for(opts: &SimOptions, cpu: f64, memory: Option<f64>) -> usize {
     let by_cpu = (cpu / opts.pod.cpu - 1e-9).ceil().max(0.0) as usize;
     let by_mem = memory.map_or(0, |m| (m / opts.pod.memory - 1e-9).ceil().max(0.0) as usize);
     by_cpu.max(by_mem)
+}
+
+impl SimOptions {
+    pub fn local_volume_pods(&self) -> u32 {
+        self.local_volume_pods.unwrap_or(0)
+    }
 }
 
 /// The result of one autoscaler on one trace.
@@ -98,6 +107,8 @@ struct Run {
     waits: Vec<i64>,
     cpu_over_90_s: i64,
     scale_actions: u32,
+    /// Pods whose node-local volume went with a node the autoscaler removed.
+    volumes_lost: u32,
     timeline: Vec<Timeline>,
 }
 
@@ -197,6 +208,7 @@ fn simulate(
         waits,
         cpu_over_90_s: over_90,
         scale_actions: c.scale_actions,
+        volumes_lost: c.volumes_lost,
         timeline,
     }
 }
@@ -209,6 +221,9 @@ pub fn run_all(
     seed: u64,
     progress: &mut dyn FnMut(&str, f64),
 ) -> Report {
+    let mut opts = opts.clone();
+    opts.local_volume_pods = opts.local_volume_pods.or(Some(trace.local_volume_pods));
+    let opts = &opts;
     let first = trace.rows[0];
     let initial = oracle::nodes_for(opts, first.cpu, first.memory);
     let peak = trace
@@ -235,6 +250,7 @@ pub fn run_all(
         fast_path,
         cpu_reporting,
         memory: policy::Memory::default(),
+        capacity_model: name == "smartscale",
     };
     let mut scalers: Vec<(Box<dyn Autoscaler>, u32)> = vec![
         (

@@ -11,7 +11,7 @@ pub struct OracleRun {
 
 /// Nodes needed for the demand at one instant with perfect packing.
 pub fn nodes_for(opts: &SimOptions, cpu: f64, memory: Option<f64>) -> u32 {
-    let pods = super::pods_for(opts, cpu, memory);
+    let pods = super::pods_for(opts, cpu, memory) + opts.local_volume_pods() as usize;
     let per_node = (opts.allocatable.cpu / opts.pod.cpu)
         .min(opts.allocatable.memory / opts.pod.memory)
         .floor()

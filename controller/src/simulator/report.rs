@@ -15,6 +15,9 @@ pub struct PolicyResult {
     pub pending_max_s: f64,
     pub cpu_over_90_minutes: f64,
     pub scale_actions: u32,
+    /// Pods whose node-local volume was on a node the autoscaler removed: data lost, and the
+    /// pod can never run again (0 is the only acceptable number).
+    pub volumes_lost: u32,
     /// Only on `smartscale`: its node-hours divided by the oracle's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oracle_ratio: Option<f64>,
@@ -53,6 +56,7 @@ impl PolicyResult {
             pending_max_s: waits.last().copied().unwrap_or(0) as f64,
             cpu_over_90_minutes: r3(run.cpu_over_90_s as f64 / 60.0),
             scale_actions: run.scale_actions,
+            volumes_lost: run.volumes_lost,
             oracle_ratio: None,
         }
     }
@@ -69,6 +73,7 @@ impl PolicyResult {
             pending_max_s: 0.0,
             cpu_over_90_minutes: 0.0,
             scale_actions: run.scale_actions,
+            volumes_lost: 0,
             oracle_ratio: None,
         }
     }
@@ -141,7 +146,7 @@ impl Report {
     /// A plain-text table, one row per policy.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "scenario: {}   boot time: {} s\n\n{:<16} {:>10} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7}\n",
+            "scenario: {}   boot time: {} s\n\n{:<16} {:>10} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7} {:>8}\n",
             self.scenario,
             self.boot_time_s,
             "policy",
@@ -152,11 +157,12 @@ impl Report {
             "p99 s",
             "max s",
             "cpu>90 m",
-            "actions"
+            "actions",
+            "lost vol"
         );
         for p in &self.policies {
             out.push_str(&format!(
-                "{:<16} {:>10.2} {:>9.2} {:>9.1} {:>8.0} {:>8.0} {:>8.0} {:>9.1} {:>7}\n",
+                "{:<16} {:>10.2} {:>9.2} {:>9.1} {:>8.0} {:>8.0} {:>8.0} {:>9.1} {:>7} {:>8}\n",
                 p.name,
                 p.node_hours,
                 p.cost,
@@ -165,7 +171,8 @@ impl Report {
                 p.pending_p99_s,
                 p.pending_max_s,
                 p.cpu_over_90_minutes,
-                p.scale_actions
+                p.scale_actions,
+                p.volumes_lost
             ));
         }
         if let Some(r) = self.get("smartscale").and_then(|p| p.oracle_ratio) {

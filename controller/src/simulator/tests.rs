@@ -27,6 +27,7 @@ fn step_trace(before: f64, after: f64, at: i64, end: i64) -> Trace {
             },
         ],
         end_s: end,
+        local_volume_pods: 0,
     }
 }
 
@@ -100,6 +101,7 @@ fn smartscale(o: &SimOptions) -> RealPolicy {
         fast_path: true,
         cpu_reporting: 1.0,
         memory: policy::Memory::default(),
+        capacity_model: true,
     }
 }
 
@@ -195,4 +197,49 @@ fn seed_thresholds_sees_a_third_of_true_cpu() {
         let cmd = seed.decide(&c, &sample, t);
         assert!(cmd.desired.is_none());
     }
+}
+
+fn with_local_volumes(n: u32) -> SimOptions {
+    SimOptions {
+        local_volume_pods: Some(n),
+        ..opts()
+    }
+}
+
+#[test]
+fn a_local_volume_pod_stays_on_its_node_and_is_lost_with_it() {
+    let mut c = Cluster::new(with_local_volumes(1), 2, 1);
+    c.schedule(0);
+    let home = c.pods[0].node.expect("the database pod runs");
+    assert_eq!(c.pods[0].volume, Some(cluster::LocalVolume::On(home)));
+    // Its node fills up and it is evicted: it waits for that node, not the free one.
+    c.terminate(home, 10);
+    c.advance(20);
+    c.schedule(20);
+    assert_eq!(c.pods[0].node, None, "a local volume cannot follow the pod");
+    c.advance(10 + c.opts.drain_time_s);
+    c.schedule(100);
+    assert_eq!(c.pods[0].volume, Some(cluster::LocalVolume::Lost));
+    assert_eq!(
+        c.pods[0].node, None,
+        "its data is gone: it never runs again"
+    );
+    assert_eq!(c.volumes_lost, 1);
+}
+
+#[test]
+fn smartscale_never_removes_the_node_of_a_local_volume_and_the_model_is_why() {
+    // 3 nodes of demand, then 1, beside 2 database pods: consolidation removes nodes, but
+    // never one that holds a database's volume. Without the capacity model (requests only)
+    // the same policy strands them.
+    let o = with_local_volumes(2);
+    let trace = step_trace(6.0, 0.5, 60, 7200);
+    let mut with_model = smartscale(&o);
+    let run = simulate(&trace, &o, 1, 3, &mut with_model, &mut |_, _| {});
+    assert_eq!(run.volumes_lost, 0);
+    assert!(run.scale_actions >= 1, "it still consolidates");
+    let mut requests_only = smartscale(&o);
+    requests_only.capacity_model = false;
+    let run = simulate(&trace, &o, 1, 3, &mut requests_only, &mut |_, _| {});
+    assert!(run.volumes_lost > 0, "requests alone cannot see the volume");
 }

@@ -19,6 +19,9 @@ pub struct Trace {
     pub name: String,
     pub rows: Vec<Row>,
     pub end_s: i64,
+    /// Pods with a node-local PersistentVolume (K3s's `local-path`) the scenario runs beside
+    /// its demand, e.g. database replicas; a CSV trace has none unless `simulate.local_volume_pods` says.
+    pub local_volume_pods: u32,
 }
 
 impl Trace {
@@ -29,7 +32,14 @@ impl Trace {
     }
 }
 
-pub const SCENARIOS: [&str; 5] = ["steady", "diurnal", "flash-sale", "ramp", "noisy"];
+pub const SCENARIOS: [&str; 6] = [
+    "steady",
+    "diurnal",
+    "flash-sale",
+    "ramp",
+    "noisy",
+    "stateful",
+];
 
 const STEP: i64 = 15;
 const HOUR: i64 = 3600;
@@ -86,6 +96,16 @@ pub fn scenario(name: &str, seed: u64) -> Result<Trace> {
         ),
         // A bursty service: ±40% swings every few minutes around 16 cores.
         "noisy" => (6 * HOUR, Box::new(|_, n| 16.0 * (1.0 + 0.4 * n))),
+        // A day of the business-hours curve beside 8 database replicas on local volumes
+        // (below): shrinking the night fleet must not take a node that holds one.
+        "stateful" => (
+            24 * HOUR,
+            Box::new(|t, n| {
+                let day = t as f64 / (24 * HOUR) as f64;
+                let wave = (1.0 - (2.0 * std::f64::consts::PI * day).cos()) / 2.0;
+                2.0 + 30.0 * wave.powi(3) + 0.5 * n
+            }),
+        ),
         other => {
             return Err(Error::Trace(format!(
                 "unknown scenario `{other}`; built in: {}",
@@ -112,6 +132,7 @@ pub fn scenario(name: &str, seed: u64) -> Result<Trace> {
         name: name.to_string(),
         rows,
         end_s: duration,
+        local_volume_pods: if name == "stateful" { 8 } else { 0 },
     })
 }
 
@@ -204,6 +225,7 @@ pub fn parse_csv(name: &str, text: &str) -> Result<Trace> {
         name: name.to_string(),
         rows,
         end_s: last + step,
+        local_volume_pods: 0,
     })
 }
 
