@@ -86,6 +86,9 @@ pub struct Timeline {
     pub t: i64,
     pub desired: u32,
     pub ready: u32,
+    /// The most pods pending at once since the previous point (a point sample would miss
+    /// most of a wait shorter than the grid).
+    pub pending: u32,
 }
 
 /// Pods needed for a demand (the demand's own; `local_volume_pods` come on top).
@@ -133,6 +136,7 @@ fn simulate(
     let (mut next_row, mut next_scrape, mut next_tick, mut next_sample) =
         (0usize, 0i64, 0i64, 0i64);
     let mut fast_at: Option<i64> = None;
+    let mut pending_peak = 0u32;
     let mut demand = trace.rows[0];
     let mut t = 0;
     let mut next_progress = 0.0;
@@ -167,11 +171,13 @@ fn simulate(
             }
             fast_at = None;
         }
+        pending_peak = pending_peak.max(c.pending().count() as u32);
         if t >= next_sample {
             timeline.push(Timeline {
                 t,
                 desired: c.desired,
                 ready: c.ready_nodes() as u32,
+                pending: std::mem::take(&mut pending_peak),
             });
             next_sample += every;
         }

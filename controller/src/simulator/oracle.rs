@@ -72,6 +72,7 @@ pub fn run(trace: &Trace, opts: &SimOptions, sample_every: i64) -> OracleRun {
                 t,
                 desired: n,
                 ready: n,
+                pending: 0,
             }
         })
         .collect();
