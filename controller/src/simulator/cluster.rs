@@ -80,6 +80,10 @@ pub struct Cluster {
     pub waits: Vec<i64>,
     pub scale_actions: u32,
     pub volumes_lost: u32,
+    /// Pods evicted because the autoscaler removed their node (spot interruptions not counted).
+    pub evictions: u32,
+    /// Seconds each removed instance ran, launch to gone (`finish` adds those still running).
+    pub lifetimes: Vec<i64>,
 }
 
 impl Cluster {
@@ -96,6 +100,8 @@ impl Cluster {
             waits: Vec::new(),
             scale_actions: 0,
             volumes_lost: 0,
+            evictions: 0,
+            lifetimes: Vec::new(),
         };
         for _ in 0..c.opts.local_volume_pods() {
             c.add_pod(0, Some(LocalVolume::Unbound));
@@ -164,7 +170,7 @@ impl Cluster {
                 .map(|n| n.id)
                 .collect();
             let pick = live[self.rng.random_range(0..live.len())];
-            self.drain(pick, now);
+            self.evictions += self.drain(pick, now);
         }
     }
 
@@ -177,12 +183,12 @@ impl Cluster {
         {
             self.scale_actions += 1;
             self.desired = self.desired.saturating_sub(1);
-            self.drain(node, now);
+            self.evictions += self.drain(node, now);
         }
     }
 
-    /// Cordons the node and evicts its pods; they wait for a place again.
-    fn drain(&mut self, node: u32, now: i64) {
+    /// Cordons the node and evicts its pods; they wait for a place again. Returns how many.
+    fn drain(&mut self, node: u32, now: i64) -> u32 {
         let gone_at = now + self.opts.drain_time_s;
         if let Some(n) = self.nodes.iter_mut().find(|n| n.id == node) {
             // A node that never finished booting has nothing to drain.
@@ -192,10 +198,13 @@ impl Cluster {
             };
             n.requested = Resources::ZERO;
         }
+        let mut evicted = 0;
         for p in self.pods.iter_mut().filter(|p| p.node == Some(node)) {
             p.node = None;
             p.waiting_since = now;
+            evicted += 1;
         }
+        evicted
     }
 
     fn add_pod(&mut self, now: i64, volume: Option<LocalVolume>) {
@@ -273,6 +282,11 @@ impl Cluster {
             .filter(|n| matches!(n.state, NodeState::Draining { gone_at } if gone_at <= now))
             .map(|n| n.id)
             .collect();
+        for n in self.nodes.iter().filter(|n| gone.contains(&n.id)) {
+            if let NodeState::Draining { gone_at } = n.state {
+                self.lifetimes.push(gone_at - n.launched);
+            }
+        }
         for p in &mut self.pods {
             if let Some(LocalVolume::On(id)) = p.volume
                 && gone.contains(&id)
@@ -321,6 +335,21 @@ impl Cluster {
                 self.waits.push(now - p.waiting_since);
             }
         }
+    }
+
+    /// At the end of the trace: the instances still running count their lifetime up to `end`.
+    pub fn finish(&mut self, end: i64) {
+        let running = self.nodes.iter().map(|n| end - n.launched);
+        self.lifetimes.extend(running);
+    }
+
+    /// Instances booting and draining now.
+    pub fn booting_and_draining(&self) -> (usize, usize) {
+        self.nodes.iter().fold((0, 0), |(b, d), n| match n.state {
+            NodeState::Booting { .. } => (b + 1, d),
+            NodeState::Draining { .. } => (b, d + 1),
+            NodeState::Ready => (b, d),
+        })
     }
 
     pub fn pending(&self) -> impl Iterator<Item = &SimPod> {

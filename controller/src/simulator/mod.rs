@@ -112,6 +112,12 @@ struct Run {
     scale_actions: u32,
     /// Pods whose node-local volume went with a node the autoscaler removed.
     volumes_lost: u32,
+    /// Pods evicted by scale-down.
+    evictions: u32,
+    /// Each instance's life, launch to gone (or to the end of the trace).
+    lifetimes: Vec<i64>,
+    booting_seconds: f64,
+    draining_seconds: f64,
     timeline: Vec<Timeline>,
 }
 
@@ -132,6 +138,7 @@ fn simulate(
     let mut scraper = Scraper::new(opts.scrape_interval_s);
     let every = sample_every(trace);
     let (mut node_seconds, mut over_90) = (0.0, 0);
+    let (mut booting_seconds, mut draining_seconds) = (0.0, 0.0);
     let mut timeline = Vec::new();
     let (mut next_row, mut next_scrape, mut next_tick, mut next_sample) =
         (0usize, 0i64, 0i64, 0i64);
@@ -197,6 +204,9 @@ fn simulate(
         .unwrap_or(trace.end_s);
         let dt = next_t - t;
         node_seconds += c.nodes.len() as f64 * dt as f64;
+        let (booting, draining) = c.booting_and_draining();
+        booting_seconds += booting as f64 * dt as f64;
+        draining_seconds += draining as f64 * dt as f64;
         if signals::cpu_busy_percent(&c, demand.cpu) > 90.0 {
             over_90 += dt;
         }
@@ -207,6 +217,7 @@ fn simulate(
             next_progress += 0.25;
         }
     }
+    c.finish(trace.end_s);
     let mut waits = std::mem::take(&mut c.waits);
     waits.extend(c.pending().map(|p| trace.end_s - p.waiting_since));
     Run {
@@ -215,6 +226,10 @@ fn simulate(
         cpu_over_90_s: over_90,
         scale_actions: c.scale_actions,
         volumes_lost: c.volumes_lost,
+        evictions: c.evictions,
+        lifetimes: std::mem::take(&mut c.lifetimes),
+        booting_seconds,
+        draining_seconds,
         timeline,
     }
 }
@@ -305,11 +320,16 @@ pub fn run_all(
     let mut timelines = Vec::new();
     for (scaler, start) in scalers.iter_mut() {
         let run = simulate(trace, opts, seed, *start, scaler.as_mut(), progress);
-        results.push(PolicyResult::from_run(scaler.name(), opts, &run));
+        results.push(PolicyResult::from_run(
+            scaler.name(),
+            opts,
+            &run,
+            trace.end_s,
+        ));
         timelines.push((scaler.name().to_string(), run.timeline));
     }
     let oracle = oracle::run(trace, opts, sample_every(trace));
-    results.push(PolicyResult::oracle(opts, &oracle));
+    results.push(PolicyResult::oracle(opts, &oracle, trace.end_s));
     timelines.push(("oracle".to_string(), oracle.timeline));
     Report::new(trace, opts, results, timelines)
 }

@@ -6,6 +6,9 @@ use super::{SimOptions, Timeline, trace::Trace};
 pub struct OracleRun {
     pub node_seconds: f64,
     pub scale_actions: u32,
+    /// Each instance's life: the newest goes first when the fleet shrinks.
+    pub lifetimes: Vec<i64>,
+    pub booting_seconds: f64,
     pub timeline: Vec<Timeline>,
 }
 
@@ -54,9 +57,21 @@ pub fn run(trace: &Trace, opts: &SimOptions, sample_every: i64) -> OracleRun {
     let mut actions = 0;
     let mut prev: Option<u32> = None;
     let mut segments = Vec::new();
+    // Launch times of the running instances, oldest first; the initial fleet is there at 0.
+    let mut launched: Vec<i64> = Vec::new();
+    let (mut lifetimes, mut booting_seconds) = (Vec::new(), 0.0);
     for w in cuts.windows(2) {
         let running = nodes_at(w[0]);
         node_seconds += running as f64 * (w[1] - w[0]) as f64;
+        while launched.len() < running as usize {
+            if w[0] > 0 {
+                booting_seconds += boot.min(trace.end_s - w[0]) as f64;
+            }
+            launched.push(w[0]);
+        }
+        while launched.len() > running as usize {
+            lifetimes.extend(launched.pop().map(|t| w[0] - t));
+        }
         if prev.is_some_and(|p| p != running) {
             actions += 1;
         }
@@ -76,9 +91,12 @@ pub fn run(trace: &Trace, opts: &SimOptions, sample_every: i64) -> OracleRun {
             }
         })
         .collect();
+    lifetimes.extend(launched.iter().map(|t| trace.end_s - t));
     OracleRun {
         node_seconds,
         scale_actions: actions,
+        lifetimes,
+        booting_seconds,
         timeline,
     }
 }

@@ -8,6 +8,7 @@ use serde::Serialize;
 pub struct PolicyResult {
     pub name: String,
     pub node_hours: f64,
+    /// EC2's billing: per second, with a 60-second minimum per instance.
     pub cost: f64,
     pub savings_vs_static_pct: f64,
     pub pending_p50_s: f64,
@@ -18,6 +19,14 @@ pub struct PolicyResult {
     /// Pods whose node-local volume was on a node the autoscaler removed: data lost, and the
     /// pod can never run again (0 is the only acceptable number).
     pub volumes_lost: u32,
+    /// Pods evicted by scale-down (each a restart a user may notice).
+    pub evictions: u32,
+    pub scale_actions_per_day: f64,
+    /// Median instance lifetime, launch to gone (instances still running at the end count to it).
+    pub node_lifetime_p50_min: f64,
+    /// Node-hours paid for instances not yet Ready, and for instances draining.
+    pub booting_node_hours: f64,
+    pub draining_node_hours: f64,
     /// Only on `smartscale`: its node-hours divided by the oracle's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oracle_ratio: Option<f64>,
@@ -41,15 +50,31 @@ fn hourly(opts: &SimOptions) -> f64 {
     opts.spot_share * opts.spot_hourly_price + (1.0 - opts.spot_share) * opts.hourly_price
 }
 
+/// EC2 bills Linux instances per second with a one-minute minimum.
+fn billed_cost(opts: &SimOptions, lifetimes: &[i64]) -> f64 {
+    let seconds: i64 = lifetimes.iter().map(|l| (*l).max(60)).sum();
+    seconds as f64 / 3600.0 * hourly(opts)
+}
+
+fn median_minutes(lifetimes: &[i64]) -> f64 {
+    let mut l = lifetimes.to_vec();
+    l.sort_unstable();
+    r3(percentile(&l, 50.0) / 60.0)
+}
+
+fn per_day(actions: u32, end_s: i64) -> f64 {
+    r3(actions as f64 * 86_400.0 / end_s.max(1) as f64)
+}
+
 impl PolicyResult {
-    pub(super) fn from_run(name: &str, opts: &SimOptions, run: &Run) -> PolicyResult {
+    pub(super) fn from_run(name: &str, opts: &SimOptions, run: &Run, end_s: i64) -> PolicyResult {
         let mut waits = run.waits.clone();
         waits.sort_unstable();
         let node_hours = run.node_seconds / 3600.0;
         PolicyResult {
             name: name.to_string(),
             node_hours: r3(node_hours),
-            cost: r3(node_hours * hourly(opts)),
+            cost: r3(billed_cost(opts, &run.lifetimes)),
             savings_vs_static_pct: 0.0,
             pending_p50_s: percentile(&waits, 50.0),
             pending_p99_s: percentile(&waits, 99.0),
@@ -57,16 +82,21 @@ impl PolicyResult {
             cpu_over_90_minutes: r3(run.cpu_over_90_s as f64 / 60.0),
             scale_actions: run.scale_actions,
             volumes_lost: run.volumes_lost,
+            evictions: run.evictions,
+            scale_actions_per_day: per_day(run.scale_actions, end_s),
+            node_lifetime_p50_min: median_minutes(&run.lifetimes),
+            booting_node_hours: r3(run.booting_seconds / 3600.0),
+            draining_node_hours: r3(run.draining_seconds / 3600.0),
             oracle_ratio: None,
         }
     }
 
-    pub(super) fn oracle(opts: &SimOptions, run: &OracleRun) -> PolicyResult {
+    pub(super) fn oracle(opts: &SimOptions, run: &OracleRun, end_s: i64) -> PolicyResult {
         let node_hours = run.node_seconds / 3600.0;
         PolicyResult {
             name: "oracle".to_string(),
             node_hours: r3(node_hours),
-            cost: r3(node_hours * hourly(opts)),
+            cost: r3(billed_cost(opts, &run.lifetimes)),
             savings_vs_static_pct: 0.0,
             pending_p50_s: 0.0,
             pending_p99_s: 0.0,
@@ -74,6 +104,12 @@ impl PolicyResult {
             cpu_over_90_minutes: 0.0,
             scale_actions: run.scale_actions,
             volumes_lost: 0,
+            // It removes a node only once nothing on it is needed: nothing to evict or drain.
+            evictions: 0,
+            scale_actions_per_day: per_day(run.scale_actions, end_s),
+            node_lifetime_p50_min: median_minutes(&run.lifetimes),
+            booting_node_hours: r3(run.booting_seconds / 3600.0),
+            draining_node_hours: 0.0,
             oracle_ratio: None,
         }
     }
@@ -146,7 +182,7 @@ impl Report {
     /// A plain-text table, one row per policy.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "scenario: {}   boot time: {} s\n\n{:<16} {:>10} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7} {:>8}\n",
+            "scenario: {}   boot time: {} s\n\n{:<16} {:>10} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7} {:>8} {:>8} {:>7} {:>7} {:>6} {:>6}\n",
             self.scenario,
             self.boot_time_s,
             "policy",
@@ -158,11 +194,16 @@ impl Report {
             "max s",
             "cpu>90 m",
             "actions",
-            "lost vol"
+            "lost vol",
+            "evicted",
+            "acts/d",
+            "life m",
+            "boot h",
+            "drain h"
         );
         for p in &self.policies {
             out.push_str(&format!(
-                "{:<16} {:>10.2} {:>9.2} {:>9.1} {:>8.0} {:>8.0} {:>8.0} {:>9.1} {:>7} {:>8}\n",
+                "{:<16} {:>10.2} {:>9.2} {:>9.1} {:>8.0} {:>8.0} {:>8.0} {:>9.1} {:>7} {:>8} {:>8} {:>7.1} {:>7.0} {:>6.1} {:>6.1}\n",
                 p.name,
                 p.node_hours,
                 p.cost,
@@ -172,7 +213,12 @@ impl Report {
                 p.pending_max_s,
                 p.cpu_over_90_minutes,
                 p.scale_actions,
-                p.volumes_lost
+                p.volumes_lost,
+                p.evictions,
+                p.scale_actions_per_day,
+                p.node_lifetime_p50_min,
+                p.booting_node_hours,
+                p.draining_node_hours
             ));
         }
         if let Some(r) = self.get("smartscale").and_then(|p| p.oracle_ratio) {
@@ -186,7 +232,19 @@ impl Report {
 
 #[cfg(test)]
 mod tests {
-    use super::percentile;
+    use super::*;
+
+    #[test]
+    fn cost_is_per_second_with_a_one_minute_minimum() {
+        let opts = SimOptions {
+            hourly_price: 3.6,
+            ..SimOptions::default()
+        };
+        // 3.6 $/h = 0.001 $/s: a 30 s instance pays 60 s, a 90 s one 90 s.
+        assert!((billed_cost(&opts, &[30, 90]) - 0.150).abs() < 1e-9);
+        assert_eq!(median_minutes(&[60, 600, 6000]), 10.0);
+        assert_eq!(per_day(3, 43_200), 6.0);
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

@@ -243,3 +243,31 @@ fn smartscale_never_removes_the_node_of_a_local_volume_and_the_model_is_why() {
     let run = simulate(&trace, &o, 1, 3, &mut requests_only, &mut |_, _| {});
     assert!(run.volumes_lost > 0, "requests alone cannot see the volume");
 }
+
+#[test]
+fn evictions_count_the_pods_of_removed_nodes_not_of_spot_interruptions() {
+    let mut c = Cluster::new(opts(), 2, 1);
+    c.set_demand(3.0, None, 0);
+    c.schedule(0);
+    let on_first = c.pods.iter().filter(|p| p.node == Some(0)).count() as u32;
+    assert!(on_first > 0);
+    c.terminate(0, 10);
+    assert_eq!(c.evictions, on_first);
+    c.advance(10 + c.opts.drain_time_s);
+    assert_eq!(c.lifetimes, vec![10 + c.opts.drain_time_s]);
+
+    let spot = SimOptions {
+        spot_interruptions_per_node_hour: 100.0,
+        ..opts()
+    };
+    let mut c = Cluster::new(spot, 2, 1);
+    c.set_demand(3.0, None, 0);
+    c.schedule(0);
+    c.advance(3600);
+    c.advance(3600 + 120);
+    assert!(c.lifetimes.len() >= 2, "interrupted instances ended");
+    assert_eq!(
+        c.evictions, 0,
+        "an interruption is not the autoscaler's eviction"
+    );
+}
