@@ -182,6 +182,12 @@ impl Default for RawPolicy {
                 memory_below: d.memory_below,
                 sustained: Dur(d.sustained),
                 consolidate: d.consolidate,
+                consolidate_after: Dur(d.consolidate_after),
+                budget: RawBudget {
+                    nodes: d.disruption_budget.nodes,
+                    percent: d.disruption_budget.percent,
+                    window: Dur(d.disruption_budget.window),
+                },
                 skip_nodes_with_local_storage: true,
                 skip_nodes_with_system_pods: true,
                 skip_nodes_with_custom_controller_pods: true,
@@ -225,6 +231,8 @@ pub(super) struct RawScaleDown {
     pub(super) memory_below: f64,
     pub(super) sustained: Dur,
     pub(super) consolidate: bool,
+    pub(super) consolidate_after: Dur,
+    pub(super) budget: RawBudget,
     pub(super) skip_nodes_with_local_storage: bool,
     pub(super) skip_nodes_with_system_pods: bool,
     pub(super) skip_nodes_with_custom_controller_pods: bool,
@@ -233,6 +241,21 @@ pub(super) struct RawScaleDown {
 impl Default for RawScaleDown {
     fn default() -> Self {
         RawPolicy::default().scale_down
+    }
+}
+
+/// `policy.scale_down.budget`: the disruption budget.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub(super) struct RawBudget {
+    pub(super) nodes: Option<u32>,
+    pub(super) percent: Option<f64>,
+    pub(super) window: Dur,
+}
+
+impl Default for RawBudget {
+    fn default() -> Self {
+        RawPolicy::default().scale_down.budget
     }
 }
 

@@ -122,6 +122,16 @@ pub(crate) const BAD: &[(&str, &str, &str)] = &[
     ),
     ("no node groups", "node_groups: []", "node_groups: required"),
     (
+        "zero-node disruption budget",
+        "policy: {scale_down: {budget: {nodes: 0}}}",
+        "policy.scale_down.budget.nodes: 0 would forbid every scale-down",
+    ),
+    (
+        "budget percentage out of range",
+        "policy: {scale_down: {budget: {percent: 150}}}",
+        "policy.scale_down.budget.percent: 150 must be above 0 and at most 100",
+    ),
+    (
         "bad duration",
         "interval: soon",
         "interval: `soon` is not a duration",
@@ -298,4 +308,31 @@ fn the_capacity_models_choices_are_read_with_cluster_autoscalers_defaults() {
     assert_eq!(c.capacity.expander, crate::capacity::Expander::Priority);
     assert!(!c.capacity.scale_down.skip_nodes_with_local_storage);
     assert_eq!(c.node_groups[0].priority, 10);
+}
+
+#[test]
+fn the_disruption_controls_are_read_and_default_to_the_documented_values() {
+    let yaml = "cluster_id: c\nprometheus: {url: http://p:9090}\nstate: {table: smartscale-state}\nnode_groups: [{asg_name: w, min: 1, max: 3}]\n";
+    let c = parse("t", yaml, &[], Purpose::Controller).unwrap();
+    assert_eq!(
+        c.policy,
+        crate::policy::PolicyConfig {
+            check_interval: c.policy.check_interval,
+            ..Default::default()
+        }
+    );
+    let yaml = format!(
+        "{yaml}policy: {{scale_down: {{consolidate_after: 20m, budget: {{nodes: 2, percent: 10, window: 30m}}}}}}\n"
+    );
+    let c = parse("t", &yaml, &[], Purpose::Controller).unwrap();
+    assert_eq!(
+        c.policy.consolidate_after,
+        std::time::Duration::from_secs(1200)
+    );
+    assert_eq!(c.policy.disruption_budget.nodes, Some(2));
+    assert_eq!(c.policy.disruption_budget.percent, Some(10.0));
+    assert_eq!(
+        c.policy.disruption_budget.window,
+        std::time::Duration::from_secs(1800)
+    );
 }

@@ -282,6 +282,20 @@ pub(super) fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Confi
                 .skip_nodes_with_custom_controller_pods,
         },
     };
+    let budget = &rp.scale_down.budget;
+    if budget.nodes == Some(0) {
+        p.push("policy.scale_down.budget.nodes: 0 would forbid every scale-down; use at least 1, or leave it out for no limit (set consolidate: false to stop consolidation)".to_string());
+    }
+    if let Some(pct) = budget.percent
+        && !(pct > 0.0 && pct <= 100.0)
+    {
+        p.push(format!(
+            "policy.scale_down.budget.percent: {pct} must be above 0 and at most 100 (a share of the group's nodes)"
+        ));
+    }
+    if budget.window.0.is_zero() {
+        p.push("policy.scale_down.budget.window: must be longer than 0s; e.g. 1h".to_string());
+    }
     let policy = PolicyConfig {
         cpu_above: rp.scale_up.cpu_above,
         cpu_checks: rp.scale_up.cpu_checks.clamp(1, 100) as u32,
@@ -300,6 +314,12 @@ pub(super) fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Confi
         backoff_initial: rp.backoff.initial.0,
         backoff_max: rp.backoff.max.0,
         check_interval: interval,
+        consolidate_after: rp.scale_down.consolidate_after.0,
+        disruption_budget: crate::policy::DisruptionBudget {
+            nodes: budget.nodes,
+            percent: budget.percent,
+            window: budget.window.0,
+        },
     };
 
     let listen = match raw.api.listen.parse::<SocketAddr>() {

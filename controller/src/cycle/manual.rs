@@ -92,7 +92,11 @@ pub async fn run_manual(
             _ => {
                 let mut victims = Vec::new();
                 for _ in 0..req.count {
-                    match policy::victim::choose(&obs, capacity.as_mut()) {
+                    match policy::victim::choose(
+                        &obs,
+                        capacity.as_mut(),
+                        &policy::victim::Limits::none(),
+                    ) {
                         Ok(c) if c.group == gi => {
                             policy::victim::remove(&mut obs, &c.victim.node);
                             if let (Some(m), Some(removal)) = (capacity.as_mut(), &c.removal) {

@@ -499,9 +499,22 @@ fn scale_down(
     }
     let usage_low = cpu < cfg.cpu_below && memory < cfg.memory_below && custom_low;
 
-    let candidate = match victim::choose(obs, model) {
+    let limits = disruption_limits(obs, next, cfg, now);
+    let candidate = match victim::choose(obs, model, &limits) {
         Ok(c) => c,
-        Err(why) => return block(next, d, why),
+        Err(why) => {
+            // Nothing may go now because of the controls alone: keep the sustained window
+            // running, so the node goes as soon as they allow it.
+            let only_controls = why.contains("disruption budget") || why.contains("younger than");
+            if !only_controls {
+                next.low_since = None;
+            }
+            d.reasons.push(why);
+            for spent in limits.budget_spent.iter().flatten() {
+                d.reasons.push(spent.clone());
+            }
+            return;
+        }
     };
     let consolidates = cfg.consolidate && custom_low && {
         let total = obs
@@ -571,4 +584,43 @@ fn scale_down(
     ));
     d.victim = Some(candidate.victim);
     next.last_scale_down = Some(now);
+    next.removals
+        .entry(g.asg_name.clone())
+        .or_default()
+        .push(now);
+}
+
+/// The disruption controls now: the node age limit, and per group whether its budget is spent
+/// (forgetting removals older than the window).
+fn disruption_limits(
+    obs: &Observation,
+    next: &mut Memory,
+    cfg: &PolicyConfig,
+    now: i64,
+) -> victim::Limits {
+    let budget = &cfg.disruption_budget;
+    let window = budget.window.as_secs() as i64;
+    next.removals.retain(|group, times| {
+        times.retain(|t| now - t < window);
+        !times.is_empty() && obs.groups.iter().any(|g| &g.asg_name == group)
+    });
+    let budget_spent = obs
+        .groups
+        .iter()
+        .map(|g| {
+            let allowed = budget.allowed(g.desired)?;
+            let used = next.removals.get(&g.asg_name).map_or(0, Vec::len) as u32;
+            (used >= allowed).then(|| {
+                format!(
+                    "{}: disruption budget spent ({used} of {allowed} removals in the last {window}s)",
+                    g.asg_name
+                )
+            })
+        })
+        .collect();
+    victim::Limits {
+        now,
+        min_age_s: cfg.consolidate_after.as_secs() as i64,
+        budget_spent,
+    }
 }

@@ -226,6 +226,32 @@ pub struct Memory {
     /// When a high-CPU check last counted.
     #[serde(default)]
     pub last_cpu_check: Option<i64>,
+    /// When the policy removed a node, per group, within the disruption budget's window.
+    #[serde(default)]
+    pub removals: std::collections::BTreeMap<String, Vec<i64>>,
+}
+
+/// At most this many of a group's nodes are removed by scale-down per `window` (the smaller of
+/// `nodes` and `percent` of the group's desired capacity, rounded up, when both are set; no
+/// limit when neither is). Rollbacks and replacements of broken nodes do not count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DisruptionBudget {
+    pub nodes: Option<u32>,
+    pub percent: Option<f64>,
+    pub window: Duration,
+}
+
+impl DisruptionBudget {
+    /// Removals allowed per window in a group of `desired` nodes (`None`: unlimited).
+    pub fn allowed(&self, desired: u32) -> Option<u32> {
+        let by_percent = self
+            .percent
+            .map(|p| ((p / 100.0) * desired as f64).ceil().max(1.0) as u32);
+        match (self.nodes, by_percent) {
+            (Some(n), Some(p)) => Some(n.min(p)),
+            (n, p) => n.or(p),
+        }
+    }
 }
 
 /// Policy knobs. Defaults: see `Default` and README "Policy".
@@ -264,6 +290,25 @@ pub struct PolicyConfig {
     /// cycles of the pending-pod fast path cannot make "3 consecutive checks" pass in a second.
     #[serde(default = "default_check_interval")]
     pub check_interval: Duration,
+    /// A node younger than this (since its instance was first seen launching) is not removed
+    /// by scale-down: a node started for a burst serves the next burst instead of being
+    /// consolidated away between them.
+    #[serde(default = "default_consolidate_after")]
+    pub consolidate_after: Duration,
+    #[serde(default = "default_disruption_budget")]
+    pub disruption_budget: DisruptionBudget,
+}
+
+fn default_consolidate_after() -> Duration {
+    Duration::from_secs(0)
+}
+
+fn default_disruption_budget() -> DisruptionBudget {
+    DisruptionBudget {
+        nodes: None,
+        percent: None,
+        window: Duration::from_secs(3600),
+    }
 }
 
 fn default_check_interval() -> Duration {
@@ -302,6 +347,8 @@ impl Default for PolicyConfig {
             backoff_initial: default_backoff_initial(),
             backoff_max: default_backoff_max(),
             check_interval: default_check_interval(),
+            consolidate_after: default_consolidate_after(),
+            disruption_budget: default_disruption_budget(),
         }
     }
 }

@@ -616,3 +616,84 @@ fn instances_are_not_rolled_back_while_nodes_have_unknown_provider_ids() {
     assert!(d.rollback.is_empty(), "{d:?}");
     assert_eq!(d.in_flight, 0, "{d:?}");
 }
+
+#[test]
+fn a_node_younger_than_consolidate_after_is_not_removed_and_the_window_keeps_running() {
+    let cfg = PolicyConfig {
+        consolidate_after: Duration::from_secs(1800),
+        ..PolicyConfig::default()
+    };
+    let mut o = low_cluster();
+    for i in &mut o.groups[0].instances {
+        i.first_seen = NOW - 600; // all started 10 minutes ago, for a burst
+    }
+    let m = Memory {
+        low_since: Some(NOW - 3600),
+        ..Memory::default()
+    };
+    let (d, m2) = decide(&o, &m, &cfg, NOW);
+    assert_eq!(d.action, Action::None);
+    assert!(
+        d.reasons
+            .join(";")
+            .contains("younger than consolidate_after"),
+        "{:?}",
+        d.reasons
+    );
+    assert_eq!(
+        m2.low_since,
+        Some(NOW - 3600),
+        "still low: it goes when old enough"
+    );
+    // 20 minutes later they are 30 minutes old: the least utilised goes at once.
+    let (d, _) = decide(&o, &m2, &cfg, NOW + 1200);
+    assert_eq!(d.action, Action::ScaleDown);
+}
+
+#[test]
+fn the_disruption_budget_caps_removals_per_window_per_group() {
+    let cfg = PolicyConfig {
+        disruption_budget: DisruptionBudget {
+            nodes: Some(1),
+            percent: None,
+            window: Duration::from_secs(3600),
+        },
+        ..PolicyConfig::default()
+    };
+    let o = low_cluster();
+    let m = Memory {
+        low_since: Some(NOW - 3600),
+        ..Memory::default()
+    };
+    let (d, m2) = decide(&o, &m, &cfg, NOW);
+    assert_eq!(d.action, Action::ScaleDown, "{:?}", d.reasons);
+    assert_eq!(m2.removals["workers"], vec![NOW]);
+    // The same low cluster 5 minutes later: the budget of 1 per hour is spent.
+    let (d, m3) = decide(&o, &m2, &cfg, NOW + 300);
+    assert_eq!(d.action, Action::None);
+    assert!(
+        d.reasons
+            .iter()
+            .any(|r| r.contains("disruption budget spent (1 of 1 removals in the last 3600s)")),
+        "{:?}",
+        d.reasons
+    );
+    // An hour after the first removal it may remove again, and forgets the old one.
+    let (d, m4) = decide(&o, &m3, &cfg, NOW + 3600);
+    assert_eq!(d.action, Action::ScaleDown);
+    assert_eq!(m4.removals["workers"], vec![NOW + 3600]);
+}
+
+#[test]
+fn a_percentage_budget_rounds_up_and_the_smaller_limit_wins() {
+    let b = |nodes, percent| DisruptionBudget {
+        nodes,
+        percent,
+        window: Duration::from_secs(600),
+    };
+    assert_eq!(b(None, None).allowed(10), None);
+    assert_eq!(b(None, Some(10.0)).allowed(25), Some(3));
+    assert_eq!(b(None, Some(10.0)).allowed(2), Some(1), "at least one");
+    assert_eq!(b(Some(2), Some(50.0)).allowed(10), Some(2));
+    assert_eq!(b(Some(9), Some(10.0)).allowed(30), Some(3));
+}

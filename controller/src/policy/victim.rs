@@ -20,6 +20,22 @@ pub struct Candidate {
     pub removal: Option<Removal>,
 }
 
+/// What the disruption controls allow now: no node younger than `min_age_s` (by its instance's
+/// `first_seen`), no node of a group whose budget is used up (`budget_spent[group]` says why).
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    pub now: i64,
+    pub min_age_s: i64,
+    pub budget_spent: Vec<Option<String>>,
+}
+
+impl Limits {
+    /// No disruption controls (an operator's explicit `POST /scale`).
+    pub fn none() -> Limits {
+        Limits::default()
+    }
+}
+
 /// Why nodes were not eligible, counted, for the decision's reasons.
 #[derive(Debug, Default)]
 struct Exclusions {
@@ -65,11 +81,15 @@ impl Exclusions {
 /// its minimum; and only when its pods fit on the remaining schedulable nodes: by the capacity
 /// model's filters and drain rules when there is one (no pod without a place, no blocking pod,
 /// no budget exceeded), else by requests.
-pub fn choose(obs: &Observation, model: Option<&mut CapacityModel>) -> Result<Candidate, String> {
-    let mut owner: HashMap<&str, (usize, Lifecycle)> = HashMap::new();
+pub fn choose(
+    obs: &Observation,
+    model: Option<&mut CapacityModel>,
+    limits: &Limits,
+) -> Result<Candidate, String> {
+    let mut owner: HashMap<&str, (usize, Lifecycle, i64)> = HashMap::new();
     for (gi, g) in obs.groups.iter().enumerate() {
         for i in &g.instances {
-            owner.insert(i.id.as_str(), (gi, i.lifecycle));
+            owner.insert(i.id.as_str(), (gi, i.lifecycle, i.first_seen));
         }
     }
     let runs_kube_system = |n: &Node| {
@@ -92,7 +112,9 @@ pub fn choose(obs: &Observation, model: Option<&mut CapacityModel>) -> Result<Ca
             why.add("control-plane");
             continue;
         }
-        let Some((gi, lifecycle)) = n.instance_id.as_deref().and_then(|id| owner.get(id)) else {
+        let Some((gi, lifecycle, first_seen)) =
+            n.instance_id.as_deref().and_then(|id| owner.get(id))
+        else {
             why.add("not in a managed group");
             continue;
         };
@@ -107,6 +129,10 @@ pub fn choose(obs: &Observation, model: Option<&mut CapacityModel>) -> Result<Ca
             why.add("annotated scale-down-disabled");
         } else if group.desired <= group.min {
             why.add("at group minimum");
+        } else if limits.budget_spent.get(*gi).is_some_and(Option::is_some) {
+            why.add("in a group whose disruption budget is used up");
+        } else if limits.now - first_seen < limits.min_age_s {
+            why.add("younger than consolidate_after");
         } else if n.pods.iter().any(|p| p.not_safe_to_evict) {
             why.add("running a pod not safe to evict");
         } else if model.is_none() && runs_kube_system(n) && kube_system_nodes <= 1 {

@@ -85,6 +85,9 @@ impl StoredState {
                 last_scale_up: int(item, "last_scale_up"),
                 last_scale_down: int(item, "last_scale_down"),
                 last_cpu_check: int(item, "last_cpu_check"),
+                removals: text(item, "removals")
+                    .and_then(|t| serde_json::from_str(&t).ok())
+                    .unwrap_or_default(),
             },
             first_seen: map("first_seen"),
             ever_ready: map("ever_ready"),
@@ -154,6 +157,9 @@ impl StoredState {
         }
         if let Ok(json) = serde_json::to_string(&self.backoff) {
             item.insert("backoff".into(), s(json));
+        }
+        if let Ok(json) = serde_json::to_string(&self.memory.removals) {
+            item.insert("removals".into(), s(json));
         }
         item.insert(
             "unlaunched_since".into(),
@@ -268,6 +274,7 @@ mod tests {
                 last_scale_up: None,
                 last_scale_down: Some(50),
                 last_cpu_check: Some(60),
+                removals: [("w".to_string(), vec![40, 50])].into(),
             },
             first_seen: HashMap::from([("i-1".to_string(), 42)]),
             ever_ready: HashMap::from([("i-2".to_string(), 7)]),
