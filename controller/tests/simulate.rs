@@ -46,7 +46,7 @@ fn smartscale_meets_its_targets_on_every_scenario() {
                 );
             }
             for other in &r.policies {
-                if other.name == "smartscale" || other.name == "oracle" {
+                if other.name.starts_with("smartscale") || other.name == "oracle" {
                     continue;
                 }
                 let cheaper = other.cost < ours.cost;
@@ -90,6 +90,7 @@ fn the_same_seed_gives_byte_identical_json() {
         names,
         [
             "smartscale",
+            "smartscale+forecast",
             "static-peak",
             "seed-thresholds",
             "prototype",
@@ -127,11 +128,11 @@ fn no_arguments_runs_flash_sale_and_writes_a_chart() {
     assert!(table.contains("scenario: flash-sale"), "{table}");
     assert!(table.contains("smartscale") && table.contains("oracle"));
     let svg = std::fs::read_to_string(dir.path().join("chart.svg")).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("smartscale: ready"));
+    assert!(svg.starts_with("<svg") && svg.contains(r#"class="ready" data-policy="smartscale""#));
     assert_eq!(
         svg.matches("<polyline").count(),
-        1 + 2 * 6,
-        "demand + 2 lines per policy"
+        1 + 3 * 7,
+        "demand, and desired, Ready and pending per policy (6 and the oracle)"
     );
 }
 

@@ -512,3 +512,82 @@ async fn a_desired_capacity_changed_behind_our_back_is_recorded_as_drift() {
     .await
     .expect("test timed out");
 }
+
+/// The demand history the controller itself would have recorded yesterday (the state record's
+/// `forecast` attribute, policy/forecast.rs): 1 core until a few minutes from now a day ago,
+/// then 7 cores.
+fn yesterday_rose(now: i64) -> String {
+    const BUCKET: i64 = 300;
+    let rise_after = (now - 86_400) / BUCKET + 2;
+    let first = rise_after - 12;
+    let peaks: Vec<f64> = (first..rise_after + 12)
+        .map(|b| if b <= rise_after { 1.0 } else { 7.0 })
+        .collect();
+    json!({"first": first, "peaks": peaks, "open": null, "scored": []}).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forecast_rise_scales_up_before_any_pod_is_pending() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let (w, _prom, cfg) = setup(
+            WorldOptions {
+                workers: 2,
+                ..WorldOptions::default()
+            },
+            // Usage is low and scale-down immediate: only the forecast keeps new nodes.
+            10.0,
+            20.0,
+            // A lead of 30 minutes reaches yesterday's rise from any moment of this test.
+            "policy:\n  forecast: {enabled: true, lead: 30m}\n  scale_down: {sustained: 0s}\n  cooldown: {after_scale_up: 0s, after_scale_down: 0s}\n",
+        )
+        .await;
+        let workers = worker_names(&w).await;
+        for (i, node) in workers.iter().enumerate() {
+            w.create_replica(&format!("web{i}"), "500m", "256Mi", node)
+                .await
+                .unwrap();
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        w.dynamodb
+            .put_item()
+            .table_name(&w.table)
+            .item("cluster_id", AttributeValue::S("e2e".into()))
+            .item("record", AttributeValue::S("state".into()))
+            .item("forecast", AttributeValue::S(yesterday_rose(now)))
+            .send()
+            .await
+            .unwrap();
+
+        let d = once(&w, &cfg, &[]).await;
+        assert_eq!(d["action"], "scale_up", "{d}");
+        assert!(
+            reasons(&d).contains("cores within 1800s (seasonal +6.0, trend +0.0)"),
+            "{d}"
+        );
+        assert!(reasons(&d).contains("pre-warming"), "{d}");
+        assert_eq!(w.unschedulable_pods().await.unwrap(), 0, "no pod is pending");
+        let (desired, _) = w.group().await.unwrap();
+        assert!(desired > 2, "desired {desired}");
+        // The nodes join and are Ready before the pods that will need them exist.
+        w.wait_nodes("the pre-warmed workers Ready", Duration::from_secs(30), |n| {
+            n == desired as usize
+        })
+        .await
+        .unwrap();
+        assert_eq!(w.unschedulable_pods().await.unwrap(), 0);
+        // Next cycle (a new process: the history and the hold come from the state record): an
+        // empty pre-warmed node could go by usage, but the forecast keeps its room.
+        let d = once(&w, &cfg, &[]).await;
+        assert_eq!(d["action"], "none", "{d}");
+        assert!(
+            reasons(&d).contains("but the forecast holds room for +6.0 cores"),
+            "{d}"
+        );
+    })
+    .await
+    .expect("test timed out");
+}

@@ -150,6 +150,21 @@ pub(super) struct RawPolicy {
     pub(super) max_node_provision_time: Dur,
     pub(super) replace_unready_after: Dur,
     pub(super) backoff: RawBackoff,
+    pub(super) forecast: RawForecast,
+}
+
+/// `policy.forecast`: predictive pre-warming.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub(super) struct RawForecast {
+    pub(super) enabled: bool,
+    pub(super) lead: Dur,
+}
+
+impl Default for RawForecast {
+    fn default() -> Self {
+        RawPolicy::default().forecast
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -202,6 +217,10 @@ impl Default for RawPolicy {
             backoff: RawBackoff {
                 initial: Dur(d.backoff_initial),
                 max: Dur(d.backoff_max),
+            },
+            forecast: RawForecast {
+                enabled: d.forecast.enabled,
+                lead: Dur(d.forecast.lead),
             },
         }
     }

@@ -296,6 +296,13 @@ pub(super) fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Confi
     if budget.window.0.is_zero() {
         p.push("policy.scale_down.budget.window: must be longer than 0s; e.g. 1h".to_string());
     }
+    let lead = rp.forecast.lead.0;
+    if !(Duration::from_secs(30)..=Duration::from_secs(3600)).contains(&lead) {
+        p.push(format!(
+            "policy.forecast.lead: {}s is outside 30s–1h; use a node's boot time plus one interval, e.g. 2m",
+            lead.as_secs()
+        ));
+    }
     let policy = PolicyConfig {
         cpu_above: rp.scale_up.cpu_above,
         cpu_checks: rp.scale_up.cpu_checks.clamp(1, 100) as u32,
@@ -319,6 +326,10 @@ pub(super) fn validate(raw: Raw, purpose: Purpose, p: &mut Vec<String>) -> Confi
             nodes: budget.nodes,
             percent: budget.percent,
             window: budget.window.0,
+        },
+        forecast: crate::policy::forecast::ForecastConfig {
+            enabled: rp.forecast.enabled,
+            lead,
         },
     };
 

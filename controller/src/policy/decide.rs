@@ -2,7 +2,8 @@
 
 use super::model::{self, CapacityModel};
 use super::{
-    Action, Decision, Lifecycle, Memory, Observation, PolicyConfig, Reading, binpack, victim,
+    Action, Decision, Lifecycle, Memory, Observation, PolicyConfig, Reading, binpack, prewarm,
+    victim,
 };
 use std::collections::HashSet;
 
@@ -161,6 +162,9 @@ pub fn decide_with(
     now: i64,
 ) -> (Decision, Memory) {
     let mut next = mem.clone();
+    let demand = prewarm::demand(obs);
+    next.forecast.record(now, demand);
+    next.hold = mem.hold.clone().filter(|h| h.until > now);
     let mut reasons = Vec::new();
     let mut boot = booting(obs, cfg, now);
     if !boot.rollback.is_empty() {
@@ -256,6 +260,22 @@ pub fn decide_with(
     if let Some(v) = verdict {
         decision.unhelpable = v.unhelpable;
     }
+    let (add, chosen) = if add == 0 && cfg.forecast.enabled {
+        match prewarm::step(
+            obs,
+            &mut next,
+            cfg,
+            demand,
+            boot.in_flight,
+            now,
+            &mut decision.reasons,
+        ) {
+            Some((gi, n)) => (n, Some(gi)),
+            None => (0, chosen),
+        }
+    } else {
+        (add, chosen)
+    };
     if add > 0 {
         let group = chosen.or_else(|| {
             obs.groups
@@ -542,6 +562,10 @@ fn scale_down(
     }
     let low_since = *next.low_since.get_or_insert(now);
     let held = now - low_since;
+    if let Some(why) = prewarm::holds(obs, next, in_flight, &candidate.victim.node, now) {
+        d.reasons.push(why);
+        return;
+    }
     if held < cfg.sustained.as_secs() as i64 {
         d.reasons.push(format!(
             "{} can go; low for {held}s of {}s",

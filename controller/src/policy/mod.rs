@@ -5,9 +5,11 @@
 
 pub mod binpack;
 mod decide;
+pub mod forecast;
 pub mod model;
 #[cfg(test)]
 mod model_tests;
+pub mod prewarm;
 #[cfg(test)]
 mod tests;
 pub mod victim;
@@ -229,6 +231,12 @@ pub struct Memory {
     /// When the policy removed a node, per group, within the disruption budget's window.
     #[serde(default)]
     pub removals: std::collections::BTreeMap<String, Vec<i64>>,
+    /// The demand history and the forecast's score (recorded whether or not it is enabled).
+    #[serde(default)]
+    pub forecast: forecast::DemandHistory,
+    /// Room the forecast keeps for a predicted rise.
+    #[serde(default)]
+    pub hold: Option<prewarm::Hold>,
 }
 
 /// At most this many of a group's nodes are removed by scale-down per `window` (the smaller of
@@ -297,6 +305,9 @@ pub struct PolicyConfig {
     pub consolidate_after: Duration,
     #[serde(default = "default_disruption_budget")]
     pub disruption_budget: DisruptionBudget,
+    /// Predictive pre-warming (off by default; README "Forecast").
+    #[serde(default)]
+    pub forecast: forecast::ForecastConfig,
 }
 
 fn default_consolidate_after() -> Duration {
@@ -349,6 +360,7 @@ impl Default for PolicyConfig {
             check_interval: default_check_interval(),
             consolidate_after: default_consolidate_after(),
             disruption_budget: default_disruption_budget(),
+            forecast: forecast::ForecastConfig::default(),
         }
     }
 }

@@ -697,3 +697,111 @@ fn a_percentage_budget_rounds_up_and_the_smaller_limit_wins() {
     assert_eq!(b(Some(2), Some(50.0)).allowed(10), Some(2));
     assert_eq!(b(Some(9), Some(10.0)).allowed(30), Some(3));
 }
+
+/// Two nodes, each with three 0.5-CPU pods (room for one more pod each), and yesterday's
+/// history: 3 cores all day, except 6 from 09:00 on (a rise of 3 at 09:00).
+fn forecast_setup() -> (Observation, Memory, PolicyConfig, i64) {
+    let three = |n: &str| {
+        (0..3)
+            .map(|i| pod("default", &format!("{n}{i}"), 0.5))
+            .collect()
+    };
+    let o = obs(
+        vec![node("a", three("a")), node("b", three("b"))],
+        vec![],
+        40.0,
+        30.0,
+    );
+    let nine = 86_400 + 9 * 3600;
+    let mut mem = Memory::default();
+    let mut t = 9 * 3600 - 3600;
+    while t < 9 * 3600 + 3600 {
+        mem.forecast
+            .record(t, if t >= 9 * 3600 { 6.0 } else { 3.0 });
+        t += 30;
+    }
+    let cfg = PolicyConfig {
+        forecast: forecast::ForecastConfig {
+            enabled: true,
+            lead: Duration::from_secs(120),
+        },
+        ..PolicyConfig::default()
+    };
+    (o, mem, cfg, nine)
+}
+
+#[test]
+fn a_forecast_rise_adds_nodes_before_any_pod_is_pending() {
+    let (o, mem, cfg, nine) = forecast_setup();
+    // 08:56: the window ends before 09:00: nothing to do.
+    let (d, _) = decide(&o, &mem, &cfg, nine - 240);
+    assert_eq!(d.action, Action::None, "{:?}", d.reasons);
+    // 08:58: yesterday rose by 3 cores at 09:00; today's room is 2 × 0.5: one 2-CPU node
+    // (4 pods) for the other 2 cores.
+    let (d, m) = decide(&o, &mem, &cfg, nine - 120);
+    assert_eq!(d.action, Action::ScaleUp, "{:?}", d.reasons);
+    assert_eq!((d.from, d.to), (2, 3));
+    let why = d.reasons.join("; ");
+    assert!(
+        why.contains("forecast: 3.0 → 6.0 cores within 120s"),
+        "{why}"
+    );
+    assert!(why.contains("room for 1.0: pre-warming 1 node"), "{why}");
+    assert_eq!(
+        m.hold.as_ref().map(|h| (h.until, h.cores)),
+        Some((nine + 300, 3.0))
+    );
+    // Off: the same history adds nothing.
+    let off = PolicyConfig::default();
+    let (d, _) = decide(&o, &mem, &off, nine - 120);
+    assert_eq!(d.action, Action::None, "{:?}", d.reasons);
+}
+
+#[test]
+fn nodes_kept_for_a_forecast_are_not_consolidated_before_its_window_ends() {
+    let (mut o, mut mem, cfg, nine) = forecast_setup();
+    // The pre-warmed node is Ready and empty; usage is low and has been for an hour.
+    o.nodes.push(node("c", vec![]));
+    o.groups[0].desired = 3;
+    o.groups[0].instances.push(Instance {
+        id: "i-c".into(),
+        lifecycle: Lifecycle::InService,
+        first_seen: 0,
+        ever_ready: true,
+    });
+    o.usage.cpu = Reading::Value(10.0);
+    mem.low_since = Some(nine - 3600);
+    mem.hold = Some(prewarm::Hold {
+        until: nine,
+        cores: 3.0,
+    });
+    let (d, _) = decide(&o, &mem, &cfg, nine - 60);
+    assert_eq!(d.action, Action::None, "{:?}", d.reasons);
+    let why = d.reasons.join("; ");
+    // (the forecast at 08:59 still sees the rise: it holds to the end of 09:00's bucket)
+    assert!(
+        why.contains("c can go, but the forecast holds room for +3.0 cores for 360s more"),
+        "{why}"
+    );
+    // After the window, the empty node goes as usual.
+    let (d, _) = decide(&o, &mem, &cfg, nine + 600);
+    assert_eq!(d.action, Action::ScaleDown, "{:?}", d.reasons);
+    assert_eq!(d.victim.map(|v| v.node), Some("c".to_string()));
+}
+
+#[test]
+fn a_backed_off_forecast_says_so_and_adds_nothing() {
+    let (o, mut mem, cfg, nine) = forecast_setup();
+    mem.forecast.scored = [false, false, false].into();
+    let (d, m) = decide(&o, &mem, &cfg, nine - 120);
+    assert_eq!(d.action, Action::None, "{:?}", d.reasons);
+    let why = d.reasons.join("; ");
+    assert!(
+        why.contains("forecast backed off: 0 of its last 3 predicted rises came true"),
+        "{why}"
+    );
+    assert!(
+        m.forecast.open.is_some(),
+        "it keeps predicting, to be scored"
+    );
+}

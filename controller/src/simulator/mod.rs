@@ -271,7 +271,15 @@ pub fn run_all(
         fast_path,
         cpu_reporting,
         memory: policy::Memory::default(),
-        capacity_model: name == "smartscale",
+        capacity_model: name.starts_with("smartscale"),
+    };
+    // The forecast is off by default until the twin shows it helps: run the other setting too.
+    let mut other = policy_config.clone();
+    other.forecast.enabled = !policy_config.forecast.enabled;
+    let other_name = if other.forecast.enabled {
+        "smartscale+forecast"
+    } else {
+        "smartscale-reactive"
     };
     let mut scalers: Vec<(Box<dyn Autoscaler>, u32)> = vec![
         (
@@ -282,6 +290,10 @@ pub fn run_all(
                 true,
                 1.0,
             )),
+            initial,
+        ),
+        (
+            Box::new(real(other_name, other, opts.interval_s, true, 1.0)),
             initial,
         ),
         (Box::new(StaticPeak), peak),

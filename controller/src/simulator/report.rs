@@ -149,7 +149,7 @@ impl Report {
             if static_cost > 0.0 {
                 p.savings_vs_static_pct = r3(100.0 * (1.0 - p.cost / static_cost));
             }
-            if p.name == "smartscale" && oracle_hours > 0.0 {
+            if p.name.starts_with("smartscale") && oracle_hours > 0.0 {
                 p.oracle_ratio = Some(r3(p.node_hours / oracle_hours));
             }
         }

@@ -88,6 +88,10 @@ impl StoredState {
                 removals: text(item, "removals")
                     .and_then(|t| serde_json::from_str(&t).ok())
                     .unwrap_or_default(),
+                forecast: text(item, "forecast")
+                    .and_then(|t| serde_json::from_str(&t).ok())
+                    .unwrap_or_default(),
+                hold: text(item, "hold").and_then(|t| serde_json::from_str(&t).ok()),
             },
             first_seen: map("first_seen"),
             ever_ready: map("ever_ready"),
@@ -160,6 +164,14 @@ impl StoredState {
         }
         if let Ok(json) = serde_json::to_string(&self.memory.removals) {
             item.insert("removals".into(), s(json));
+        }
+        if let Ok(json) = serde_json::to_string(&self.memory.forecast) {
+            item.insert("forecast".into(), s(json));
+        }
+        if let Some(hold) = &self.memory.hold
+            && let Ok(json) = serde_json::to_string(hold)
+        {
+            item.insert("hold".into(), s(json));
         }
         item.insert(
             "unlaunched_since".into(),
@@ -275,6 +287,16 @@ mod tests {
                 last_scale_down: Some(50),
                 last_cpu_check: Some(60),
                 removals: [("w".to_string(), vec![40, 50])].into(),
+                forecast: {
+                    let mut h = crate::policy::forecast::DemandHistory::default();
+                    h.record(0, 3.5);
+                    h.record(900, 4.25);
+                    h
+                },
+                hold: Some(crate::policy::prewarm::Hold {
+                    until: 1020,
+                    cores: 6.0,
+                }),
             },
             first_seen: HashMap::from([("i-1".to_string(), 42)]),
             ever_ready: HashMap::from([("i-2".to_string(), 7)]),
