@@ -44,6 +44,12 @@ LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
 TERMINATING = "autoscaling:EC2_INSTANCE_TERMINATING"
 # States that count towards the desired capacity (Terminating:* and Standby do not).
 LIVE = ("Pending", "Pending:Wait", "Pending:Proceed", "InService")
+# Warm pool states that count towards the warm pool's size (Warmed:Terminating* do not).
+WARMED_LIVE = ("Warmed:Pending", "Warmed:Pending:Wait", "Warmed:Pending:Proceed",
+               "Warmed:Stopped", "Warmed:Running", "Warmed:Hibernated")
+# Finished warming: the only warm pool instances a scale-out takes.
+WARMED_READY = ("Warmed:Stopped", "Warmed:Running", "Warmed:Hibernated")
+POOL_STATES = ("Stopped", "Running", "Hibernated")
 MAX_GLOBAL_TIMEOUT = 48 * 3600
 # Failed launches in a zone are retried after 10 s, doubling per failure, at most 5 min
 # (AWS documents retries, not their schedule; this is the model's).
@@ -200,7 +206,7 @@ def _refresh_load_balancers(group) -> None:
         backend.update_attached_target_groups(group.name)
 
 
-def _start_wait(group, st, hooks) -> None:
+def _start_wait(group, st, hooks, origin: str | None = None, destination: str | None = None) -> None:
     t = now()
     st.actions = {}
     for h in hooks:
@@ -217,8 +223,8 @@ def _start_wait(group, st, hooks) -> None:
         if h.notification_target_arn:
             launching = h.lifecycle_transition == LAUNCHING
             message = {
-                "Origin": "EC2" if launching else "AutoScalingGroup",
-                "Destination": "AutoScalingGroup" if launching else "EC2",
+                "Origin": origin or ("EC2" if launching else "AutoScalingGroup"),
+                "Destination": destination or ("AutoScalingGroup" if launching else "EC2"),
                 "LifecycleHookName": h.name,
                 "AccountId": group.account_id,
                 "RequestId": str(uuid.uuid4()),
@@ -334,10 +340,11 @@ def _zone_ready(group, az: str) -> bool:
     return entry is None or entry["retry_at"] <= now()
 
 
-def _zone_order(group, prefer: str | None = None) -> list[tuple[str, str | None]]:
-    # AWS balances across AZs: launch into the AZ (then subnet) with the fewest live instances,
-    # skipping zones whose last launch failed until their retry time.
-    live = _live(group)
+def _zone_order(group, prefer: str | None = None, among: list | None = None) -> list[tuple[str, str | None]]:
+    # AWS balances across AZs: launch into the AZ (then subnet) with the fewest live instances
+    # (warm pool launches: the fewest warm pool instances), skipping zones whose last launch
+    # failed until their retry time.
+    live = _live(group) if among is None else among
     per_az = Counter(s.instance.placement.zone for s in live)
     per_subnet = Counter(s.instance.subnet_id for s in live)
     choices = [z for z in _zones(group) if _zone_ready(group, z[0])]
@@ -549,33 +556,42 @@ def _record_failure(group, az: str, subnet, text: str, cause: str) -> None:
 # ---------------------------------------------------------------- launch / terminate
 
 def _launch_one(group, cause: str, *, zone: str | None = None, prefer: str | None = None,
-                purpose: str | None = None, replaces=None):
+                purpose: str | None = None, replaces=None, pool: bool = False):
     """Launch one instance; None if every zone tried failed (each failure is an activity).
 
-    zone: only that zone (AZ rebalancing); prefer: that zone first (a replacement).
+    zone: only that zone (AZ rebalancing); prefer: that zone first (a replacement);
+    pool: launch into the warm pool. A launch into the group takes a warmed instance from
+    the warm pool first (not for a Capacity Rebalancing replacement, nor when a private IP
+    is pinned for the next launch).
     """
     region = group.autoscaling_backend.region_name
     choices = _ip_zones(group) if zone is None else []
+    if not pool and replaces is None and not choices:
+        st = _take_from_pool(group, cause, zone=zone, purpose=purpose)
+        if st is not None:
+            return st
     if not choices:
-        choices = _zone_order(group, prefer)
+        choices = _zone_order(group, prefer, among=_pool_members(group) if pool else None)
         if zone is not None:
             choices = [c for c in choices if c[0] == zone][:1]
     types, market = _pick_types_and_market(group, avoid=replaces.instance.instance_type if replaces else None)
     if replaces is not None:
         market = "spot"  # Capacity Rebalancing launches a Spot Instance
+    if pool:
+        market = "on-demand"  # the model keeps Spot out of warm pools
     for az, subnet_id in choices:
         subnet = _subnet_for(group, az, subnet_id)
         failed = None
         for instance_type in types:
             rule = LAUNCH_FAILURES.take(_launch_context(group, az, instance_type, market, region))
             if rule is None:
-                return _run(group, az, subnet, instance_type, market, cause, purpose, replaces)
+                return _run(group, az, subnet, instance_type, market, cause, purpose, replaces, pool)
             failed = failed or (rule, instance_type)  # a fleet tries the other pools in the zone
         _record_failure(group, az, subnet, _failure_text(group, failed[0], az, failed[1], market), cause)
     return None
 
 
-def _run(group, az: str, subnet, instance_type: str, market: str, cause: str, purpose, replaces):
+def _run(group, az: str, subnet, instance_type: str, market: str, cause: str, purpose, replaces, pool: bool = False):
     backend = group.autoscaling_backend
     tags = group.get_propagated_tags()
     tags[asm.ASG_NAME_TAG] = group.name
@@ -618,10 +634,24 @@ def _run(group, az: str, subnet, instance_type: str, market: str, cause: str, pu
     st.ss_purpose = purpose
     if replaces is not None:
         replaces.ss_replaced_by = instance.id
+    details = {"Subnet ID": instance.subnet_id, "Availability Zone": az}
+    if pool:
+        st.lifecycle_state = "Warmed:Pending"
+        st.ss_pool_state = group.warm_pool.pool_state
+        _warm(group).append(st)
+        register(st, backend.region_name)
+        st.activity = _activity(group, f"Launching a new EC2 instance into warm pool: {instance.id}", cause, details=details)
+        hooks = _hooks(group, LAUNCHING)
+        if hooks:
+            st.lifecycle_state = "Warmed:Pending:Wait"
+            st.activity.status_code = "MidLifecycleAction"
+            _start_wait(group, st, hooks, origin="EC2", destination="WarmPool")
+        else:
+            _warm_settle(group, st)
+        return st
     group.instance_states.append(st)
     register(st, backend.region_name)
-    st.activity = _activity(group, f"Launching a new EC2 instance: {instance.id}", cause,
-                            details={"Subnet ID": instance.subnet_id, "Availability Zone": az})
+    st.activity = _activity(group, f"Launching a new EC2 instance: {instance.id}", cause, details=details)
     hooks = _hooks(group, LAUNCHING)
     if hooks:
         st.lifecycle_state = "Pending:Wait"
@@ -667,6 +697,170 @@ def _finish_termination(group, st) -> None:
     st.lifecycle_state = "Terminated"
     _finish_activity(getattr(st, "activity", None))
     _refresh_load_balancers(group)
+
+
+# ---------------------------------------------------------------- warm pool
+
+def _warm(group) -> list:
+    """The group's warm pool instances (any Warmed:* state short of Warmed:Terminated). They
+    are kept apart from group.instance_states, so DescribeAutoScalingGroups leaves them out."""
+    if not hasattr(group, "ss_warm"):
+        group.ss_warm = []
+    return group.ss_warm
+
+
+def _pool_active(group) -> bool:
+    wp = getattr(group, "warm_pool", None)
+    return wp is not None and getattr(wp, "status", None) is None
+
+
+def _pool_members(group) -> list:
+    return [s for s in _warm(group) if s.lifecycle_state in WARMED_LIVE]
+
+
+def _pool_target(group) -> int:
+    """max(MinSize, (MaxGroupPreparedCapacity, else the group's MaxSize) - DesiredCapacity)."""
+    if not _pool_active(group):
+        return 0  # no warm pool, or one marked for deletion
+    wp = group.warm_pool
+    cap = wp.max_group_prepared_capacity
+    if cap is None:
+        cap = group.max_size or 0
+    return max(wp.min_size or 0, cap - (group.desired_capacity or 0))
+
+
+def _reuse(group) -> bool:
+    return _pool_active(group) and bool((group.warm_pool.instance_reuse_policy or {}).get("ReuseOnScaleIn"))
+
+
+def _cancel_launch_activity(st) -> None:
+    launch = getattr(st, "activity", None)
+    if launch is not None and launch.end_time is None:
+        _finish_activity(launch, "Cancelled", "Instance was taken out of service before its launch completed.")
+
+
+def _warm_settle(group, st) -> None:
+    """Warmed:Pending:Proceed, then the pool state: Stopped and Hibernated stop the EC2 instance."""
+    st.actions = {}
+    st.lifecycle_state = "Warmed:Pending:Proceed"
+    state = getattr(st, "ss_pool_state", "Stopped")
+    if state in ("Stopped", "Hibernated") and st.instance.state == "running":
+        group.autoscaling_backend.ec2_backend.stop_instances([st.instance.id])
+    elif state == "Running" and st.instance.state != "running":
+        group.autoscaling_backend.ec2_backend.start_instances([st.instance.id])
+    st.lifecycle_state = f"Warmed:{state}"
+    _finish_activity(getattr(st, "activity", None))
+
+
+def _take_from_pool(group, cause: str, zone: str | None = None, purpose: str | None = None):
+    """Move a warmed instance into the group (scale-out); None if none has finished warming."""
+    ready = [s for s in _warm(group) if s.lifecycle_state in WARMED_READY]
+    if zone is not None:
+        ready = [s for s in ready if s.instance.placement.zone == zone]
+    if not ready:
+        return None
+    rank = {az: i for i, (az, _) in enumerate(_zone_order(group))}  # the zone with the fewest live first
+    st = min(ready, key=lambda s: (rank.get(s.instance.placement.zone, len(rank)), _launched_at(s)))
+    _warm(group).remove(st)
+    if st.instance.state != "running":
+        group.autoscaling_backend.ec2_backend.start_instances([st.instance.id])
+    st.actions = {}
+    st.lifecycle_state = "Pending"
+    st.ss_purpose = purpose
+    st.ss_from_pool = True
+    group.instance_states.append(st)
+    st.activity = _activity(group, f"Launching a new EC2 instance from warm pool: {st.instance.id}", cause,
+                            details={"Subnet ID": st.instance.subnet_id, "Availability Zone": st.instance.placement.zone})
+    hooks = _hooks(group, LAUNCHING)  # the launch hooks run again when an instance leaves the pool
+    if hooks:
+        st.lifecycle_state = "Pending:Wait"
+        st.activity.status_code = "MidLifecycleAction"
+        _start_wait(group, st, hooks, origin="WarmPool", destination="AutoScalingGroup")
+    else:
+        _enter_service(group, st)
+    return st
+
+
+def _return_to_pool(group, st, cause: str) -> None:
+    """Scale-in with ReuseOnScaleIn: Warmed:Pending, Warmed:Pending:Wait for the terminate
+    hooks, Warmed:Pending:Proceed, then the pool state."""
+    st.actions = {}
+    _cancel_launch_activity(st)
+    if st in group.instance_states:
+        group.instance_states.remove(st)
+    _warm(group).append(st)
+    st.lifecycle_state = "Warmed:Pending"
+    st.ss_pool_state = group.warm_pool.pool_state
+    st.ss_purpose = None
+    st.activity = _activity(group, f"Moving EC2 instance into warm pool: {st.instance.id}", cause,
+                            details={"Subnet ID": st.instance.subnet_id, "Availability Zone": st.instance.placement.zone})
+    hooks = _hooks(group, TERMINATING)
+    if hooks:
+        st.lifecycle_state = "Warmed:Pending:Wait"
+        st.activity.status_code = "MidLifecycleAction"
+        _start_wait(group, st, hooks, origin="AutoScalingGroup", destination="WarmPool")
+    else:
+        _warm_settle(group, st)
+    _refresh_load_balancers(group)
+
+
+def _warm_terminate(group, st, cause: str, use_hooks: bool = True) -> None:
+    """Warmed:Terminating, Warmed:Terminating:Wait for the terminate hooks, then Warmed:Terminated."""
+    st.actions = {}
+    _cancel_launch_activity(st)
+    st.activity = _activity(group, f"Terminating EC2 instance: {st.instance.id}", cause,
+                            details={"Subnet ID": st.instance.subnet_id, "Availability Zone": st.instance.placement.zone})
+    st.lifecycle_state = "Warmed:Terminating"
+    hooks = _hooks(group, TERMINATING) if use_hooks else []
+    if hooks:
+        st.lifecycle_state = "Warmed:Terminating:Wait"
+        st.activity.status_code = "MidLifecycleAction"
+        _start_wait(group, st, hooks, origin="WarmPool", destination="EC2")
+    else:
+        _warm_finish_termination(group, st)
+
+
+def _warm_finish_termination(group, st) -> None:
+    st.actions = {}
+    st.lifecycle_state = "Warmed:Terminating:Proceed"
+    if st in _warm(group):
+        _warm(group).remove(st)
+    if st.instance.state != "terminated":
+        group.autoscaling_backend.ec2_backend.terminate_instances([st.instance.id])
+    _release_ip(group, st)
+    st.lifecycle_state = "Warmed:Terminated"
+    _finish_activity(getattr(st, "activity", None))
+
+
+def _warm_pool_step(group) -> None:
+    """Fill the warm pool to its size, or shrink it (newest first); a pool marked for
+    deletion goes once its last instance is terminated."""
+    members = _pool_members(group)
+    target = _pool_target(group)
+    suspended = _suspended(group)
+    if len(members) < target and "Launch" not in suspended:
+        cause = (
+            f"At {_iso()} an instance was launched into the warm pool in response to a difference between "
+            f"the desired and actual size of the warm pool, increasing it from {len(members)} to {target}."
+        )
+        for _ in range(target - len(members)):
+            if _launch_one(group, cause, pool=True) is None:
+                break
+    elif len(members) > target and "Terminate" not in suspended:
+        cause = (
+            f"At {_iso()} an instance was taken out of the warm pool in response to a difference between "
+            f"the desired and actual size of the warm pool, shrinking it from {len(members)} to {target}."
+        )
+        for st in sorted(members, key=_launched_at, reverse=True)[: len(members) - target]:
+            _warm_terminate(group, st, cause)
+    wp = getattr(group, "warm_pool", None)
+    if wp is not None and getattr(wp, "status", None) == "PendingDelete" and not _warm(group):
+        group.warm_pool = None
+
+
+def _warm_pool_size(self):
+    """DescribeAutoScalingGroups WarmPoolSize: the current size of the warm pool."""
+    return len(_pool_members(self)) if getattr(self, "warm_pool", None) is not None else None
 
 
 # ---------------------------------------------------------------- termination policies
@@ -777,6 +971,7 @@ def reconcile(group, reason: str = "") -> None:
             before = _fingerprint(group)
             _capacity_rebalance(group)
             _scale(group, reason)
+            _warm_pool_step(group)
             _az_rebalance(group)
             reason = ""
             if _fingerprint(group) == before:
@@ -787,7 +982,11 @@ def reconcile(group, reason: str = "") -> None:
 
 
 def _fingerprint(group) -> tuple:
-    return (group.desired_capacity, tuple((s.instance.id, s.lifecycle_state) for s in group.instance_states))
+    return (
+        group.desired_capacity,
+        tuple((s.instance.id, s.lifecycle_state) for s in group.instance_states + _warm(group)),
+        getattr(group, "warm_pool", None) is not None,
+    )
 
 
 def _scale(group, reason: str) -> None:
@@ -814,7 +1013,10 @@ def _scale(group, reason: str) -> None:
                 f"between desired and actual capacity, shrinking the capacity from {live} to {desired}. "
                 f"At {ts} instance {st.instance.id} was selected for termination."
             )
-            _begin_termination(group, st, cause)
+            if _reuse(group):
+                _return_to_pool(group, st, cause)  # InstanceReusePolicy.ReuseOnScaleIn
+            else:
+                _begin_termination(group, st, cause)
         if len(victims) < live - target:
             _note_protected(group, reason)
 
@@ -956,6 +1158,29 @@ def _complete(group, st, hook_name: str, result: str, why: str) -> None:
         # CONTINUE and ABANDON both let the termination go on; ABANDON skips remaining hooks.
         if result == "ABANDON" or not st.actions:
             _finish_termination(group, st)
+    elif st.lifecycle_state == "Warmed:Pending:Wait":
+        if action.transition == LAUNCHING and result == "ABANDON":
+            # A launch into the warm pool abandoned: terminated (no terminate hooks), the pool refilled.
+            st.actions = {}
+            _finish_activity(
+                st.activity,
+                "Cancelled",
+                f"Instance failed to complete user's Lifecycle Action: Lifecycle Action with token "
+                f"{action.token} was abandoned: {why}",
+            )
+            _warm_terminate(
+                group,
+                st,
+                f"At {_iso()} an instance was taken out of the warm pool in response to an abandoned "
+                f"launch lifecycle action ({why}).",
+                use_hooks=False,
+            )
+        elif (action.transition == TERMINATING and result == "ABANDON") or not st.actions:
+            # Returning to the pool on scale-in (terminate hooks): either result goes on into the pool.
+            _warm_settle(group, st)
+    elif st.lifecycle_state == "Warmed:Terminating:Wait":
+        if result == "ABANDON" or not st.actions:
+            _warm_finish_termination(group, st)
     reconcile(group)
 
 
@@ -965,7 +1190,7 @@ def apply_due() -> None:
     t = now()
     for backend in all_backends():
         for group in list(backend.autoscaling_groups.values()):
-            for st in list(group.instance_states):
+            for st in list(group.instance_states) + list(_warm(group)):
                 for name, action in list(getattr(st, "actions", {}).items()):
                     if name in st.actions and action.due(t):
                         kind = "heartbeat" if action.deadline <= action.global_deadline else "global"
@@ -983,7 +1208,7 @@ def _find_action(backend, group_name: str, hook_name: str, token: str | None, in
     group = backend.autoscaling_groups[group_name]
     if f"{group_name}_{hook_name}" not in backend.lifecycle_hooks:
         raise ValidationError(f"No Lifecycle Hook found with name {hook_name} for group {group_name}")
-    for st in group.instance_states:
+    for st in group.instance_states + _warm(group):
         action = getattr(st, "actions", {}).get(hook_name)
         if action is None:
             continue
@@ -1040,6 +1265,12 @@ def _group_update(self, **kwargs) -> None:
 
 def _backend_terminate_instance(self, instance_id: str, should_decrement: bool):
     group, st = _group_of(self, instance_id)
+    if st is None and any(s.instance.id == instance_id for g in self.autoscaling_groups.values() for s in _warm(g)):
+        # "This operation cannot be called on instances in a warm pool." (API reference; wording the model's)
+        raise ValidationError(
+            f"The instance {instance_id} is in a warm pool. TerminateInstanceInAutoScalingGroup cannot be called "
+            "on instances in a warm pool."
+        )
     if st is None:
         raise ValidationError(f"Instance Id not found - No managed instance found for instance ID: {instance_id}")
     if st.lifecycle_state.startswith("Terminating"):
@@ -1074,7 +1305,18 @@ def _backend_notify_terminate_instances(self, instance_ids: list[str]) -> None:
                 "indicating it has been terminated or stopped.",
             )
             _finish_termination(group, st)
-        if gone:
+        warm_gone = [s for s in _warm(group) if s.instance.id in instance_ids]
+        for st in warm_gone:
+            st.actions = {}
+            _cancel_launch_activity(st)
+            st.activity = _activity(
+                group,
+                f"Terminating EC2 instance: {st.instance.id}",
+                f"At {_iso()} an instance was taken out of the warm pool in response to an EC2 health check "
+                "indicating it has been terminated.",
+            )
+            _warm_finish_termination(group, st)
+        if gone or warm_gone:
             reconcile(group)
 
 
@@ -1101,6 +1343,12 @@ def _backend_delete_group(self, group_name: str) -> None:
             st.activity = _activity(group, f"Terminating EC2 instance: {st.instance.id}",
                                     f"At {_iso()} an instance was taken out of service because the group was deleted.")
             _finish_termination(group, st)
+        for st in list(_warm(group)):  # "the force delete option also deletes the warm pool"
+            st.actions = {}
+            st.activity = _activity(group, f"Terminating EC2 instance: {st.instance.id}",
+                                    f"At {_iso()} an instance was taken out of the warm pool because the group was deleted.")
+            _warm_finish_termination(group, st)
+        group.warm_pool = None
         for key, hook in list(self.lifecycle_hooks.items()):
             if hook.auto_scaling_group_name == group_name:
                 del self.lifecycle_hooks[key]
@@ -1308,7 +1556,7 @@ def _resp_delete_group(self):
                 "ScalingActivityInProgress",
                 "You cannot delete an AutoScalingGroup while there are scaling activities in progress for that group.",
             )
-        if group.instance_states:
+        if group.instance_states or _warm(group):
             raise AutoscalingClientError(
                 "ResourceInUse",
                 "You cannot delete an AutoScalingGroup while there are instances or pending Spot instance request(s) "
@@ -1383,11 +1631,123 @@ def _resp_describe_scaling_activities(self):
     return asr.ActionResult({"Activities": page, "NextToken": token})
 
 
+def _constraint(value, field: str, rule: str) -> ValidationError:
+    # AWS's generic parameter validation wording.
+    return ValidationError(f"1 validation error detected: Value '{value}' at '{field}' failed to satisfy constraint: {rule}")
+
+
+def _resp_put_warm_pool(self):
+    group = self.autoscaling_backend.autoscaling_groups[self._get_param("AutoScalingGroupName")]
+    old = getattr(group, "warm_pool", None)
+    if old is not None and getattr(old, "status", None) == "PendingDelete":
+        raise ValidationError(f"The warm pool of Auto Scaling group {group.name} is being deleted.")
+    cap = self._get_int_param("MaxGroupPreparedCapacity")
+    min_size = self._get_int_param("MinSize")
+    state = self._get_param("PoolState")
+    reuse = self._get_bool_param("InstanceReusePolicy.ReuseOnScaleIn")
+    if reuse is None:
+        policy = self._get_param("InstanceReusePolicy")
+        if isinstance(policy, dict) and policy.get("ReuseOnScaleIn") is not None:
+            reuse = str(policy["ReuseOnScaleIn"]).lower() == "true"
+    if cap is not None and cap < -1:
+        raise _constraint(cap, "maxGroupPreparedCapacity", "Member must have value greater than or equal to -1")
+    if min_size is not None and min_size < 0:
+        raise _constraint(min_size, "minSize", "Member must have value greater than or equal to 0")
+    if state is not None and state not in POOL_STATES:
+        raise _constraint(state, "poolState", f"Member must satisfy enum value set: [{', '.join(POOL_STATES)}]")
+    # PutWarmPool updates: what is not given stays; -1 removes MaxGroupPreparedCapacity.
+    if cap is None:
+        cap = old.max_group_prepared_capacity if old is not None else None
+    elif cap == -1:
+        cap = None
+    if min_size is None:
+        min_size = old.min_size if old is not None else 0
+    if state is None:
+        state = old.pool_state if old is not None else "Stopped"  # "Default is Stopped."
+    policy = dict(old.instance_reuse_policy or {}) if old is not None else {}
+    if reuse is not None:
+        policy = {"ReuseOnScaleIn": reuse}
+    wp = asm.FakeWarmPool(max_group_prepared_capacity=cap, min_size=min_size, pool_state=state,
+                          instance_reuse_policy=policy or None)
+    wp.status = None
+    group.warm_pool = wp
+    reconcile(group)
+    return asr.EmptyResult()
+
+
+def _warm_instance_view(group, st) -> dict:
+    view = {
+        "InstanceId": st.instance.id,
+        "InstanceType": st.instance.instance_type,
+        "AvailabilityZone": st.instance.placement.zone,
+        "LifecycleState": st.lifecycle_state,
+        "HealthStatus": "Healthy",
+        "ProtectedFromScaleIn": bool(st.protected_from_scale_in),
+    }
+    spec = getattr(st, "ss_launch", ("none",))
+    if spec[0] == "lc":
+        view["LaunchConfigurationName"] = spec[1]
+    elif spec[0] == "lt" and group.ec2_launch_template is not None:
+        view["LaunchTemplate"] = {"LaunchTemplateId": spec[1], "LaunchTemplateName": group.ec2_launch_template.name,
+                                  "Version": str(spec[2])}
+    return view
+
+
+def _resp_describe_warm_pool(self):
+    group = self.autoscaling_backend.autoscaling_groups[self._get_param("AutoScalingGroupName")]
+    size = self._get_int_param("MaxRecords") or 50
+    if not 1 <= size <= 50:
+        raise _constraint(size, "maxRecords", "Member must have value less than or equal to 50")
+    views = [_warm_instance_view(group, st) for st in _warm(group)]
+    token = self._get_param("NextToken")
+    start = 0
+    if token:
+        if not token.isdigit() or int(token) > len(views):
+            raise AutoscalingClientError("InvalidNextToken", "The token provided is not valid.")
+        start = int(token)
+    page = views[start : start + size]
+    following = str(start + size) if start + size < len(views) else None
+    return asr.ActionResult({"WarmPoolConfiguration": getattr(group, "warm_pool", None), "Instances": page,
+                             "NextToken": following})
+
+
+def _resp_delete_warm_pool(self):
+    group = self.autoscaling_backend.autoscaling_groups[self._get_param("AutoScalingGroupName")]
+    if getattr(group, "warm_pool", None) is None:
+        return asr.EmptyResult()
+    if self._get_bool_param("ForceDelete", False):
+        # "deleted along with all of its associated instances, without waiting for all instances to be
+        # terminated. This parameter also deletes any outstanding lifecycle actions"
+        for st in list(_warm(group)):
+            st.actions = {}
+            _cancel_launch_activity(st)
+            st.activity = _activity(group, f"Terminating EC2 instance: {st.instance.id}",
+                                    f"At {_iso()} an instance was taken out of the warm pool because the warm pool was deleted.")
+            _warm_finish_termination(group, st)
+        group.warm_pool = None
+    else:
+        group.warm_pool.status = "PendingDelete"  # its instances are terminated (through the terminate hooks)
+    reconcile(group)
+    return asr.EmptyResult()
+
+
+_orig_describe_instances = asm.AutoScalingBackend.describe_auto_scaling_instances
+
+
+def _backend_describe_instances(self, instance_ids):
+    # Warm pool instances are Auto Scaling instances too (Warmed:* states in AutoScalingInstanceDetails).
+    found = _orig_describe_instances(self, instance_ids)
+    for group in self.autoscaling_groups.values():
+        found.extend(s for s in _warm(group) if not instance_ids or s.instance.id in instance_ids)
+    return found
+
+
 def install() -> None:
     """Patch moto once; call before the first request is served."""
     G = asm.FakeAutoScalingGroup
     G.set_desired_capacity = _group_set_desired_capacity
     G.update = _group_update
+    G.warm_pool_size = property(_warm_pool_size)
     B = asm.AutoScalingBackend
     B.terminate_instance = _backend_terminate_instance
     B.notify_terminate_instances = _backend_notify_terminate_instances
@@ -1395,6 +1755,7 @@ def install() -> None:
     B.delete_auto_scaling_group = _backend_delete_group
     B.resume_processes = _backend_resume
     B.set_instance_protection = _backend_protect
+    B.describe_auto_scaling_instances = _backend_describe_instances
     R = asr.AutoScalingResponse
     R.call_action = _resp_call_action
     R.create_auto_scaling_group = _resp_create_group
@@ -1406,6 +1767,9 @@ def install() -> None:
     R.complete_lifecycle_action = _resp_complete_lifecycle_action
     R.record_lifecycle_action_heartbeat = _resp_record_heartbeat
     R.describe_scaling_activities = _resp_describe_scaling_activities
+    R.put_warm_pool = _resp_put_warm_pool
+    R.describe_warm_pool = _resp_describe_warm_pool
+    R.delete_warm_pool = _resp_delete_warm_pool
 
 
 # ---------------------------------------------------------------- control endpoint view
@@ -1413,7 +1777,12 @@ def install() -> None:
 def _describe(st) -> dict:
     # target_lifecycle_state as IMDS reports it: Terminated as soon as termination starts.
     state = st.lifecycle_state
-    if state.startswith("Terminat"):
+    in_pool = state.startswith("Warmed:")
+    if state.startswith("Warmed:Terminat"):
+        target = "Warmed:Terminated"
+    elif in_pool:  # warming into (or back into) the pool, or warmed: the pool state it settles in
+        target = f"Warmed:{getattr(st, 'ss_pool_state', 'Stopped')}"
+    elif state.startswith("Terminat"):
         target = "Terminated"
     elif state.startswith("Detach"):
         target = "Detached"
@@ -1440,6 +1809,10 @@ def _describe(st) -> dict:
         "launch_time": _iso_ms(_launched_at(st)),
         # IMDS meta-data/events/recommendations/rebalance: {"noticeTime": this}
         "rebalance_recommendation_time": _iso(recommended) if recommended is not None else None,
+        # Warm pools: whether the instance is in the group's warm pool now (lifecycle_state Warmed:*,
+        # Warmed:Terminated included), and the pool state it warms into / sits in there.
+        "in_warm_pool": in_pool,
+        "warm_pool_state": getattr(st, "ss_pool_state", None) if in_pool else None,
     }
 
 

@@ -18,7 +18,7 @@ from conftest import start_server, wait_for
 CONTROL_FIELDS = {
     "instance_id", "region", "asg_name", "availability_zone", "subnet_id", "instance_type",
     "market", "lifecycle_state", "target_lifecycle_state", "ec2_state", "private_ip", "private_dns_name",
-    "protected_from_scale_in", "launch_time", "rebalance_recommendation_time",
+    "protected_from_scale_in", "launch_time", "rebalance_recommendation_time", "in_warm_pool", "warm_pool_state",
 }
 
 
