@@ -9,8 +9,18 @@
 # download, then every HEARTBEAT_INTERVAL in the background until `smartscale-agent join` (which
 # heartbeats it too) has answered it. A failure before the join abandons it at once.
 #
-# Steps: heartbeat -> agent, k3s (installed, not started) -> agent config -> wait for the agent
+# Steps: heartbeat -> agent, k3s (installed, not started) -> agent config, the join script and its
+# unit -> then /usr/local/lib/smartscale/join (userdata/worker-join.sh.tpl): wait for the agent
 # token -> `smartscale-agent run` as a unit, started before the join -> `smartscale-agent join`.
+#
+# Warm pool: an instance launched into the group's warm pool (IMDS target-lifecycle-state
+# Warmed:Stopped or Warmed:Running) does all of the downloading and installing now, then only runs
+# `smartscale-agent join`, which sees the Warmed: target, completes the launch action with CONTINUE
+# and exits 0 without the token or k3s: never a Node while warmed. The group then stops it (Stopped
+# pool). cloud-init runs this user data at the first boot only, so the join when the group starts
+# the instance from the pool (target InService, a new launch action) is smartscale-join.service's,
+# enabled here; k3s-agent is not enabled in a warm-pool group (that unit starts it), so it cannot
+# start and register a Node at that boot before the agent has written its config.
 set -euo pipefail
 umask 022
 
@@ -30,11 +40,21 @@ K3S_BINARY_SHA256='@@K3S_BINARY_SHA256@@'
 K3S_INSTALL_KEY='@@K3S_INSTALL_KEY@@'
 K3S_INSTALL_VERSION_ID='@@K3S_INSTALL_VERSION_ID@@'
 K3S_INSTALL_SHA256='@@K3S_INSTALL_SHA256@@'
-AGENT_TOKEN_SECRET_ID='@@AGENT_TOKEN_SECRET_ID@@'
-AGENT_TOKEN_WAIT_SECONDS='@@AGENT_TOKEN_WAIT_SECONDS@@'
 AGENT_METRICS_PORT='@@AGENT_METRICS_PORT@@'
+# 'true' in a group with a warm pool (smartscale:warmPool): see the header.
+WARM_POOL='@@WARM_POOL@@'
+JOIN_SCRIPT=/usr/local/lib/smartscale/join
+PREPARED=/var/lib/smartscale/prepared
 
 @@BLOCK:COMMON_FUNCTIONS@@
+@@BLOCK:ARTIFACT_FUNCTIONS@@
+
+# Should cloud-init run this again (a boot into the pool stopped before cloud-init recorded it): the
+# first run installed everything, and smartscale-join.service does the rest. Nothing to download.
+if [[ -e $PREPARED ]]; then
+  log "already prepared at an earlier boot; smartscale-join.service joins"
+  exit 0
+fi
 
 install -d -m 0755 /usr/local/lib/smartscale
 cat >"$AWS_HELPER" <<'SMARTSCALE_EOF'
@@ -98,13 +118,25 @@ else
   exit "$hb"
 fi
 
+# Warmed:Stopped / Warmed:Running: launched into the warm pool; InService: straight into service.
+TARGET_STATE=$(retry 10 2 imds_get autoscaling/target-lifecycle-state)
+WARMED=""
+if [[ $TARGET_STATE == Warmed:* ]]; then
+  WARMED=1
+fi
+
 # 2. The agent, the k3s binary and k3s's install script, from the stack's bucket. k3s-agent is
-# installed and enabled but not started: the agent writes its config (with the token) and starts it.
+# installed but not started: the agent writes its config (with the token) and starts it. In a
+# warm-pool group it is not enabled either: smartscale-join.service starts it at later boots.
+log "target lifecycle state ${TARGET_STATE}"
 install -d -m 0755 /etc/smartscale /etc/rancher/k3s
 install -d -m 0700 /var/lib/smartscale-agent
 fetch_verified "$AGENT_KEY" "$AGENT_VERSION_ID" "$AGENT_SHA256" /usr/local/bin/smartscale-agent 0755
-install_k3s agent INSTALL_K3S_SKIP_START=true
-
+if [[ $WARM_POOL == true || -n $WARMED ]]; then
+  install_k3s agent INSTALL_K3S_SKIP_START=true INSTALL_K3S_SKIP_ENABLE=true
+else
+  install_k3s agent INSTALL_K3S_SKIP_START=true
+fi
 cat >/etc/smartscale/agent.yaml <<'SMARTSCALE_EOF'
 @@BLOCK:AGENT_CONFIG@@
 SMARTSCALE_EOF
@@ -123,22 +155,40 @@ cat >/etc/systemd/system/smartscale-agent.service <<'SMARTSCALE_EOF'
 SMARTSCALE_EOF
 systemctl daemon-reload
 
-# 3. The server publishes the agent token once K3s runs (a new cluster's first workers boot while
-# the server still installs): wait for it rather than fail, heartbeating meanwhile.
-log "waiting for the K3s agent token"
-saws --timeout "$AGENT_TOKEN_WAIT_SECONDS" secret-wait --id "$AGENT_TOKEN_SECRET_ID"
+# 3. The join steps, as a script of their own (they run again from the unit at a start from the
+# warm pool) and the unit that runs them at boot in a warm-pool group.
+cat >"$JOIN_SCRIPT" <<'SMARTSCALE_EOF'
+@@BLOCK:JOIN_SCRIPT@@
+SMARTSCALE_EOF
+chmod 0755 "$JOIN_SCRIPT"
+cat >/etc/systemd/system/smartscale-join.service <<'SMARTSCALE_EOF'
+@@BLOCK:JOIN_UNIT@@
+SMARTSCALE_EOF
+systemctl daemon-reload
+if [[ $WARM_POOL == true || -n $WARMED ]]; then
+  systemctl enable smartscale-join.service
+fi
+install -d -m 0755 /var/lib/smartscale
+touch "$PREPARED"
 
-# 4. The drain daemon starts before the join: from the moment k3s registers the Node, pods can land
-# on it, and whatever terminates the instance from then on must find the daemon there to drain
-# them. Until k3s has written the kubelet kubeconfig, `run` exits with an error and systemd starts
-# it again every 5 s (Restart=on-failure, no start limit): a few error lines at boot.
-systemctl enable smartscale-agent.service
-systemctl start --no-block smartscale-agent.service
+if [[ -n $WARMED ]]; then
+  # 4w. Into the warm pool: everything is installed; no token, no k3s, no drain unit. `join` sees
+  # the Warmed: target and completes the launch action with CONTINUE, after which the group may
+  # stop the instance at any moment: everything the next boot needs is in place before it, on disk.
+  # A Running pool's instance is not rebooted when the group pulls it in: the unit, started now,
+  # waits for the InService target and joins then.
+  systemctl start --no-block smartscale-join.service
+  sync
+  log "launched into the warm pool (${TARGET_STATE}): completing the launch action without joining"
+  JOINING=1
+  env AWS_REGION="$REGION" /usr/local/bin/smartscale-agent --config /etc/smartscale/agent.yaml join
+  log "worker bootstrap complete: warmed; the join follows when the group puts this instance in service"
+  exit 0
+fi
 
-log "joining the cluster"
-JOINING=1
-env AWS_REGION="$REGION" /usr/local/bin/smartscale-agent --config /etc/smartscale/agent.yaml join
-
-# Already running; this makes sure of it (a no-op unless someone stopped it meanwhile).
-systemctl enable --now smartscale-agent.service
-log "worker bootstrap complete"
+# 4. Straight into service: the join script from here, with its own heartbeats and ABANDON.
+kill "$HEARTBEATS" 2>/dev/null || true
+HEARTBEATS=""
+trap - EXIT
+log "prepared; joining"
+exec "$JOIN_SCRIPT" --bootstrap

@@ -11,7 +11,7 @@ import { readRepoFile } from "../src/files";
 import { costRules, serverManifest } from "../src/monitoring";
 import { namesFor } from "../src/names";
 import { heartbeatIntervalSeconds } from "../src/params";
-import { serverScript, workerScript } from "../src/userdata";
+import { WorkerUserDataInput, serverScript, workerJoinScript, workerScript } from "../src/userdata";
 
 const out = process.argv[2];
 if (!out) {
@@ -55,18 +55,24 @@ const k3s = {
     installScript: { key: "k3s/v1.33.4+k3s1/install.sh", versionId: "inst.2_abcdef", sha256: sha("e") },
 };
 
+const worker: WorkerUserDataInput = {
+    region,
+    clusterId: "demo",
+    asgName: names.asgName,
+    launchHookName: names.launchHookName,
+    heartbeatIntervalSeconds: heartbeatIntervalSeconds(cfg.lifecycleHeartbeatTimeout),
+    bucket,
+    agent: { key: "bin/smartscale-agent", versionId: "3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY", sha256: sha("a") },
+    k3s,
+    agentConfig: { ssmPath: names.ssmPath, tokenSecretId: secretArn("k3s-agent-token"), joinTimeout: "10m" },
+    warmPool: false,
+};
+
 const files: Record<string, string> = {
-    "worker.sh": workerScript({
-        region,
-        clusterId: "demo",
-        asgName: names.asgName,
-        launchHookName: names.launchHookName,
-        heartbeatIntervalSeconds: heartbeatIntervalSeconds(cfg.lifecycleHeartbeatTimeout),
-        bucket,
-        agent: { key: "bin/smartscale-agent", versionId: "3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY", sha256: sha("a") },
-        k3s,
-        agentConfig: { ssmPath: names.ssmPath, tokenSecretId: secretArn("k3s-agent-token"), joinTimeout: "10m" },
-    }),
+    "worker.sh": workerScript(worker),
+    // A group with a warm pool (smartscale:warmPool enabled), and the join script both embed.
+    "worker-warm-pool.sh": workerScript({ ...worker, warmPool: true }),
+    "worker-join.sh": workerJoinScript(worker),
     "server.sh": serverScript({
         region,
         clusterId: "demo",
@@ -79,6 +85,7 @@ const files: Record<string, string> = {
         controllerConfigParam: names.controllerConfigParam,
     }),
     "smartscale-agent.service": readRepoFile("userdata", "systemd", "smartscale-agent.service"),
+    "smartscale-join.service": readRepoFile("userdata", "systemd", "smartscale-join.service"),
     "smartscale-controller.service": readRepoFile("userdata", "systemd", "smartscale-controller.service"),
     "smartscale-sync.service": readRepoFile("userdata", "systemd", "smartscale-sync.service"),
     "smartscale-identity.service": readRepoFile("userdata", "systemd", "smartscale-identity.service"),

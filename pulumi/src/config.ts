@@ -74,7 +74,24 @@ export interface StackConfig {
     lambdaLogRetentionDays: number;
     notificationTopic: boolean;
     cloudwatchMetrics: boolean;
+    /** EC2 Auto Scaling warm pool of the worker group (src/workers.ts); `enabled: false` by default. */
+    warmPool: WarmPoolConfig;
 }
+
+/** `smartscale:warmPool`: a structured value (pulumi config set --path smartscale:warmPool.enabled true). */
+export interface WarmPoolConfig {
+    enabled: boolean;
+    /** PutWarmPool MinSize: instances kept in the pool (>= 0). */
+    minSize: number;
+    /** PutWarmPool MaxGroupPreparedCapacity; undefined: AWS's default (the group's max size minus its desired capacity). */
+    maxGroupPreparedCapacity?: number;
+    /** `Hibernated` is refused: see parseWarmPool. */
+    poolState: "Stopped" | "Running";
+    /** InstanceReusePolicy.ReuseOnScaleIn: instances go back to the pool on scale-in instead of terminating. */
+    reuseOnScaleIn: boolean;
+}
+
+export const WARM_POOL_DEFAULTS: WarmPoolConfig = { enabled: false, minSize: 0, poolState: "Stopped", reuseOnScaleIn: true };
 
 /** The retention periods CloudWatch Logs accepts (PutRetentionPolicy). */
 export const LOG_RETENTION_DAYS = [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653];
@@ -118,6 +135,11 @@ export const CONFIG_KEYS: KeyDoc[] = [
     { key: "smartscale:onDemandBaseCapacity", required: false, example: "2", default: "1", description: "on-demand instances before any spot" },
     { key: "smartscale:onDemandPercentageAboveBase", required: false, example: "0", default: "20", description: "percentage of on-demand above the base; the rest is spot" },
     { key: "smartscale:spotAllocationStrategy", required: false, example: "capacity-optimized", default: "price-capacity-optimized", description: "spot allocation strategy" },
+    {
+        key: "smartscale:warmPool", required: false, example: '{"enabled":true,"minSize":2}',
+        default: '{"enabled":false,"minSize":0,"poolState":"Stopped","reuseOnScaleIn":true}',
+        description: "EC2 Auto Scaling warm pool of the worker group (an object: enabled, minSize, maxGroupPreparedCapacity, poolState Stopped|Running, reuseOnScaleIn); workers boot and install once into the pool, stopped ones pay only for their EBS volumes. AWS allows no warm pool with a mixed instances policy or Spot: it needs one workerInstanceType and onDemandPercentageAboveBase 100",
+    },
     { key: "smartscale:lifecycleHeartbeatTimeout", required: false, example: "600", default: "300", description: "heartbeat timeout of both lifecycle hooks, seconds (30-7200), set when the ASG is created (docs/deploy.md, Updating); agents heartbeat every fifth of it" },
     { key: "smartscale:workerJoinTimeout", required: false, example: "15m", default: "10m", description: "agent join_timeout: how long a new worker may take from the join to Ready before it is abandoned" },
     { key: "smartscale:workerCapacityTimeout", required: false, example: "30m", default: "20m", description: "how long `pulumi up` waits for workerMinSize workers to join (in service) before it fails (5m-2h)" },
@@ -389,6 +411,151 @@ const logRetention = (raw: string): number => {
     return n;
 };
 
+// ---------------------------------------------------------------- warm pool
+
+const WARM_POOL_FIELDS = ["enabled", "minSize", "maxGroupPreparedCapacity", "poolState", "reuseOnScaleIn"] as const;
+
+/**
+ * `smartscale:warmPool`, an object. `pulumi config set --path` may store a field as a YAML bool or
+ * number or as a string: both are accepted. Every problem is reported, unknown fields with a hint.
+ * The limits are PutWarmPool's (WarmPoolConfiguration): MinSize >= 0, MaxGroupPreparedCapacity
+ * >= -1 (-1 clears it: AWS's default size), PoolState Stopped | Running | Hibernated.
+ */
+export const parseWarmPool = (raw: string): WarmPoolConfig => {
+    let v: unknown;
+    try {
+        v = JSON.parse(raw);
+    } catch {
+        throw new Error(`"${raw}" is not an object; set its fields with: pulumi config set --path smartscale:warmPool.enabled true`);
+    }
+    if (v === null || typeof v !== "object" || Array.isArray(v)) {
+        throw new Error(`${raw} is not an object like {"enabled":true,"minSize":2}`);
+    }
+    const o = v as Record<string, unknown>;
+    const problems: string[] = [];
+    for (const k of Object.keys(o)) {
+        if (!(WARM_POOL_FIELDS as readonly string[]).includes(k)) {
+            const hint = closest(k, [...WARM_POOL_FIELDS]);
+            problems.push(`unknown field ${k}${hint ? ` (did you mean ${hint}?)` : ""}; the fields are ${WARM_POOL_FIELDS.join(", ")}`);
+        }
+    }
+    const field = <T>(k: (typeof WARM_POOL_FIELDS)[number], parse: (x: string) => T, fallback: T): T => {
+        const x = o[k];
+        if (x === undefined || x === null) return fallback;
+        if (typeof x !== "string" && typeof x !== "number" && typeof x !== "boolean") {
+            problems.push(`${k}: ${JSON.stringify(x)} is not a single value`);
+            return fallback;
+        }
+        try {
+            return parse(String(x).trim());
+        } catch (e) {
+            problems.push(`${k}: ${(e as Error).message}`);
+            return fallback;
+        }
+    };
+    const poolState = (x: string): "Stopped" | "Running" => {
+        if (x === "Stopped" || x === "Running") return x;
+        if (x === "Hibernated") {
+            throw new Error(
+                "Hibernated is not supported: hibernation needs the launch template's HibernationOptions, an encrypted " +
+                    "root volume with room for the instance's RAM and an instance type and AMI that support it, none of " +
+                    "which this stack sets up; use Stopped (pays only for EBS while warmed) or Running",
+            );
+        }
+        const hint = ["Stopped", "Running"].find((p) => p.toLowerCase() === x.toLowerCase());
+        throw new Error(`"${x}" is not Stopped or Running${hint ? ` (AWS spells it ${hint})` : ""}`);
+    };
+    const d = WARM_POOL_DEFAULTS;
+    const mgpc = field<number | undefined>("maxGroupPreparedCapacity", int(-1, 100000), undefined);
+    const wp: WarmPoolConfig = {
+        enabled: field("enabled", bool, d.enabled),
+        minSize: field("minSize", int(0, 100000), d.minSize),
+        // -1 is how PutWarmPool clears the value: the same as leaving it out.
+        maxGroupPreparedCapacity: mgpc === -1 ? undefined : mgpc,
+        poolState: field("poolState", poolState, d.poolState),
+        reuseOnScaleIn: field("reuseOnScaleIn", bool, d.reuseOnScaleIn),
+    };
+    if (problems.length > 0) {
+        throw new Error(problems.join("; "));
+    }
+    return wp;
+};
+
+/**
+ * Rules between smartscale:warmPool and the other keys (an enabled pool only), each saying whose rule
+ * it is and how to fix it.
+ */
+export function warmPoolProblems(
+    wp: WarmPoolConfig,
+    c: { workerInstanceTypes: string[]; workerMaxSize: number; onDemandPercentageAboveBase: number },
+    isSet: (key: string) => boolean,
+): string[] {
+    if (!wp.enabled) return [];
+    const p: string[] = [];
+    const fix = "      ";
+    // AWS: PutWarmPool "cannot be called on an Auto Scaling group that has a mixed instances policy or
+    // a launch template or launch configuration that requests Spot Instances" (EC2 Auto Scaling API
+    // Reference). With a warm pool the group uses the launch template alone: one instance type, on-demand.
+    if (c.workerInstanceTypes.length !== 1) {
+        p.push(
+            `smartscale:warmPool is enabled but smartscale:workerInstanceTypes lists ${c.workerInstanceTypes.length} types: AWS allows no warm pool ` +
+                "in a group with a mixed instances policy (PutWarmPool), so the workers must be one instance type\n" +
+                `${fix}set one with: pulumi config set smartscale:workerInstanceTypes ${c.workerInstanceTypes[0]}`,
+        );
+    }
+    if (c.onDemandPercentageAboveBase !== 100) {
+        p.push(
+            `smartscale:warmPool is enabled but smartscale:onDemandPercentageAboveBase is ${c.onDemandPercentageAboveBase}: the rest would be Spot, and AWS ` +
+                "allows no warm pool in a group that launches Spot Instances (PutWarmPool); warm-pool workers are all on-demand\n" +
+                `${fix}confirm with: pulumi config set smartscale:onDemandPercentageAboveBase 100`,
+        );
+    }
+    for (const k of ["onDemandBaseCapacity", "spotAllocationStrategy"]) {
+        if (isSet(`${NAMESPACE}:${k}`)) {
+            p.push(
+                `smartscale:${k} applies to the mixed instances policy, which a group with a warm pool cannot have\n` +
+                    `${fix}remove it with: pulumi config rm smartscale:${k}`,
+            );
+        }
+    }
+    // SmartScale's rules (AWS accepts these, but they buy nothing): the pool never holds more than
+    // max(MinSize, MaxGroupPreparedCapacity - desired) instances (EC2 Auto Scaling User Guide, warm
+    // pool size), and only up to the group's max size of them can ever be in service.
+    if (wp.minSize > c.workerMaxSize) {
+        p.push(
+            `smartscale:warmPool.minSize (${wp.minSize}) is larger than smartscale:workerMaxSize (${c.workerMaxSize}): the pool would keep ` +
+                "instances (and pay for their volumes) that could never all be in service\n" +
+                `${fix}lower it with: pulumi config set --path smartscale:warmPool.minSize ${c.workerMaxSize}`,
+        );
+    }
+    if (wp.maxGroupPreparedCapacity !== undefined) {
+        if (wp.maxGroupPreparedCapacity < wp.minSize) {
+            p.push(
+                `smartscale:warmPool.maxGroupPreparedCapacity (${wp.maxGroupPreparedCapacity}) is smaller than smartscale:warmPool.minSize (${wp.minSize}): ` +
+                    "AWS keeps minSize instances in the pool regardless, so the cap would never apply\n" +
+                    `${fix}raise it, or leave it out (AWS's default: workerMaxSize minus the desired capacity): pulumi config rm --path smartscale:warmPool.maxGroupPreparedCapacity`,
+            );
+        }
+        if (wp.maxGroupPreparedCapacity > c.workerMaxSize) {
+            p.push(
+                `smartscale:warmPool.maxGroupPreparedCapacity (${wp.maxGroupPreparedCapacity}) is larger than smartscale:workerMaxSize (${c.workerMaxSize}): ` +
+                    "the instances above the group's max could never be in service\n" +
+                    `${fix}lower it with: pulumi config set --path smartscale:warmPool.maxGroupPreparedCapacity ${c.workerMaxSize}`,
+            );
+        }
+    }
+    // SmartScale's rule: a Running pool's instance returned on scale-in keeps running, still a (drained)
+    // Node, and is put back in service without a boot, so nothing on it would run the join again.
+    if (wp.poolState === "Running" && wp.reuseOnScaleIn) {
+        p.push(
+            "smartscale:warmPool.poolState Running with reuseOnScaleIn true is not supported: an instance returned to a running pool " +
+                "stays a drained Node and is put back in service without a boot, so it would never join again\n" +
+                `${fix}terminate on scale-in instead: pulumi config set --path smartscale:warmPool.reuseOnScaleIn false (or use poolState Stopped)`,
+        );
+    }
+    return p;
+}
+
 /** Only `false`: see the rebalanceEnabled description. */
 const rebalance = (raw: string): boolean => {
     if (bool(raw)) {
@@ -523,6 +690,7 @@ export function loadConfig(): StackConfig {
         lambdaLogRetentionDays: r.optional(s("lambdaLogRetentionDays"), logRetention, 14),
         notificationTopic: r.optional(s("notificationTopic"), bool, false),
         cloudwatchMetrics: r.optional(s("cloudwatchMetrics"), bool, false),
+        warmPool: r.optional(s("warmPool"), parseWarmPool, WARM_POOL_DEFAULTS),
     };
     if (cfg.controllerMode !== "lambda") {
         // Keys that would do nothing in daemon mode are errors, not silently ignored settings.
@@ -556,6 +724,9 @@ export function loadConfig(): StackConfig {
     }
     if (cfg.onDemandBaseCapacity > cfg.workerMaxSize) {
         r.problems.add(`smartscale:onDemandBaseCapacity (${cfg.onDemandBaseCapacity}) is larger than smartscale:workerMaxSize (${cfg.workerMaxSize})`);
+    }
+    for (const p of warmPoolProblems(cfg.warmPool, cfg, (k) => pulumi.runtime.allConfig()[k] !== undefined)) {
+        r.problems.add(p);
     }
     r.rejectUnknown(NAMESPACE);
 

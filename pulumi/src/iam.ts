@@ -22,6 +22,8 @@ export const NO_RESOURCE_LEVEL_ACTIONS = [
     "autoscaling:DescribeAutoScalingInstances",
     "autoscaling:DescribeLifecycleHooks",
     "autoscaling:DescribeScalingActivities",
+    // The worker group's warm pool and its instances (smartscale:warmPool), for the controller.
+    "autoscaling:DescribeWarmPool",
     "ec2:DescribeInstances",
     "ec2:DescribeSpotPriceHistory",
     "pricing:GetProducts",

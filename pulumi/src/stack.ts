@@ -178,6 +178,7 @@ export function createStack(): Stack {
                     agent,
                     k3s: k3sRef,
                     agentConfig: { ssmPath: names.ssmPath, tokenSecretId: agentTokenSecretId, joinTimeout: cfg.workerJoinTimeout },
+                    warmPool: cfg.warmPool.enabled,
                 }),
             ),
         );

@@ -66,6 +66,7 @@ function k3sValues(k: K3sRefs): Record<string, string> {
 
 const commonBlocks = () => ({
     COMMON_FUNCTIONS: readRepoFile("userdata", "common.sh"),
+    ARTIFACT_FUNCTIONS: readRepoFile("userdata", "artifacts.sh"),
     AWS_HELPER: readRepoFile("userdata", "smartscale-aws.py"),
 });
 
@@ -79,6 +80,27 @@ export interface WorkerUserDataInput {
     agent: ObjectRef;
     k3s: K3sRefs;
     agentConfig: AgentConfigInput;
+    /** The group has a warm pool (smartscale:warmPool enabled): join at boot, k3s-agent never enabled. */
+    warmPool: boolean;
+}
+
+/**
+ * /usr/local/lib/smartscale/join (userdata/worker-join.sh.tpl): the join steps, run by the bootstrap
+ * and, in a warm-pool group, by smartscale-join.service at boot. Written by the worker bootstrap.
+ */
+export function workerJoinScript(i: WorkerUserDataInput): string {
+    return renderTemplate(readRepoFile("userdata", "worker-join.sh.tpl"), {
+        shell: true,
+        values: {
+            REGION: i.region,
+            ASG_NAME: i.asgName,
+            LAUNCH_HOOK_NAME: i.launchHookName,
+            HEARTBEAT_INTERVAL: String(i.heartbeatIntervalSeconds),
+            AGENT_TOKEN_SECRET_ID: i.agentConfig.tokenSecretId,
+            AGENT_TOKEN_WAIT_SECONDS: String(AGENT_TOKEN_WAIT_SECONDS),
+        },
+        blocks: { COMMON_FUNCTIONS: readRepoFile("userdata", "common.sh") },
+    });
 }
 
 export function workerScript(i: WorkerUserDataInput): string {
@@ -95,14 +117,15 @@ export function workerScript(i: WorkerUserDataInput): string {
             AGENT_VERSION_ID: i.agent.versionId,
             AGENT_SHA256: i.agent.sha256,
             ...k3sValues(i.k3s),
-            AGENT_TOKEN_SECRET_ID: i.agentConfig.tokenSecretId,
-            AGENT_TOKEN_WAIT_SECONDS: String(AGENT_TOKEN_WAIT_SECONDS),
             AGENT_METRICS_PORT: String(AGENT_METRICS_PORT),
+            WARM_POOL: String(i.warmPool),
         },
         blocks: {
             ...commonBlocks(),
             AGENT_CONFIG: agentConfigYaml(i.agentConfig),
             AGENT_UNIT: readRepoFile("userdata", "systemd", "smartscale-agent.service"),
+            JOIN_SCRIPT: workerJoinScript(i),
+            JOIN_UNIT: readRepoFile("userdata", "systemd", "smartscale-join.service"),
         },
     });
 }

@@ -1,5 +1,8 @@
 // Worker launch template and Auto Scaling Group: MixedInstancesPolicy (on-demand base + spot share
 // over several instance types, capacity rebalance) and the two lifecycle hooks the agent answers.
+// With smartscale:warmPool enabled, a warm pool instead of the MixedInstancesPolicy: AWS allows no
+// warm pool in a group with a mixed instances policy or Spot Instances (PutWarmPool), so the group
+// launches the launch template's one on-demand instance type (config.ts checks the config says so).
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import { Ami } from "./ami";
@@ -35,10 +38,13 @@ export function createWorkers(
     dependsOn: pulumi.Resource[],
 ): Workers {
     const tags = baseTags(cfg, names, `${names.prefix}-worker`);
+    const warm = cfg.warmPool.enabled;
     const launchTemplate = new aws.ec2.LaunchTemplate("worker", {
         namePrefix: `${names.prefix}-worker-`,
         description: `SmartScale ${cfg.clusterId} worker`,
         imageId: ami.id,
+        // Only without a MixedInstancesPolicy (warm pool): otherwise its overrides name the types.
+        instanceType: warm ? cfg.workerInstanceTypes[0] : undefined,
         iamInstanceProfile: { arn: identity.profile.arn },
         vpcSecurityGroupIds: [net.workerSg.id],
         metadataOptions: {
@@ -76,7 +82,8 @@ export function createWorkers(
             minSize: cfg.workerMinSize,
             maxSize: cfg.workerMaxSize,
             desiredCapacity: cfg.workerMinSize,
-            capacityRebalance: true,
+            // Capacity Rebalancing replaces at-risk Spot Instances; a warm-pool group has none.
+            capacityRebalance: !warm,
             // AWS never picks a victim of its own: no AZ rebalancing after the controller's chosen
             // terminations, and no instance removed by a lowered desired capacity (the controller
             // checks and re-applies both at run time too).
@@ -87,21 +94,7 @@ export function createWorkers(
             // `pulumi up` waits until workerMinSize workers are in service, i.e. joined and Ready
             // (the launch hook holds them in Pending:Wait until then), and fails if they are not.
             waitForCapacityTimeout: cfg.workerCapacityTimeout,
-            mixedInstancesPolicy: {
-                instancesDistribution: {
-                    onDemandBaseCapacity: cfg.onDemandBaseCapacity,
-                    onDemandPercentageAboveBaseCapacity: cfg.onDemandPercentageAboveBase,
-                    onDemandAllocationStrategy: "prioritized",
-                    spotAllocationStrategy: cfg.spotAllocationStrategy,
-                },
-                launchTemplate: {
-                    launchTemplateSpecification: {
-                        launchTemplateId: launchTemplate.id,
-                        version: launchTemplate.latestVersion.apply((v) => String(v)),
-                    },
-                    overrides: cfg.workerInstanceTypes.map((instanceType) => ({ instanceType })),
-                },
-            },
+            ...(warm ? warmPoolArgs(cfg, launchTemplate) : { mixedInstancesPolicy: mixedInstancesPolicy(cfg, launchTemplate) }),
             // Created with the group, so that the very first instances already wait in Pending:Wait.
             initialLifecycleHooks: [
                 {
@@ -126,4 +119,47 @@ export function createWorkers(
         { dependsOn, ignoreChanges: ASG_IGNORE_CHANGES },
     );
     return { launchTemplate, asg };
+}
+
+const launchTemplateRef = (lt: aws.ec2.LaunchTemplate) => ({
+    id: lt.id,
+    version: lt.latestVersion.apply((v) => String(v)),
+});
+
+/** On-demand base + spot share over several instance types (no warm pool). */
+function mixedInstancesPolicy(cfg: StackConfig, launchTemplate: aws.ec2.LaunchTemplate): aws.types.input.autoscaling.GroupMixedInstancesPolicy {
+    return {
+        instancesDistribution: {
+            onDemandBaseCapacity: cfg.onDemandBaseCapacity,
+            onDemandPercentageAboveBaseCapacity: cfg.onDemandPercentageAboveBase,
+            onDemandAllocationStrategy: "prioritized",
+            spotAllocationStrategy: cfg.spotAllocationStrategy,
+        },
+        launchTemplate: {
+            launchTemplateSpecification: {
+                launchTemplateId: launchTemplate.id,
+                version: launchTemplate.latestVersion.apply((v) => String(v)),
+            },
+            overrides: cfg.workerInstanceTypes.map((instanceType) => ({ instanceType })),
+        },
+    };
+}
+
+/**
+ * The warm pool (PutWarmPool through the provider) and the launch template alone (one on-demand
+ * type). maxGroupPreparedCapacity is sent only when configured; left out, AWS sizes the pool as the
+ * group's max size minus its desired capacity (at least minSize). The launch hook answers both launches: into the pool (the agent sees a `Warmed:` target
+ * state and completes it with CONTINUE) and from the pool into service (the join).
+ */
+function warmPoolArgs(cfg: StackConfig, launchTemplate: aws.ec2.LaunchTemplate) {
+    const wp = cfg.warmPool;
+    return {
+        launchTemplate: launchTemplateRef(launchTemplate),
+        warmPool: {
+            poolState: wp.poolState,
+            minSize: wp.minSize,
+            ...(wp.maxGroupPreparedCapacity !== undefined ? { maxGroupPreparedCapacity: wp.maxGroupPreparedCapacity } : {}),
+            instanceReusePolicy: { reuseOnScaleIn: wp.reuseOnScaleIn },
+        },
+    };
 }
