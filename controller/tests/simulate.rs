@@ -91,6 +91,7 @@ fn the_same_seed_gives_byte_identical_json() {
         [
             "smartscale",
             "smartscale+forecast",
+            "smartscale+warm-pool",
             "static-peak",
             "seed-thresholds",
             "prototype",
@@ -131,8 +132,8 @@ fn no_arguments_runs_flash_sale_and_writes_a_chart() {
     assert!(svg.starts_with("<svg") && svg.contains(r#"class="ready" data-policy="smartscale""#));
     assert_eq!(
         svg.matches("<polyline").count(),
-        1 + 3 * 7,
-        "demand, and desired, Ready and pending per policy (6 and the oracle)"
+        1 + 3 * 8,
+        "demand, and desired, Ready and pending per policy (7 and the oracle)"
     );
 }
 

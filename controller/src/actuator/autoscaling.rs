@@ -102,7 +102,8 @@ impl AsgState {
     }
 }
 
-/// Maps AWS lifecycle states to what matters for scaling.
+/// Maps AWS lifecycle states to what matters for scaling. `Warmed:*` (a warm pool's instances)
+/// are `Other`: an instance counts once it leaves the pool for the group (`Pending`).
 pub fn lifecycle(state: &str) -> Lifecycle {
     match state {
         "Pending" | "Pending:Wait" | "Pending:Proceed" => Lifecycle::Launching,
@@ -413,5 +414,19 @@ mod tests {
         assert_eq!(lifecycle("InService"), Lifecycle::InService);
         assert_eq!(lifecycle("Terminating:Wait"), Lifecycle::Terminating);
         assert_eq!(lifecycle("Standby"), Lifecycle::Other);
+        // A warm pool's instances (DescribeAutoScalingInstances lists them; DescribeAutoScaling-
+        // Groups does not) are neither capacity nor in flight, whatever they do in the pool.
+        for warmed in [
+            "Warmed:Pending",
+            "Warmed:Pending:Wait",
+            "Warmed:Pending:Proceed",
+            "Warmed:Stopped",
+            "Warmed:Running",
+            "Warmed:Terminating",
+            "Warmed:Terminating:Wait",
+            "Warmed:Terminated",
+        ] {
+            assert_eq!(lifecycle(warmed), Lifecycle::Other, "{warmed}");
+        }
     }
 }

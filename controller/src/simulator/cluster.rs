@@ -1,5 +1,14 @@
 //! The simulated cluster: an Auto Scaling group whose instances boot into nodes, pods that come
 //! and go with demand, and a scheduler that binds pods to nodes that fit them by requests.
+//!
+//! With a warm pool (AWS's, `ec2-auto-scaling-warm-pools`): instances launched into the pool
+//! run their slow first boot (billed), then stop and pay only their EBS volume; a scale-out takes
+//! a stopped one first (a warm boot, `warm_boot_time_s`), and the group's own scale-in returns the
+//! instance to the pool (`ReuseOnScaleIn`; a chosen TerminateInstanceInAutoScalingGroup, as the
+//! AWS model does it, terminates). The pool holds the group's max size minus its desired capacity
+//! (AWS's default when MaxGroupPreparedCapacity is unset), or `warm_pool_size`. Pool instances
+//! are not part of desired capacity and not in the group's instance list, so the policy does not
+//! see them.
 
 use crate::policy::{self, Lifecycle, Resources};
 use rand::{Rng, SeedableRng};
@@ -24,10 +33,16 @@ pub enum NodeState {
 pub struct SimNode {
     pub id: u32,
     pub launched: i64,
+    /// When the instance last started running (launch, or its start from the warm pool): each
+    /// start is billed separately, per second with a 60-second minimum.
+    pub started: i64,
     pub state: NodeState,
     pub requested: Resources,
     /// Next spot interruption (when spot interruptions are modelled).
     pub interrupt_at: Option<i64>,
+    /// Leaving by the group's own scale-in (SetDesiredCapacity down): with a warm pool it goes
+    /// back to the pool (ReuseOnScaleIn). A chosen termination ends the instance.
+    pub scaled_in: bool,
 }
 
 impl SimNode {
@@ -37,6 +52,15 @@ impl SimNode {
     pub fn instance_id(&self) -> String {
         format!("i-{:08x}", self.id)
     }
+}
+
+/// An instance in the warm pool: warming (running, billed) until `warm_at`, stopped after.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pooled {
+    pub id: u32,
+    pub launched: i64,
+    pub started: i64,
+    pub warm_at: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +108,11 @@ pub struct Cluster {
     pub evictions: u32,
     /// Seconds each removed instance ran, launch to gone (`finish` adds those still running).
     pub lifetimes: Vec<i64>,
+    /// Seconds of each running stretch of an instance, start to stop (what EC2 bills).
+    pub billed: Vec<i64>,
+    /// The warm pool (empty and never filled without one).
+    pub pool: Vec<Pooled>,
+    warm_pool: bool,
 }
 
 impl Cluster {
@@ -102,6 +131,9 @@ impl Cluster {
             volumes_lost: 0,
             evictions: 0,
             lifetimes: Vec::new(),
+            billed: Vec::new(),
+            pool: Vec::new(),
+            warm_pool: false,
         };
         for _ in 0..c.opts.local_volume_pods() {
             c.add_pod(0, Some(LocalVolume::Unbound));
@@ -116,23 +148,111 @@ impl Cluster {
         c
     }
 
-    fn launch(&mut self, now: i64) {
-        let o = &self.opts;
-        let jitter = if o.boot_jitter_s > 0 {
-            self.rng.random_range(-o.boot_jitter_s..=o.boot_jitter_s)
+    /// Gives the group a warm pool (before the trace starts: it is filled at once, warm).
+    pub fn with_warm_pool(mut self) -> Cluster {
+        self.warm_pool = true;
+        for _ in 0..self.pool_target() {
+            let id = self.next_id();
+            self.pool.push(Pooled {
+                id,
+                launched: 0,
+                started: 0,
+                warm_at: 0,
+            });
+        }
+        self
+    }
+
+    fn next_id(&mut self) -> u32 {
+        self.next_node += 1;
+        self.next_node - 1
+    }
+
+    fn boot_time(&mut self, base: i64, jitter: i64) -> i64 {
+        let j = if jitter > 0 {
+            self.rng.random_range(-jitter..=jitter)
         } else {
             0
         };
-        let ready_at = now + (o.boot_time_s + jitter).max(1);
+        (base + j).max(1)
+    }
+
+    /// How many instances the warm pool keeps: `warm_pool_size`, or the group's max size minus
+    /// its desired capacity (AWS's default).
+    fn pool_target(&self) -> usize {
+        if !self.warm_pool {
+            return 0;
+        }
+        let size = self
+            .opts
+            .warm_pool_size
+            .unwrap_or_else(|| self.opts.max.saturating_sub(self.desired));
+        size as usize
+    }
+
+    /// A new instance for the group: a warmed one from the pool if one is stopped and ready,
+    /// else a cold launch.
+    fn launch(&mut self, now: i64) {
+        let warmed = self.pool.iter().position(|p| p.warm_at <= now);
+        let (id, launched, boot) = match warmed {
+            Some(i) => {
+                let p = self.pool.swap_remove(i);
+                if p.warm_at > p.started {
+                    self.billed.push(p.warm_at - p.started); // its warming boot
+                }
+                let (base, jitter) = (self.opts.warm_boot_time_s, self.opts.warm_boot_jitter_s);
+                (p.id, p.launched, self.boot_time(base, jitter))
+            }
+            None => {
+                let (base, jitter) = (self.opts.boot_time_s, self.opts.boot_jitter_s);
+                (self.next_id(), now, self.boot_time(base, jitter))
+            }
+        };
         let interrupt_at = self.next_interruption(now);
         self.nodes.push(SimNode {
-            id: self.next_node,
-            launched: now,
-            state: NodeState::Booting { ready_at },
+            id,
+            launched,
+            started: now,
+            state: NodeState::Booting {
+                ready_at: now + boot,
+            },
             requested: Resources::ZERO,
             interrupt_at,
+            scaled_in: false,
         });
-        self.next_node += 1;
+    }
+
+    /// Keeps the pool at its size: launches instances into it (they warm for a cold boot, then
+    /// stop), or terminates stopped ones beyond it.
+    fn refill_pool(&mut self, now: i64) {
+        let target = self.pool_target();
+        while self.pool.len() < target {
+            let (base, jitter) = (self.opts.boot_time_s, self.opts.boot_jitter_s);
+            let warm_at = now + self.boot_time(base, jitter);
+            let id = self.next_id();
+            self.pool.push(Pooled {
+                id,
+                launched: now,
+                started: now,
+                warm_at,
+            });
+        }
+        while self.pool.len() > target {
+            // The newest first: any one will do, and this one has billed the least.
+            if let Some(p) = self.pool.pop() {
+                let ran = now.min(p.warm_at) - p.started;
+                if ran > 0 {
+                    self.billed.push(ran);
+                }
+                self.lifetimes.push(now - p.launched);
+            }
+        }
+    }
+
+    /// Pool instances warming (running) and stopped now.
+    pub fn pool_warming_and_stopped(&self, now: i64) -> (usize, usize) {
+        let warming = self.pool.iter().filter(|p| p.warm_at > now).count();
+        (warming, self.pool.len() - warming)
     }
 
     fn next_interruption(&mut self, now: i64) -> Option<i64> {
@@ -171,6 +291,9 @@ impl Cluster {
                 .collect();
             let pick = live[self.rng.random_range(0..live.len())];
             self.evictions += self.drain(pick, now);
+            if let Some(n) = self.nodes.iter_mut().find(|n| n.id == pick) {
+                n.scaled_in = true;
+            }
         }
     }
 
@@ -282,9 +405,22 @@ impl Cluster {
             .filter(|n| matches!(n.state, NodeState::Draining { gone_at } if gone_at <= now))
             .map(|n| n.id)
             .collect();
+        let mut room = self.pool_target().saturating_sub(self.pool.len());
         for n in self.nodes.iter().filter(|n| gone.contains(&n.id)) {
             if let NodeState::Draining { gone_at } = n.state {
-                self.lifetimes.push(gone_at - n.launched);
+                self.billed.push(gone_at - n.started);
+                if n.scaled_in && room > 0 {
+                    // ReuseOnScaleIn: the instance stops and goes back to the pool.
+                    room -= 1;
+                    self.pool.push(Pooled {
+                        id: n.id,
+                        launched: n.launched,
+                        started: gone_at,
+                        warm_at: gone_at,
+                    });
+                } else {
+                    self.lifetimes.push(gone_at - n.launched);
+                }
             }
         }
         for p in &mut self.pods {
@@ -296,6 +432,7 @@ impl Cluster {
             }
         }
         self.nodes.retain(|n| !gone.contains(&n.id));
+        self.refill_pool(now);
     }
 
     /// Binds waiting pods, oldest first, to the Ready node with the most free room that fits
@@ -341,6 +478,16 @@ impl Cluster {
     pub fn finish(&mut self, end: i64) {
         let running = self.nodes.iter().map(|n| end - n.launched);
         self.lifetimes.extend(running);
+        self.billed
+            .extend(self.nodes.iter().map(|n| end - n.started));
+        let pooled = self.pool.iter();
+        self.lifetimes
+            .extend(pooled.clone().map(|p| end - p.launched));
+        self.billed.extend(
+            pooled
+                .map(|p| end.min(p.warm_at) - p.started)
+                .filter(|s| *s > 0),
+        );
     }
 
     /// Instances booting and draining now.
@@ -363,8 +510,9 @@ impl Cluster {
             .count()
     }
 
-    /// Earliest future node event (boot done, drain done, interruption), if any.
-    pub fn next_event(&self) -> Option<i64> {
+    /// Earliest node event after `now` (boot done, drain done, interruption, a pool instance
+    /// stopping), if any.
+    pub fn next_event(&self, now: i64) -> Option<i64> {
         self.nodes
             .iter()
             .flat_map(|n| {
@@ -375,7 +523,9 @@ impl Cluster {
                 };
                 [own, n.interrupt_at]
             })
+            .chain(self.pool.iter().map(|p| Some(p.warm_at)))
             .flatten()
+            .filter(|t| *t > now)
             .min()
     }
 

@@ -48,6 +48,13 @@ pub struct SimOptions {
     pub max: u32,
     /// Pods with a node-local volume beside the demand's pods (default: the scenario's).
     pub local_volume_pods: Option<u32>,
+    /// The `smartscale+warm-pool` run's warm pool: its size (default: max − desired, AWS's
+    /// default), how long a stopped, pre-initialised instance takes from start to Ready, and
+    /// what a stopped instance costs (its EBS volume: 20 GiB of gp3 at $0.08/GiB-month).
+    pub warm_pool_size: Option<u32>,
+    pub warm_boot_time_s: i64,
+    pub warm_boot_jitter_s: i64,
+    pub stopped_hourly_price: f64,
 }
 
 impl Default for SimOptions {
@@ -76,6 +83,10 @@ impl Default for SimOptions {
             min: 1,
             max: 40,
             local_volume_pods: None,
+            warm_pool_size: None,
+            warm_boot_time_s: 30,
+            warm_boot_jitter_s: 5,
+            stopped_hourly_price: 20.0 * 0.08 / 730.0,
         }
     }
 }
@@ -118,6 +129,10 @@ struct Run {
     lifetimes: Vec<i64>,
     booting_seconds: f64,
     draining_seconds: f64,
+    /// Each running stretch of an instance (EC2 bills each start separately).
+    billed: Vec<i64>,
+    /// Instance-seconds spent stopped in the warm pool (EBS only).
+    stopped_seconds: f64,
     timeline: Vec<Timeline>,
 }
 
@@ -130,15 +145,18 @@ fn simulate(
     trace: &Trace,
     opts: &SimOptions,
     seed: u64,
-    initial: u32,
+    start: Start,
     scaler: &mut dyn Autoscaler,
     progress: &mut dyn FnMut(&str, f64),
 ) -> Run {
-    let mut c = Cluster::new(opts.clone(), initial, seed);
+    let mut c = Cluster::new(opts.clone(), start.nodes, seed);
+    if start.warm_pool {
+        c = c.with_warm_pool();
+    }
     let mut scraper = Scraper::new(opts.scrape_interval_s);
     let every = sample_every(trace);
     let (mut node_seconds, mut over_90) = (0.0, 0);
-    let (mut booting_seconds, mut draining_seconds) = (0.0, 0.0);
+    let (mut booting_seconds, mut draining_seconds, mut stopped_seconds) = (0.0, 0.0, 0.0);
     let mut timeline = Vec::new();
     let (mut next_row, mut next_scrape, mut next_tick, mut next_sample) =
         (0usize, 0i64, 0i64, 0i64);
@@ -194,7 +212,7 @@ fn simulate(
             Some(next_tick),
             Some(next_sample),
             fast_at,
-            c.next_event(),
+            c.next_event(t),
             Some(trace.end_s),
         ]
         .into_iter()
@@ -203,7 +221,9 @@ fn simulate(
         .min()
         .unwrap_or(trace.end_s);
         let dt = next_t - t;
-        node_seconds += c.nodes.len() as f64 * dt as f64;
+        let (warming, stopped) = c.pool_warming_and_stopped(t);
+        node_seconds += (c.nodes.len() + warming) as f64 * dt as f64;
+        stopped_seconds += stopped as f64 * dt as f64;
         let (booting, draining) = c.booting_and_draining();
         booting_seconds += booting as f64 * dt as f64;
         draining_seconds += draining as f64 * dt as f64;
@@ -230,7 +250,25 @@ fn simulate(
         lifetimes: std::mem::take(&mut c.lifetimes),
         booting_seconds,
         draining_seconds,
+        billed: std::mem::take(&mut c.billed),
+        stopped_seconds,
         timeline,
+    }
+}
+
+/// How a run begins: Ready nodes, and whether the group has a warm pool.
+#[derive(Debug, Clone, Copy)]
+struct Start {
+    nodes: u32,
+    warm_pool: bool,
+}
+
+impl Start {
+    fn cold(nodes: u32) -> Start {
+        Start {
+            nodes,
+            warm_pool: false,
+        }
     }
 }
 
@@ -281,7 +319,8 @@ pub fn run_all(
     } else {
         "smartscale-reactive"
     };
-    let mut scalers: Vec<(Box<dyn Autoscaler>, u32)> = vec![
+    let cold = Start::cold(initial);
+    let mut scalers: Vec<(Box<dyn Autoscaler>, Start)> = vec![
         (
             Box::new(real(
                 "smartscale",
@@ -290,13 +329,27 @@ pub fn run_all(
                 true,
                 1.0,
             )),
-            initial,
+            cold,
         ),
         (
             Box::new(real(other_name, other, opts.interval_s, true, 1.0)),
-            initial,
+            cold,
         ),
-        (Box::new(StaticPeak), peak),
+        // The same policy on a group with a warm pool (the oracle still boots cold).
+        (
+            Box::new(real(
+                "smartscale+warm-pool",
+                policy_config.clone(),
+                opts.interval_s,
+                true,
+                1.0,
+            )),
+            Start {
+                nodes: initial,
+                warm_pool: true,
+            },
+        ),
+        (Box::new(StaticPeak), Start::cold(peak)),
         // The seed ran every 2 minutes and its CPU query averaged over CPU modes, which on
         // our measured data reads a third of the true value (TOOLCHAIN.md: 56% → 18.67).
         (
@@ -307,7 +360,7 @@ pub fn run_all(
                 false,
                 1.0 / 3.0,
             )),
-            initial,
+            cold,
         ),
         (
             Box::new(Prototype {
@@ -316,7 +369,7 @@ pub fn run_all(
                 last_up: i64::MIN / 2,
                 last_down: i64::MIN / 2,
             }),
-            initial,
+            cold,
         ),
         (
             Box::new(RequestsOnly {
@@ -325,7 +378,7 @@ pub fn run_all(
                 last_up: i64::MIN / 2,
                 unneeded_since: Default::default(),
             }),
-            initial,
+            cold,
         ),
     ];
     let mut results = Vec::new();

@@ -27,6 +27,8 @@ pub struct PolicyResult {
     /// Node-hours paid for instances not yet Ready, and for instances draining.
     pub booting_node_hours: f64,
     pub draining_node_hours: f64,
+    /// Instance-hours stopped in a warm pool (paid as EBS only, in `cost`).
+    pub stopped_hours: f64,
     /// Only on `smartscale`: its node-hours divided by the oracle's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oracle_ratio: Option<f64>,
@@ -50,10 +52,11 @@ fn hourly(opts: &SimOptions) -> f64 {
     opts.spot_share * opts.spot_hourly_price + (1.0 - opts.spot_share) * opts.hourly_price
 }
 
-/// EC2 bills Linux instances per second with a one-minute minimum.
-fn billed_cost(opts: &SimOptions, lifetimes: &[i64]) -> f64 {
-    let seconds: i64 = lifetimes.iter().map(|l| (*l).max(60)).sum();
-    seconds as f64 / 3600.0 * hourly(opts)
+/// EC2 bills Linux instances per second of each running stretch, with a one-minute minimum
+/// every time an instance starts; a stopped instance pays for its EBS volume.
+fn billed_cost(opts: &SimOptions, running: &[i64], stopped_seconds: f64) -> f64 {
+    let seconds: i64 = running.iter().map(|l| (*l).max(60)).sum();
+    seconds as f64 / 3600.0 * hourly(opts) + stopped_seconds / 3600.0 * opts.stopped_hourly_price
 }
 
 fn median_minutes(lifetimes: &[i64]) -> f64 {
@@ -74,7 +77,7 @@ impl PolicyResult {
         PolicyResult {
             name: name.to_string(),
             node_hours: r3(node_hours),
-            cost: r3(billed_cost(opts, &run.lifetimes)),
+            cost: r3(billed_cost(opts, &run.billed, run.stopped_seconds)),
             savings_vs_static_pct: 0.0,
             pending_p50_s: percentile(&waits, 50.0),
             pending_p99_s: percentile(&waits, 99.0),
@@ -87,6 +90,7 @@ impl PolicyResult {
             node_lifetime_p50_min: median_minutes(&run.lifetimes),
             booting_node_hours: r3(run.booting_seconds / 3600.0),
             draining_node_hours: r3(run.draining_seconds / 3600.0),
+            stopped_hours: r3(run.stopped_seconds / 3600.0),
             oracle_ratio: None,
         }
     }
@@ -96,7 +100,7 @@ impl PolicyResult {
         PolicyResult {
             name: "oracle".to_string(),
             node_hours: r3(node_hours),
-            cost: r3(billed_cost(opts, &run.lifetimes)),
+            cost: r3(billed_cost(opts, &run.lifetimes, 0.0)),
             savings_vs_static_pct: 0.0,
             pending_p50_s: 0.0,
             pending_p99_s: 0.0,
@@ -110,6 +114,7 @@ impl PolicyResult {
             node_lifetime_p50_min: median_minutes(&run.lifetimes),
             booting_node_hours: r3(run.booting_seconds / 3600.0),
             draining_node_hours: 0.0,
+            stopped_hours: 0.0,
             oracle_ratio: None,
         }
     }
@@ -182,7 +187,7 @@ impl Report {
     /// A plain-text table, one row per policy.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "scenario: {}   boot time: {} s\n\n{:<16} {:>10} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7} {:>8} {:>8} {:>7} {:>7} {:>6} {:>6}\n",
+            "scenario: {}   boot time: {} s\n\n{:<20} {:>10} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7} {:>8} {:>8} {:>7} {:>7} {:>6} {:>6} {:>7}\n",
             self.scenario,
             self.boot_time_s,
             "policy",
@@ -199,11 +204,12 @@ impl Report {
             "acts/d",
             "life m",
             "boot h",
-            "drain h"
+            "drain h",
+            "pool h"
         );
         for p in &self.policies {
             out.push_str(&format!(
-                "{:<16} {:>10.2} {:>9.2} {:>9.1} {:>8.0} {:>8.0} {:>8.0} {:>9.1} {:>7} {:>8} {:>8} {:>7.1} {:>7.0} {:>6.1} {:>6.1}\n",
+                "{:<20} {:>10.2} {:>9.2} {:>9.1} {:>8.0} {:>8.0} {:>8.0} {:>9.1} {:>7} {:>8} {:>8} {:>7.1} {:>7.0} {:>6.1} {:>6.1} {:>7.1}\n",
                 p.name,
                 p.node_hours,
                 p.cost,
@@ -218,7 +224,8 @@ impl Report {
                 p.scale_actions_per_day,
                 p.node_lifetime_p50_min,
                 p.booting_node_hours,
-                p.draining_node_hours
+                p.draining_node_hours,
+                p.stopped_hours
             ));
         }
         if let Some(r) = self.get("smartscale").and_then(|p| p.oracle_ratio) {
@@ -241,7 +248,13 @@ mod tests {
             ..SimOptions::default()
         };
         // 3.6 $/h = 0.001 $/s: a 30 s instance pays 60 s, a 90 s one 90 s.
-        assert!((billed_cost(&opts, &[30, 90]) - 0.150).abs() < 1e-9);
+        assert!((billed_cost(&opts, &[30, 90], 0.0) - 0.150).abs() < 1e-9);
+        // A stopped instance pays its volume only: 2 h at 0.01 $/h.
+        let opts = SimOptions {
+            stopped_hourly_price: 0.01,
+            ..opts
+        };
+        assert!((billed_cost(&opts, &[], 7200.0) - 0.02).abs() < 1e-9);
         assert_eq!(median_minutes(&[60, 600, 6000]), 10.0);
         assert_eq!(per_day(3, 43_200), 6.0);
     }

@@ -80,7 +80,14 @@ fn boot_jitter_stays_within_bounds() {
 }
 
 fn run_one(scaler: &mut dyn Autoscaler, trace: &Trace, initial: u32) -> Run {
-    simulate(trace, &opts(), 1, initial, scaler, &mut |_, _| {})
+    simulate(
+        trace,
+        &opts(),
+        1,
+        Start::cold(initial),
+        scaler,
+        &mut |_, _| {},
+    )
 }
 
 fn smartscale(o: &SimOptions) -> RealPolicy {
@@ -235,12 +242,26 @@ fn smartscale_never_removes_the_node_of_a_local_volume_and_the_model_is_why() {
     let o = with_local_volumes(2);
     let trace = step_trace(6.0, 0.5, 60, 7200);
     let mut with_model = smartscale(&o);
-    let run = simulate(&trace, &o, 1, 3, &mut with_model, &mut |_, _| {});
+    let run = simulate(
+        &trace,
+        &o,
+        1,
+        Start::cold(3),
+        &mut with_model,
+        &mut |_, _| {},
+    );
     assert_eq!(run.volumes_lost, 0);
     assert!(run.scale_actions >= 1, "it still consolidates");
     let mut requests_only = smartscale(&o);
     requests_only.capacity_model = false;
-    let run = simulate(&trace, &o, 1, 3, &mut requests_only, &mut |_, _| {});
+    let run = simulate(
+        &trace,
+        &o,
+        1,
+        Start::cold(3),
+        &mut requests_only,
+        &mut |_, _| {},
+    );
     assert!(run.volumes_lost > 0, "requests alone cannot see the volume");
 }
 
@@ -269,5 +290,101 @@ fn evictions_count_the_pods_of_removed_nodes_not_of_spot_interruptions() {
     assert_eq!(
         c.evictions, 0,
         "an interruption is not the autoscaler's eviction"
+    );
+}
+
+#[test]
+fn a_warm_pool_serves_a_scale_out_with_a_warm_boot_and_takes_its_instance_back() {
+    // max 4, 1 node: the pool holds max - desired = 3, warm and stopped from the start.
+    let o = SimOptions {
+        max: 4,
+        warm_boot_jitter_s: 0,
+        ..opts()
+    };
+    let mut c = Cluster::new(o.clone(), 1, 1).with_warm_pool();
+    assert_eq!(c.pool_warming_and_stopped(0), (0, 3));
+    c.set_desired(2, 100);
+    // The pooled instance starts: Ready a warm boot later, not a cold one.
+    assert_eq!(c.pool.len(), 2);
+    c.advance(100 + o.warm_boot_time_s - 1);
+    assert_eq!(c.ready_nodes(), 1);
+    c.advance(100 + o.warm_boot_time_s);
+    assert_eq!(c.ready_nodes(), 2);
+    // The pool is refilled only to max - desired = 2: nothing launches.
+    assert_eq!(c.pool_warming_and_stopped(200), (0, 2));
+    // The group's scale-in (ReuseOnScaleIn): the drained instance stops, back in the pool.
+    c.set_desired(1, 1000);
+    c.advance(1000 + o.drain_time_s);
+    assert_eq!(c.nodes.len(), 1);
+    assert_eq!(c.pool_warming_and_stopped(1100), (0, 3));
+    // Billed: one running stretch, start to stop; no lifetime ended (nothing terminated).
+    assert_eq!(c.billed.len(), 1, "{:?}", c.billed);
+    assert!(c.lifetimes.is_empty());
+    // A chosen termination ends the instance; the pool refills with a cold-booting one.
+    c.set_desired(2, 2000);
+    let taken = c.nodes[1].id;
+    c.terminate(taken, 2100);
+    c.advance(2100 + o.drain_time_s);
+    assert!(c.pool.iter().all(|p| p.id != taken), "{:?}", c.pool);
+    assert_eq!(c.lifetimes.len(), 1);
+    assert_eq!(c.pool_warming_and_stopped(2100 + o.drain_time_s), (1, 2));
+}
+
+#[test]
+fn an_emptied_pool_refills_with_cold_boots_that_are_billed_until_they_stop() {
+    // warm_pool_size 1: after its instance is taken, a new one warms for a cold boot, then
+    // stops; a scale-out meanwhile is a cold launch.
+    let o = SimOptions {
+        warm_pool_size: Some(1),
+        warm_boot_jitter_s: 0,
+        ..opts()
+    };
+    let mut c = Cluster::new(o.clone(), 1, 1).with_warm_pool();
+    c.set_desired(2, 0);
+    c.advance(0);
+    assert_eq!(c.pool_warming_and_stopped(0), (1, 0), "the refill warms");
+    c.set_desired(3, 10);
+    c.advance(10);
+    assert_eq!(c.pool.len(), 1, "a warming instance is not taken");
+    c.advance(10 + o.boot_time_s);
+    assert_eq!(c.ready_nodes(), 3, "cold boot");
+    assert_eq!(c.pool_warming_and_stopped(o.boot_time_s), (0, 1));
+    c.finish(1000);
+    // The refill's warming stretch is billed; the stopped time is not.
+    assert!(c.billed.contains(&o.boot_time_s), "{:?}", c.billed);
+}
+
+#[test]
+fn a_warm_pool_cuts_the_wait_to_a_warm_boot_and_costs_its_volumes() {
+    let o = SimOptions {
+        warm_boot_jitter_s: 0,
+        ..opts()
+    };
+    let trace = step_trace(2.0, 4.0, 100, 3600);
+    let cold = simulate(
+        &trace,
+        &o,
+        1,
+        Start::cold(1),
+        &mut smartscale(&o),
+        &mut |_, _| {},
+    );
+    let start = Start {
+        nodes: 1,
+        warm_pool: true,
+    };
+    let warm = simulate(&trace, &o, 1, start, &mut smartscale(&o), &mut |_, _| {});
+    assert_eq!(cold.waits.iter().max(), Some(&76));
+    // Fast path 1 s, then a warm boot.
+    assert_eq!(warm.waits.iter().max(), Some(&(1 + o.warm_boot_time_s)));
+    assert!(warm.stopped_seconds > 0.0 && cold.stopped_seconds == 0.0);
+    let warm_cost = report::PolicyResult::from_run("w", &o, &warm, 3600).cost;
+    let cold_cost = report::PolicyResult::from_run("c", &o, &cold, 3600).cost;
+    // The same running stretches (the node is billed from its start either way), plus the
+    // pool's stopped volumes.
+    let volumes = warm.stopped_seconds / 3600.0 * o.stopped_hourly_price;
+    assert!(
+        (warm_cost - (cold_cost + volumes)).abs() < 0.001,
+        "{warm_cost} vs {cold_cost} + {volumes}"
     );
 }
