@@ -544,7 +544,8 @@ impl Cluster {
             instances.push(policy::Instance {
                 id: n.instance_id(),
                 lifecycle,
-                first_seen: n.launched,
+                // The controller first sees it launching when it starts (from the pool, too).
+                first_seen: n.started,
                 ever_ready: matches!(n.state, NodeState::Ready | NodeState::Draining { .. }),
             });
             if matches!(n.state, NodeState::Booting { .. }) {
