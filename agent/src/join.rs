@@ -27,6 +27,7 @@ use crate::lifecycle::{
     LAUNCHED_STATES, Lifecycle, MAX_GLOBAL_TIMEOUT, Retried, RetryPolicy,
 };
 use crate::metrics::Metrics;
+use crate::sources::target_lifecycle;
 use crate::{Error, Result, k8s};
 use std::path::Path;
 use std::process::Stdio;
@@ -91,6 +92,21 @@ pub async fn join(config: &Config) -> Result<()> {
         .as_ref()
         .map(|(lifecycle, hook)| keep_alive(lifecycle, hook, settings.heartbeat_interval, started));
 
+    // Launched into the warm pool: the bootstrap did the slow work; answer the hook and stop
+    // here. The instance joins when the group starts it from the pool (target `InService`).
+    let warmed = match target_lifecycle::warmed(&imds).await {
+        Ok(w) => w,
+        Err(e) => {
+            drop(keepalive);
+            if let Some((lifecycle, hook)) = &launch {
+                abandon(lifecycle, hook).await;
+            }
+            return Err(e);
+        }
+    };
+    if let Some(target) = warmed {
+        return warm(&target, launch.as_ref(), keepalive.as_ref()).await;
+    }
     let joined = tokio::select! {
         r = bootstrap(config, &settings, &instance, asg.as_deref(), &sdk) => r,
         e = launch_ended(launch.as_ref(), keepalive.as_ref()) => Err(e),
@@ -118,6 +134,21 @@ pub async fn join(config: &Config) -> Result<()> {
             Err(e)
         }
     }
+}
+
+/// An instance warming for the pool: no token, no k3s, no Node; CONTINUE so that it goes on to
+/// `target`. Failing to answer is an error (the action would time out to its default).
+async fn warm(
+    target: &str,
+    launch: Option<&(Arc<Lifecycle>, String)>,
+    keepalive: Option<&KeepAlive>,
+) -> Result<()> {
+    tracing::info!(target_state = %target, "launched into the warm pool: not joining the cluster now");
+    if let (Some((lifecycle, hook)), Some(keepalive)) = (launch, keepalive) {
+        continue_launch(lifecycle, hook, keepalive).await?;
+        tracing::info!(hook = %hook, "warm-pool launch lifecycle action completed (CONTINUE)");
+    }
+    Ok(())
 }
 
 /// `CompleteLifecycleAction(launch hook, ABANDON)`: the group replaces this instance.

@@ -1020,3 +1020,114 @@ async fn a_bad_config_lists_every_problem_and_exits_2() {
     })
     .await;
 }
+
+/// Issue 14's warm-pool proof, against the AWS model's warm pool (tests/aws_model,
+/// test_warm_pool.py checks it against the Auto Scaling docs): an instance launched into the pool
+/// is warmed (its launch hook answered, no token read, no k3s, no Node), stopped, pulled in by a
+/// SetDesiredCapacity, and then joins and becomes Ready, InService.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_pool_instance_warms_without_a_node_then_joins_when_pulled_in() {
+    let _serial = serial().await;
+    bounded(LIMIT, async {
+        let mut boot = boot(Some(TOKEN), None).await;
+        let asg = asg_client(&boot.model);
+        // Max 2, desired 1: the pool holds max − desired = 1 instance, kept stopped.
+        asg.put_warm_pool()
+            .auto_scaling_group_name(GROUP)
+            .pool_state(aws_sdk_autoscaling::types::WarmPoolState::Stopped)
+            .send()
+            .await
+            .expect("PutWarmPool");
+        let first = boot.instance_id.clone();
+        let warm = eventually(
+            "an instance warming in the pool",
+            Duration::from_secs(15),
+            || async {
+                boot.model
+                    .instances()
+                    .await
+                    .ok()?
+                    .into_iter()
+                    .find(|i| i.instance_id != first && i.lifecycle_state == "Warmed:Pending:Wait")
+                    .map(|i| i.instance_id)
+            },
+        )
+        .await;
+        boot.imds = FakeImds::for_model_instance(boot.model.client(), &warm)
+            .await
+            .expect("imds");
+        boot.node = node_name(&boot.imds.endpoint()).await;
+        boot.instance_id = warm.clone();
+
+        // Warming: the agent answers the hook and stops there.
+        let (agent, status, _) = boot.join("30s").await;
+        let log = agent.log();
+        assert!(status.success(), "warm join failed ({status}):\n{log}");
+        assert!(log.contains("launched into the warm pool"), "{log}");
+        wait_lifecycle(
+            &boot.model,
+            &warm,
+            &["Warmed:Stopped"],
+            Duration::from_secs(15),
+        )
+        .await;
+        assert_eq!(instance(&boot.model, &warm).await.ec2_state, "stopped");
+        assert!(
+            boot.node_obj().await.is_none(),
+            "a warmed instance registered a Node"
+        );
+        assert!(
+            !boot.k3s_config().exists(),
+            "the k3s config (with the token) was written"
+        );
+        assert!(!log.contains(TOKEN));
+        let pool = asg
+            .describe_warm_pool()
+            .auto_scaling_group_name(GROUP)
+            .send()
+            .await
+            .expect("DescribeWarmPool");
+        let in_pool: Vec<_> = pool
+            .instances()
+            .iter()
+            .filter_map(|i| i.instance_id())
+            .collect();
+        assert_eq!(in_pool, [warm.as_str()]);
+
+        // Pulled in: started, the launch hook again, target InService; now it joins.
+        asg.set_desired_capacity()
+            .auto_scaling_group_name(GROUP)
+            .desired_capacity(2)
+            .send()
+            .await
+            .expect("SetDesiredCapacity");
+        wait_lifecycle(
+            &boot.model,
+            &warm,
+            &["Pending:Wait"],
+            Duration::from_secs(15),
+        )
+        .await;
+        let pulled = instance(&boot.model, &warm).await;
+        assert_eq!(
+            (
+                pulled.ec2_state.as_str(),
+                pulled.target_lifecycle_state.as_str()
+            ),
+            ("running", "InService")
+        );
+        let (agent, status, _) = boot.join("30s").await;
+        let log = agent.log();
+        assert!(
+            status.success(),
+            "join from the pool failed ({status}):\n{log}"
+        );
+        let node = boot.node_obj().await.expect("node registered");
+        assert!(smartscale_agent::k8s::is_ready(&node));
+        assert_eq!(
+            instance(&boot.model, &warm).await.lifecycle_state,
+            "InService"
+        );
+    })
+    .await;
+}

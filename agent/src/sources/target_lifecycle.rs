@@ -12,9 +12,22 @@ pub async fn check(imds: &Imds) -> Result<Option<Event>> {
     Ok(imds.get(PATH).await?.and_then(|state| parse(&state)))
 }
 
+/// The warm-pool state this instance is headed for (`Warmed:Stopped`, `Warmed:Running`,
+/// `Warmed:Hibernated`), if it is being launched into, or returned to, the group's warm pool.
+pub async fn warmed(imds: &Imds) -> Result<Option<String>> {
+    Ok(imds
+        .get(PATH)
+        .await?
+        .map(|s| s.trim().to_string())
+        .filter(|s| s.starts_with("Warmed:")))
+}
+
 fn parse(state: &str) -> Option<Event> {
-    // `Warmed:Terminated` is the warm-pool equivalent.
-    matches!(state.trim(), "Terminated" | "Warmed:Terminated").then(|| Event {
+    // While this node serves, any warm-pool target means it is leaving the group: terminated
+    // (`Warmed:Terminated`), or going back to the warm pool on scale-in (ReuseOnScaleIn:
+    // `Warmed:Stopped` and the like) — drained either way.
+    let state = state.trim();
+    (state == "Terminated" || state.starts_with("Warmed:")).then(|| Event {
         source: Source::TargetLifecycle,
         detail: format!("target-lifecycle-state {}", state.trim()),
         ends_at: None,
@@ -26,12 +39,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_terminated_is_a_notice() {
+    fn terminated_or_a_warm_pool_target_is_a_notice() {
         assert!(parse("InService").is_none());
         assert!(parse("Pending").is_none());
         assert_eq!(
             parse("Terminated\n").map(|e| e.source),
             Some(Source::TargetLifecycle)
         );
+        for leaving in ["Warmed:Terminated", "Warmed:Stopped", "Warmed:Running"] {
+            assert!(parse(leaving).is_some(), "{leaving}");
+        }
     }
 }
