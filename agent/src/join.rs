@@ -455,7 +455,21 @@ async fn wait_ready(
         }
         if let Some(c) = &client {
             match k8s::get_node(c, node).await {
-                Ok(Some(n)) if k8s::is_ready(&n) => return Ok(()),
+                Ok(Some(n)) if k8s::is_ready(&n) => {
+                    // Back from the warm pool (ReuseOnScaleIn): the drain before it left the
+                    // node cordoned; serving again, it takes pods again.
+                    match k8s::clear_earlier_drain(c, &n).await {
+                        Ok(true) => {
+                            tracing::info!(node = %node, "uncordoned: this node was drained before it went back to the warm pool")
+                        }
+                        Ok(false) => {}
+                        // The node serves either way; an operator can uncordon it.
+                        Err(e) => {
+                            tracing::warn!(node = %node, error = %e, "the node is still cordoned from an earlier drain (`kubectl uncordon {node}`)")
+                        }
+                    }
+                    return Ok(());
+                }
                 Ok(Some(_)) => last = format!("node {node} is registered but not Ready"),
                 Ok(None) => last = format!("node {node} is not registered yet"),
                 Err(e) => last = e.to_string(),

@@ -178,6 +178,53 @@ pub async fn cordon(client: &kube::Client, name: &str, reason: &str) -> Result<(
     Ok(())
 }
 
+/// Undoes what an earlier drain of this node left (cordon, drain annotations, and the draining
+/// taint where this identity may change taints; NodeRestriction forbids a kubelet to): an
+/// instance the group returned to its warm pool comes back as the same Node. Returns whether
+/// there was anything to undo. A node cordoned by someone else (no drain annotation) is left
+/// alone.
+pub async fn clear_earlier_drain(client: &kube::Client, node: &Node) -> Result<bool> {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let ours = node
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(DRAIN_REASON_ANNOTATION));
+    if !ours {
+        return Ok(false);
+    }
+    let nodes = Api::<Node>::all(client.clone());
+    let patch = json!({
+        "metadata": {"annotations": {DRAIN_REASON_ANNOTATION: null, DRAIN_STARTED_ANNOTATION: null}},
+        "spec": {"unschedulable": false},
+    });
+    nodes
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| Error::kube(format!("uncordoning node {name}"), e))?;
+    if has_draining_taint(node) {
+        let taints: Vec<_> = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|t| t.key != DRAINING_TAINT)
+            .collect();
+        let patch = json!({
+            "metadata": {"resourceVersion": node.metadata.resource_version},
+            "spec": {"taints": taints},
+        });
+        if let Err(e) = nodes
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            tracing::warn!(node = %name, error = %e, "cannot remove the draining taint (`kubectl taint node {name} {DRAINING_TAINT}-`)");
+        }
+    }
+    Ok(true)
+}
+
 /// How adding the draining taint went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaintOutcome {

@@ -1128,6 +1128,40 @@ async fn a_warm_pool_instance_warms_without_a_node_then_joins_when_pulled_in() {
             instance(&boot.model, &warm).await.lifecycle_state,
             "InService"
         );
+
+        // Returned to the pool on scale-in (ReuseOnScaleIn) it was drained: cordoned and
+        // annotated, as the agent's drain leaves a node (NodeRestriction keeps a kubelet from
+        // adding the draining taint). Started from the pool again, the same Node comes back: the
+        // join puts it back into service and leaves its taints alone.
+        let nodes = Api::<Node>::all(boot.cluster.admin());
+        let drained = json!({
+            "metadata": {"annotations": {
+                smartscale_agent::k8s::DRAIN_REASON_ANNOTATION: "target-lifecycle-state Warmed:Stopped",
+                smartscale_agent::k8s::DRAIN_STARTED_ANNOTATION: "2026-12-04T00:00:00Z"}},
+            "spec": {"unschedulable": true},
+        });
+        nodes
+            .patch(
+                &boot.node,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&drained),
+            )
+            .await
+            .expect("drain the node");
+        let (agent, status, _) = boot.join("30s").await;
+        assert!(status.success(), "rejoin failed ({status}):\n{}", agent.log());
+        let node = boot.node_obj().await.expect("node");
+        assert!(!smartscale_agent::k8s::is_cordoned(&node), "still cordoned");
+        let kept: Vec<String> = node
+            .spec
+            .and_then(|s| s.taints)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| t.key)
+            .collect();
+        assert!(kept.contains(&"dedicated".to_string()), "{kept:?}");
+        let annotations = node.metadata.annotations.unwrap_or_default();
+        assert!(!annotations.contains_key(smartscale_agent::k8s::DRAIN_REASON_ANNOTATION));
     })
     .await;
 }
