@@ -95,6 +95,7 @@ fn the_readme_configuration_table_gives_the_codes_defaults() {
         ),
         ("policy.backoff.initial", d.policy.backoff_initial),
         ("policy.backoff.max", d.policy.backoff_max),
+        ("policy.forecast.lead", d.policy.forecast.lead),
     ];
     for (key, value) in durations {
         let shown = default_of(key);
@@ -104,6 +105,10 @@ fn the_readme_configuration_table_gives_the_codes_defaults() {
             "README's default for {key} is `{shown}`"
         );
     }
+    assert_eq!(
+        default_of("policy.forecast.enabled"),
+        d.policy.forecast.enabled.to_string()
+    );
     assert_eq!(default_of("api.listen"), d.api.listen.to_string());
     assert_eq!(
         default_of("node_groups[].priority"),

@@ -45,6 +45,18 @@ fn smartscale_meets_its_targets_on_every_scenario() {
                     r.table()
                 );
             }
+            // A warm pool: every pod that waits, waits a warm boot plus detection, for
+            // about the same node-hours (the stopped instances cost volumes, not node-hours).
+            let warm = r.get("smartscale+warm-pool").unwrap();
+            let limit = (opts.warm_boot_time_s + opts.warm_boot_jitter_s + 1) as f64;
+            assert!(
+                warm.pending_p99_s <= limit && warm.node_hours <= 1.03 * ours.node_hours,
+                "{name}/{seed}: with a warm pool p99 {} s (limit {limit}), {} node-h\n{}",
+                warm.pending_p99_s,
+                warm.node_hours,
+                r.table()
+            );
+            assert!(warm.stopped_hours > 0.0 && ours.stopped_hours == 0.0);
             for other in &r.policies {
                 if other.name.starts_with("smartscale") || other.name == "oracle" {
                     continue;
