@@ -16,33 +16,28 @@ pub struct Hold {
     pub cores: f64,
 }
 
-/// CPU (cores) requested by the workers' pods and by pending pods, DaemonSets and mirror pods
-/// apart: the demand the forecast records.
-pub fn demand(obs: &Observation) -> f64 {
-    let scheduled: f64 = obs
-        .nodes
+/// The CPU each pod requests: the workers' pods that move with a drain (DaemonSets and mirror
+/// pods apart), then the pending ones.
+fn pod_cpus(obs: &Observation) -> impl Iterator<Item = f64> + '_ {
+    obs.nodes
         .iter()
         .filter(|n| !n.control_plane)
         .flat_map(|n| &n.pods)
         .filter(|p| p.moves_with_drain())
+        .chain(&obs.pending)
         .map(|p| p.requests.cpu)
-        .sum();
-    scheduled + obs.pending.iter().map(|p| p.requests.cpu).sum::<f64>()
+}
+
+/// CPU (cores) requested by the workers' pods and by pending pods, DaemonSets and mirror
+/// pods apart: the demand the forecast records.
+pub fn demand(obs: &Observation) -> f64 {
+    pod_cpus(obs).sum()
 }
 
 /// The CPU a typical pod requests (the mean over the workers' movable pods), so free room is
 /// counted in places a pod fits, not in scattered fractions of a core.
 fn slot(obs: &Observation) -> f64 {
-    let cpus: Vec<f64> = obs
-        .nodes
-        .iter()
-        .filter(|n| !n.control_plane)
-        .flat_map(|n| &n.pods)
-        .filter(|p| p.moves_with_drain())
-        .map(|p| p.requests.cpu)
-        .chain(obs.pending.iter().map(|p| p.requests.cpu))
-        .filter(|c| *c > 0.0)
-        .collect();
+    let cpus: Vec<f64> = pod_cpus(obs).filter(|c| *c > 0.0).collect();
     if cpus.is_empty() {
         0.0
     } else {
