@@ -94,22 +94,13 @@ pub async fn join(config: &Config) -> Result<()> {
 
     // Launched into the warm pool: the bootstrap did the slow work; answer the hook and stop
     // here. The instance joins when the group starts it from the pool (target `InService`).
-    let warmed = match target_lifecycle::warmed(&imds).await {
-        Ok(w) => w,
-        Err(e) => {
-            drop(keepalive);
-            if let Some((lifecycle, hook)) = &launch {
-                abandon(lifecycle, hook).await;
-            }
-            return Err(e);
-        }
-    };
-    if let Some(target) = warmed {
-        return warm(&target, launch.as_ref(), keepalive.as_ref()).await;
-    }
-    let joined = tokio::select! {
-        r = bootstrap(config, &settings, &instance, asg.as_deref(), &sdk) => r,
-        e = launch_ended(launch.as_ref(), keepalive.as_ref()) => Err(e),
+    let joined = match target_lifecycle::warmed(&imds).await {
+        Ok(Some(target)) => return warm(&target, launch.as_ref(), keepalive.as_ref()).await,
+        Ok(None) => tokio::select! {
+            r = bootstrap(config, &settings, &instance, asg.as_deref(), &sdk) => r,
+            e = launch_ended(launch.as_ref(), keepalive.as_ref()) => Err(e),
+        },
+        Err(e) => Err(e),
     };
     // CONTINUE is part of the join: if it cannot go through (the action ended, the call is
     // refused past the action's time), the join failed and is cleaned up like any other failure.

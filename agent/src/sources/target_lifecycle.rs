@@ -29,7 +29,7 @@ fn parse(state: &str) -> Option<Event> {
     let state = state.trim();
     (state == "Terminated" || state.starts_with("Warmed:")).then(|| Event {
         source: Source::TargetLifecycle,
-        detail: format!("target-lifecycle-state {}", state.trim()),
+        detail: format!("target-lifecycle-state {state}"),
         ends_at: None,
     })
 }
