@@ -63,6 +63,14 @@ pub struct Pooled {
     pub warm_at: i64,
 }
 
+impl Pooled {
+    /// Seconds it has run (warming) by `t`: what EC2 bills for its stay in the pool.
+    fn ran_by(&self, t: i64) -> Option<i64> {
+        let ran = t.min(self.warm_at) - self.started;
+        (ran > 0).then_some(ran)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SimPod {
     pub id: u64,
@@ -197,9 +205,7 @@ impl Cluster {
         let (id, launched, boot) = match warmed {
             Some(i) => {
                 let p = self.pool.swap_remove(i);
-                if p.warm_at > p.started {
-                    self.billed.push(p.warm_at - p.started); // its warming boot
-                }
+                self.billed.extend(p.ran_by(now)); // its warming boot
                 let (base, jitter) = (self.opts.warm_boot_time_s, self.opts.warm_boot_jitter_s);
                 (p.id, p.launched, self.boot_time(base, jitter))
             }
@@ -240,10 +246,7 @@ impl Cluster {
         while self.pool.len() > target {
             // The newest first: any one will do, and this one has billed the least.
             if let Some(p) = self.pool.pop() {
-                let ran = now.min(p.warm_at) - p.started;
-                if ran > 0 {
-                    self.billed.push(ran);
-                }
+                self.billed.extend(p.ran_by(now));
                 self.lifetimes.push(now - p.launched);
             }
         }
@@ -483,11 +486,7 @@ impl Cluster {
         let pooled = self.pool.iter();
         self.lifetimes
             .extend(pooled.clone().map(|p| end - p.launched));
-        self.billed.extend(
-            pooled
-                .map(|p| end.min(p.warm_at) - p.started)
-                .filter(|s| *s > 0),
-        );
+        self.billed.extend(pooled.filter_map(|p| p.ran_by(end)));
     }
 
     /// Instances booting and draining now.
