@@ -166,6 +166,19 @@ alert_rules() {
   promtool test rules alerts.test.yml
 }
 
+# systemd-analyze verify of one unit in the offline root; it exits 0 even when it ignores a bad
+# directive, so any output is a failure.
+verify_unit() {
+  local root=$1 unit=$2 out rc=0
+  out=$(systemd-analyze --root="$root" verify "$root/etc/systemd/system/$unit" 2>&1) || rc=1
+  if [[ -n "$out" ]]; then
+    echo "$out"
+    return 1
+  fi
+  echo "systemd-analyze verify ${unit}: clean"
+  return "$rc"
+}
+
 systemd_checks() {
   local root=$WORK/sysroot out rc=0 unit
   # An offline root with the distribution's units (for sysinit.target and friends) and stand-ins
@@ -177,31 +190,13 @@ systemd_checks() {
     chmod 0755 "$root/usr/local/$b"
   done
   cp "$WORK"/rendered/*.service "$WORK"/rendered/*.timer "$root/etc/systemd/system/"
-  out=$(systemd-analyze --root="$root" verify "$root/etc/systemd/system/smartscale-sync.timer" 2>&1) || rc=1
-  if [[ -n "$out" ]]; then
-    echo "$out"
-    rc=1
-  else
-    echo "systemd-analyze verify smartscale-sync.timer: clean"
-  fi
   # The warm-pool join unit continues the bootstrap as root, unsandboxed (it starts k3s-agent,
   # like cloud-init's user data it takes over from): verified, but no exposure threshold.
-  out=$(systemd-analyze --root="$root" verify "$root/etc/systemd/system/smartscale-join.service" 2>&1) || rc=1
-  if [[ -n "$out" ]]; then
-    echo "$out"
-    rc=1
-  else
-    echo "systemd-analyze verify smartscale-join.service: clean"
-  fi
+  for unit in smartscale-sync.timer smartscale-join.service; do
+    verify_unit "$root" "$unit" || rc=1
+  done
   for unit in smartscale-agent.service smartscale-controller.service smartscale-sync.service smartscale-identity.service; do
-    # verify exits 0 even when it ignores a bad directive: any output is a failure.
-    out=$(systemd-analyze --root="$root" verify "$root/etc/systemd/system/$unit" 2>&1) || rc=1
-    if [[ -n "$out" ]]; then
-      echo "$out"
-      rc=1
-    else
-      echo "systemd-analyze verify ${unit}: clean"
-    fi
+    verify_unit "$root" "$unit" || rc=1
     # Exposure score on systemd's 0-10 scale must stay <= 2.5 (threshold is in tenths).
     if ! out=$(systemd-analyze --root="$root" security --offline=true --threshold=25 \
       "$root/etc/systemd/system/$unit" 2>&1); then
