@@ -641,13 +641,7 @@ def _run(group, az: str, subnet, instance_type: str, market: str, cause: str, pu
         _warm(group).append(st)
         register(st, backend.region_name)
         st.activity = _activity(group, f"Launching a new EC2 instance into warm pool: {instance.id}", cause, details=details)
-        hooks = _hooks(group, LAUNCHING)
-        if hooks:
-            st.lifecycle_state = "Warmed:Pending:Wait"
-            st.activity.status_code = "MidLifecycleAction"
-            _start_wait(group, st, hooks, origin="EC2", destination="WarmPool")
-        else:
-            _warm_settle(group, st)
+        _enter_pool(group, st, LAUNCHING, origin="EC2")
         return st
     group.instance_states.append(st)
     register(st, backend.region_name)
@@ -739,6 +733,18 @@ def _cancel_launch_activity(st) -> None:
         _finish_activity(launch, "Cancelled", "Instance was taken out of service before its launch completed.")
 
 
+def _enter_pool(group, st, transition: str, origin: str) -> None:
+    """An instance on its way into the warm pool waits in Warmed:Pending:Wait for the hooks of
+    `transition` (launch hooks from EC2, terminate hooks on a return from the group), else settles."""
+    hooks = _hooks(group, transition)
+    if hooks:
+        st.lifecycle_state = "Warmed:Pending:Wait"
+        st.activity.status_code = "MidLifecycleAction"
+        _start_wait(group, st, hooks, origin=origin, destination="WarmPool")
+    else:
+        _warm_settle(group, st)
+
+
 def _warm_settle(group, st) -> None:
     """Warmed:Pending:Proceed, then the pool state: Stopped and Hibernated stop the EC2 instance."""
     st.actions = {}
@@ -794,13 +800,7 @@ def _return_to_pool(group, st, cause: str) -> None:
     st.ss_purpose = None
     st.activity = _activity(group, f"Moving EC2 instance into warm pool: {st.instance.id}", cause,
                             details={"Subnet ID": st.instance.subnet_id, "Availability Zone": st.instance.placement.zone})
-    hooks = _hooks(group, TERMINATING)
-    if hooks:
-        st.lifecycle_state = "Warmed:Pending:Wait"
-        st.activity.status_code = "MidLifecycleAction"
-        _start_wait(group, st, hooks, origin="AutoScalingGroup", destination="WarmPool")
-    else:
-        _warm_settle(group, st)
+    _enter_pool(group, st, TERMINATING, origin="AutoScalingGroup")
     _refresh_load_balancers(group)
 
 
