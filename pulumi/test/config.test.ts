@@ -5,19 +5,8 @@ import * as fs from "fs";
 import * as path from "path";
 import { CONFIG_KEYS, clusterIdFromStack } from "../src/config";
 import { readRepoFile } from "../src/files";
-import { baseConfig, fakeBinaries, prepare } from "./harness";
+import { baseConfig, configError, fakeBinaries, prepare } from "./harness";
 
-async function configError(config: Record<string, string>, stack = "dev"): Promise<string> {
-    await prepare(config, stack);
-    const { createStack } = await import("../src/stack");
-    try {
-        createStack();
-    } catch (e) {
-        assert.strictEqual((e as Error).name, "ConfigError");
-        return (e as Error).message;
-    }
-    assert.fail("createStack() accepted the configuration");
-}
 
 describe("stack configuration", () => {
     const bins = fakeBinaries();

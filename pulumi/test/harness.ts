@@ -1,6 +1,7 @@
 // Pulumi mocks for the SmartScale program: records every resource's inputs, fills in the values
 // AWS would compute (ARNs, IPs, version ids, the generated passwords), and answers the data-source
 // calls the program makes. No Pulumi CLI and no AWS are involved.
+import * as assert from "assert";
 import * as crypto from "crypto";
 import * as fs from "fs";
 import * as os from "os";
@@ -252,4 +253,17 @@ export function one(recorded: Recorded[], type: string, name?: string): Recorded
         throw new Error(`expected one ${type}${name ? ` named ${name}` : ""}, found ${found.length}`);
     }
     return found[0];
+}
+
+/** The ConfigError message `createStack()` throws for `config` (fails the test if it accepts it). */
+export async function configError(config: Record<string, string>, stack = "dev"): Promise<string> {
+    await prepare(config, stack);
+    const { createStack } = await import("../src/stack");
+    try {
+        createStack();
+    } catch (e) {
+        assert.strictEqual((e as Error).name, "ConfigError");
+        return (e as Error).message;
+    }
+    assert.fail("createStack() accepted the configuration");
 }

@@ -9,7 +9,7 @@
 //   into the pool has finished (otherwise the stop interrupts the user data)
 import * as assert from "assert";
 import * as fs from "fs";
-import { Recorded, baseConfig, fakeBinaries, one, prepare, runStack, userData } from "./harness";
+import { Recorded, baseConfig, configError, fakeBinaries, one, prepare, runStack, userData } from "./harness";
 import { T, asList, statements } from "./stack.test";
 
 /** What AWS would refuse (or what would break the boot into the pool) in this group and template. */
@@ -35,17 +35,6 @@ export function warmPoolAwsProblems(asg: any, lt: any): string[] {
     return p;
 }
 
-async function configError(config: Record<string, string>): Promise<string> {
-    await prepare(config, "dev");
-    const { createStack } = await import("../src/stack");
-    try {
-        createStack();
-    } catch (e) {
-        assert.strictEqual((e as Error).name, "ConfigError");
-        return (e as Error).message;
-    }
-    assert.fail("createStack() accepted the configuration");
-}
 
 describe("warm pool (smartscale:warmPool)", function () {
     const bins = fakeBinaries();
