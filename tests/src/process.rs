@@ -17,6 +17,8 @@ use crate::{Error, Result};
 
 /// How long a child gets between SIGTERM and SIGKILL.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(3);
+/// How long to wait for a child to go after SIGKILL before giving up on it.
+pub const KILL_WAIT: Duration = Duration::from_secs(5);
 /// How often the polling helpers look again.
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
 /// How much of a log an error message quotes (its end, where the reason usually is).
@@ -181,51 +183,63 @@ impl ChildProcess {
     }
 
     /// Stop the child: SIGTERM, then SIGKILL after the grace period; reaps it. Blocks the
-    /// calling thread for at most the grace period (prefer [`ChildProcess::shutdown`] in async code).
+    /// calling thread for at most the grace period plus [`KILL_WAIT`] (prefer
+    /// [`ChildProcess::shutdown`] in async code).
     pub fn stop(&mut self) -> Option<ExitStatus> {
-        if let Some(status) = self.try_exit_status() {
-            return Some(status);
-        }
-        self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + self.grace;
-        while Instant::now() < deadline {
+        for (signal, wait) in [(libc::SIGTERM, self.grace), (libc::SIGKILL, KILL_WAIT)] {
             if let Some(status) = self.try_exit_status() {
                 return Some(status);
             }
-            std::thread::sleep(Duration::from_millis(10));
+            self.send(signal);
+            let deadline = Instant::now() + wait;
+            while Instant::now() < deadline {
+                if let Some(status) = self.try_exit_status() {
+                    return Some(status);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
-        self.kill_and_reap()
+        self.not_reaped()
     }
 
     /// [`ChildProcess::stop`] without blocking the runtime while waiting.
     pub async fn shutdown(mut self) -> Option<ExitStatus> {
-        if let Some(status) = self.try_exit_status() {
-            return Some(status);
-        }
-        self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + self.grace;
-        while Instant::now() < deadline {
+        for (signal, wait) in [(libc::SIGTERM, self.grace), (libc::SIGKILL, KILL_WAIT)] {
             if let Some(status) = self.try_exit_status() {
                 return Some(status);
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            self.send(signal);
+            let deadline = Instant::now() + wait;
+            while Instant::now() < deadline {
+                if let Some(status) = self.try_exit_status() {
+                    return Some(status);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
-        self.kill_and_reap()
+        self.not_reaped()
     }
 
-    fn kill_and_reap(&mut self) -> Option<ExitStatus> {
-        tracing::warn!(name = %self.name, pid = self.pid(), "child ignored SIGTERM; sending SIGKILL");
-        self.signal(libc::SIGKILL);
-        match self.child.wait() {
-            Ok(status) => {
-                self.exit = Some(status);
-                Some(status)
-            }
-            Err(e) => {
-                tracing::error!(name = %self.name, error = %e, "could not reap child");
-                None
-            }
+    /// A child that outlived SIGKILL (stuck in the kernel): say so and go on rather than hang the
+    /// test on `waitpid` — a run that never ends is worse than one zombie.
+    fn not_reaped(&mut self) -> Option<ExitStatus> {
+        let status = self.try_exit_status();
+        if status.is_none() {
+            tracing::error!(name = %self.name, pid = self.pid(), "child still not exited {KILL_WAIT:?} after SIGKILL; left behind");
+            eprintln!(
+                "test world: {} (pid {}) still not exited {KILL_WAIT:?} after SIGKILL; left behind",
+                self.name,
+                self.pid()
+            );
         }
+        status
+    }
+
+    fn send(&self, signal: libc::c_int) {
+        if signal == libc::SIGKILL {
+            tracing::warn!(name = %self.name, pid = self.pid(), "child ignored SIGTERM; sending SIGKILL");
+        }
+        self.signal(signal);
     }
 
     fn signal(&self, signal: libc::c_int) {

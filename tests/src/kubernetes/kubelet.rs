@@ -121,6 +121,8 @@ async fn client(kubeconfig: &Kubeconfig) -> Result<kube::Client> {
         http::HeaderValue::from_static(USER_AGENT),
     ));
     config.read_timeout = Some(Duration::from_secs(30));
+    // Its loops retry on their own period, as a kubelet's do; kube's backoff (minutes) is off.
+    config.default_retry = false;
     kube::Client::try_from(config).map_err(|e| Error::Invalid(format!("kubelet client: {e}")))
 }
 
