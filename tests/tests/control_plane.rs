@@ -109,6 +109,10 @@ async fn a_deployment_runs_on_simulated_nodes_of_a_real_control_plane() {
     );
     eprintln!("total {:.1} s", started.elapsed().as_secs_f64());
     plane.shutdown().await;
+    // With the API server gone every watch fails at once: the K3s server's loops must still stop.
+    k3s.stop(Duration::from_secs(5))
+        .await
+        .expect("K3s loops stop after the control plane is gone");
 }
 
 fn api_code(e: &kube::Error) -> u16 {

@@ -250,6 +250,40 @@ impl K3sServer {
         lock(&self.inner.kubelets).get(node).cloned()
     }
 
+    /// Stops the cloud controller, the password cleanup and every kubelet, and waits until each
+    /// has ended. A task that never reaches an `.await` cannot be aborted and would keep the
+    /// runtime from shutting down; this says so within `timeout` instead.
+    pub async fn stop(&self, timeout: Duration) -> Result<()> {
+        for t in self.tasks.iter() {
+            t.abort();
+        }
+        let kubelets: Vec<_> = lock(&self.inner.kubelets).values().cloned().collect();
+        for k in &kubelets {
+            k.stop();
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let mut running: Vec<String> = kubelets
+                .iter()
+                .filter(|k| !k.is_finished())
+                .map(|k| format!("kubelet {}", k.name()))
+                .collect();
+            if self.tasks.iter().any(|t| !t.is_finished()) {
+                running.push("the K3s server's node watchers".into());
+            }
+            if running.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Invalid(format!(
+                    "{} still running {timeout:?} after being stopped (a loop that never awaits?)",
+                    running.join(", ")
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Names of nodes whose kubelet runs (not stopped).
     pub fn running_kubelets(&self) -> Vec<String> {
         lock(&self.inner.kubelets)
@@ -387,8 +421,18 @@ async fn remove_passwords_of_deleted_nodes(admin: kube::Client) {
     let secrets: Api<Secret> = Api::namespaced(admin, "kube-system");
     let mut events = std::pin::pin!(watcher(nodes, watcher::Config::default()));
     while let Some(event) = events.next().await {
-        if let Ok(watcher::Event::Delete(node)) = event
-            && let Some(name) = node.metadata.name
+        let node = match event {
+            Ok(watcher::Event::Delete(node)) => node,
+            Ok(_) => continue,
+            // Wait before the watcher tries again: once the API server is gone its errors come
+            // back at once, and a loop that never yields can be neither aborted nor outlived
+            // (the runtime's shutdown waits for it: a test hung an hour after it passed).
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        if let Some(name) = node.metadata.name
             && let Err(e) = secrets
                 .delete(&secret_name(&name), &DeleteParams::default())
                 .await

@@ -194,8 +194,17 @@ impl Kubelet {
         }
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Its heartbeat and pod loops have ended (an aborted task ends at its next `.await`).
+    pub fn is_finished(&self) -> bool {
+        self.tasks.iter().all(|t| t.is_finished())
     }
 
     /// This kubelet's client (its node identity).
