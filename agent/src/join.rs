@@ -69,7 +69,7 @@ pub async fn join(config: &Config) -> Result<()> {
             tracing::error!(error = %e, "join failed");
             if let (Some(asg), Some(hook)) = (&asg, Settings::launch_hook_in(&params)) {
                 let lifecycle = Lifecycle::new(&sdk, asg, &instance.instance_id);
-                abandon(&lifecycle, &hook).await;
+                abandon(&lifecycle, &hook, None).await;
             }
             return Err(e);
         }
@@ -117,11 +117,13 @@ pub async fn join(config: &Config) -> Result<()> {
         }
         Err(e) => {
             tracing::error!(error = %e, "join failed");
-            drop(keepalive);
             remove_k3s_config(&config.k3s_config_path);
             if let Some((lifecycle, hook)) = &launch {
-                abandon(lifecycle, hook).await;
+                // Heartbeats go on while ABANDON is retried: a hook whose default result is
+                // CONTINUE must not time out into service; they also learn if the action is gone.
+                abandon(lifecycle, hook, keepalive.as_ref()).await;
             }
+            drop(keepalive);
             Err(e)
         }
     }
@@ -142,16 +144,37 @@ async fn warm(
     Ok(())
 }
 
-/// `CompleteLifecycleAction(launch hook, ABANDON)`: the group replaces this instance.
-async fn abandon(lifecycle: &Lifecycle, hook: &str) {
-    match lifecycle.complete(hook, ActionResult::Abandon).await {
-        Ok(Completion::Completed) => {
+/// How long a failed ABANDON is retried. Unanswered, the action would wait out its heartbeat
+/// timeout (an hour by default) before the group replaced this instance.
+const ABANDON_RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// `CompleteLifecycleAction(launch hook, ABANDON)`, retried like CONTINUE until the action is
+/// gone (the heartbeats of `keepalive` learn it) or [`ABANDON_RETRY_FOR`]: the group replaces
+/// this instance.
+async fn abandon(lifecycle: &Lifecycle, hook: &str, keepalive: Option<&KeepAlive>) {
+    let mut until = Instant::now() + ABANDON_RETRY_FOR;
+    if let Some(keepalive) = keepalive {
+        until = until.min(keepalive.until().await);
+    }
+    let outcome = lifecycle::complete_until(
+        "launch",
+        || lifecycle.complete(hook, ActionResult::Abandon),
+        keepalive.map(|k| k.heartbeats.status()),
+        RetryPolicy {
+            first: COMPLETE_RETRY_FIRST,
+            max: COMPLETE_RETRY_MAX,
+            until,
+        },
+    )
+    .await;
+    match outcome {
+        Retried::Answered(Completion::Completed) => {
             tracing::info!(hook = %hook, "launch lifecycle action abandoned; the Auto Scaling group replaces this instance")
         }
-        Ok(Completion::NoActiveAction(_)) => {
+        Retried::Answered(Completion::NoActiveAction(_)) | Retried::Gone => {
             tracing::info!(hook = %hook, "no launch lifecycle action left to abandon")
         }
-        Err(abandon) => {
+        Retried::GaveUp(abandon) => {
             tracing::error!(error = %abandon, "could not abandon the launch lifecycle action; it times out to its default result")
         }
     }

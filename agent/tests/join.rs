@@ -489,6 +489,34 @@ async fn a_wrong_token_abandons_the_launch() {
     .await;
 }
 
+/// A refused ABANDON is retried as CONTINUE is: unanswered, the action would hold the instance
+/// for its heartbeat timeout (an hour by default) before the group replaced it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_abandon_is_retried() {
+    let _serial = serial().await;
+    bounded(LIMIT, async {
+        let boot = boot(Some("K10wrong::server:0000"), None).await;
+        let proxy = CountingProxy::start(boot.model.endpoint()).await;
+        proxy.deny("CompleteLifecycleAction", 2);
+        let mut agent = boot.spawn_join("30s", &proxy.url, None);
+        let status = agent.wait_exit(Duration::from_secs(30)).await;
+        let log = agent.log();
+        assert!(
+            log.contains("could not complete the launch lifecycle action; retrying"),
+            "{log}"
+        );
+        assert_eq!(proxy.count("CompleteLifecycleAction"), (3, 1));
+        assert_abandoned(
+            &boot,
+            &agent,
+            status,
+            "the server refused the join (401 Unauthorized)",
+        )
+        .await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_server_abandons_within_the_join_timeout() {
     let _serial = serial().await;
