@@ -23,8 +23,8 @@ use crate::aws::{self, Secret};
 use crate::config::{Config, Settings};
 use crate::imds::{Imds, InstanceInfo};
 use crate::lifecycle::{
-    self, ActionResult, COMPLETE_RETRY_FIRST, COMPLETE_RETRY_MAX, Completion, Heartbeats,
-    LAUNCHED_STATES, Lifecycle, MAX_GLOBAL_TIMEOUT, Retried, RetryPolicy,
+    self, ActionResult, Completion, Heartbeats, LAUNCHED_STATES, Lifecycle, MAX_GLOBAL_TIMEOUT,
+    Retried,
 };
 use crate::metrics::Metrics;
 use crate::sources::target_lifecycle;
@@ -156,17 +156,15 @@ async fn abandon(lifecycle: &Lifecycle, hook: &str, keepalive: Option<&KeepAlive
     if let Some(keepalive) = keepalive {
         until = until.min(keepalive.until().await);
     }
-    let outcome = lifecycle::complete_until(
-        "launch",
-        || lifecycle.complete(hook, ActionResult::Abandon),
-        keepalive.map(|k| k.heartbeats.status()),
-        RetryPolicy {
-            first: COMPLETE_RETRY_FIRST,
-            max: COMPLETE_RETRY_MAX,
+    let outcome = lifecycle
+        .complete_retried(
+            "launch",
+            hook,
+            ActionResult::Abandon,
+            keepalive.map(|k| k.heartbeats.status()),
             until,
-        },
-    )
-    .await;
+        )
+        .await;
     match outcome {
         Retried::Answered(Completion::Completed) => {
             tracing::info!(hook = %hook, "launch lifecycle action abandoned; the Auto Scaling group replaces this instance")
@@ -228,17 +226,15 @@ fn keep_alive(
 /// keep the action alive. If no action waits any more, the instance's lifecycle state tells
 /// whether the launch went through.
 async fn continue_launch(lifecycle: &Lifecycle, hook: &str, keepalive: &KeepAlive) -> Result<()> {
-    let outcome = lifecycle::complete_until(
-        "launch",
-        || lifecycle.complete(hook, ActionResult::Continue),
-        Some(keepalive.heartbeats.status()),
-        RetryPolicy {
-            first: COMPLETE_RETRY_FIRST,
-            max: COMPLETE_RETRY_MAX,
-            until: keepalive.until().await,
-        },
-    )
-    .await;
+    let outcome = lifecycle
+        .complete_retried(
+            "launch",
+            hook,
+            ActionResult::Continue,
+            Some(keepalive.heartbeats.status()),
+            keepalive.until().await,
+        )
+        .await;
     let why = match outcome {
         Retried::Answered(Completion::Completed) => return Ok(()),
         Retried::Answered(Completion::NoActiveAction(message)) => message,

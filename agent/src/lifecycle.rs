@@ -156,6 +156,25 @@ impl Lifecycle {
         }
     }
 
+    /// [`Lifecycle::complete`] retried by [`complete_until`] with the agent's backoff
+    /// ([`COMPLETE_RETRY_FIRST`] doubling to [`COMPLETE_RETRY_MAX`]) until `until`, stopping early
+    /// when the heartbeats behind `status` learn the action is gone.
+    pub async fn complete_retried(
+        &self,
+        what: &str,
+        hook: &str,
+        result: ActionResult,
+        status: Option<watch::Receiver<HeartbeatState>>,
+        until: Instant,
+    ) -> Retried {
+        let policy = RetryPolicy {
+            first: COMPLETE_RETRY_FIRST,
+            max: COMPLETE_RETRY_MAX,
+            until,
+        };
+        complete_until(what, || self.complete(hook, result), status, policy).await
+    }
+
     /// `RecordLifecycleActionHeartbeat(hook)`: `Ok(false)` if no action is waiting any more.
     pub async fn heartbeat(&self, hook: &str) -> Result<bool> {
         let answer = self

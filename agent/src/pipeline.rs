@@ -25,8 +25,7 @@ use crate::config::OnDrainTimeout;
 use crate::context::Context;
 use crate::drain::{self, Deadline, DrainOptions, DrainReport};
 use crate::lifecycle::{
-    self, ActionResult, COMPLETE_RETRY_FIRST, COMPLETE_RETRY_MAX, Completion, Heartbeats,
-    HookTiming, MAX_GLOBAL_TIMEOUT, Retried, RetryPolicy,
+    self, ActionResult, Completion, Heartbeats, HookTiming, MAX_GLOBAL_TIMEOUT, Retried,
 };
 use crate::sources::{Event, Source};
 use crate::{Error, Result, k8s};
@@ -879,17 +878,15 @@ impl Pipeline {
         let until = keepalive.global_end.unwrap_or_else(|| {
             instant_of(hook_since(marker).saturating_add(MAX_GLOBAL_TIMEOUT.as_secs()))
         });
-        let outcome = lifecycle::complete_until(
-            "terminate",
-            || lifecycle.complete(hook, ActionResult::Continue),
-            keepalive.heartbeats.as_ref().map(Heartbeats::status),
-            RetryPolicy {
-                first: COMPLETE_RETRY_FIRST,
-                max: COMPLETE_RETRY_MAX,
+        let outcome = lifecycle
+            .complete_retried(
+                "terminate",
+                hook,
+                ActionResult::Continue,
+                keepalive.heartbeats.as_ref().map(Heartbeats::status),
                 until,
-            },
-        )
-        .await;
+            )
+            .await;
         match outcome {
             Retried::Answered(completion) => {
                 marker.hook_completed = true;

@@ -468,22 +468,19 @@ async fn assert_abandoned(
     assert!(!log.contains(TOKEN));
 }
 
+/// A token the K3s server does not know, and its answer through the k3s agent's exit.
+const WRONG_TOKEN: &str = "K10wrong::server:0000";
+const UNAUTHORIZED: &str = "the server refused the join (401 Unauthorized)";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_token_abandons_the_launch() {
     let _serial = serial().await;
     bounded(LIMIT, async {
-        let boot = boot(Some("K10wrong::server:0000"), None).await;
+        let boot = boot(Some(WRONG_TOKEN), None).await;
         let (agent, status, took) = boot.join("30s").await;
-        // The K3s server's answer, through the k3s agent's exit.
-        assert_abandoned(
-            &boot,
-            &agent,
-            status,
-            "the server refused the join (401 Unauthorized)",
-        )
-        .await;
+        assert_abandoned(&boot, &agent, status, UNAUTHORIZED).await;
         assert!(took < Duration::from_secs(30), "took {took:?}");
-        assert!(!agent.log().contains("K10wrong::server:0000"));
+        assert!(!agent.log().contains(WRONG_TOKEN));
         assert!(boot.node_obj().await.is_none(), "a Node was registered");
     })
     .await;
@@ -495,7 +492,7 @@ async fn a_wrong_token_abandons_the_launch() {
 async fn a_refused_abandon_is_retried() {
     let _serial = serial().await;
     bounded(LIMIT, async {
-        let boot = boot(Some("K10wrong::server:0000"), None).await;
+        let boot = boot(Some(WRONG_TOKEN), None).await;
         let proxy = CountingProxy::start(boot.model.endpoint()).await;
         proxy.deny("CompleteLifecycleAction", 2);
         let mut agent = boot.spawn_join("30s", &proxy.url, None);
@@ -506,13 +503,7 @@ async fn a_refused_abandon_is_retried() {
             "{log}"
         );
         assert_eq!(proxy.count("CompleteLifecycleAction"), (3, 1));
-        assert_abandoned(
-            &boot,
-            &agent,
-            status,
-            "the server refused the join (401 Unauthorized)",
-        )
-        .await;
+        assert_abandoned(&boot, &agent, status, UNAUTHORIZED).await;
     })
     .await;
 }
