@@ -468,6 +468,22 @@ async fn assert_abandoned(
     assert!(!log.contains(TOKEN));
 }
 
+/// Runs `join` with AWS behind a proxy that refuses the first two `CompleteLifecycleAction`
+/// calls (AccessDenied) and checks that the agent retried until the third went through.
+async fn join_with_two_refused_completions(boot: &Boot) -> (Agent, std::process::ExitStatus) {
+    let proxy = CountingProxy::start(boot.model.endpoint()).await;
+    proxy.deny("CompleteLifecycleAction", 2);
+    let mut agent = boot.spawn_join("30s", &proxy.url, None);
+    let status = agent.wait_exit(Duration::from_secs(30)).await;
+    let log = agent.log();
+    assert!(
+        log.contains("could not complete the launch lifecycle action; retrying"),
+        "{log}"
+    );
+    assert_eq!(proxy.count("CompleteLifecycleAction"), (3, 1));
+    (agent, status)
+}
+
 /// A token the K3s server does not know, and its answer through the k3s agent's exit.
 const WRONG_TOKEN: &str = "K10wrong::server:0000";
 const UNAUTHORIZED: &str = "the server refused the join (401 Unauthorized)";
@@ -493,16 +509,7 @@ async fn a_refused_abandon_is_retried() {
     let _serial = serial().await;
     bounded(LIMIT, async {
         let boot = boot(Some(WRONG_TOKEN), None).await;
-        let proxy = CountingProxy::start(boot.model.endpoint()).await;
-        proxy.deny("CompleteLifecycleAction", 2);
-        let mut agent = boot.spawn_join("30s", &proxy.url, None);
-        let status = agent.wait_exit(Duration::from_secs(30)).await;
-        let log = agent.log();
-        assert!(
-            log.contains("could not complete the launch lifecycle action; retrying"),
-            "{log}"
-        );
-        assert_eq!(proxy.count("CompleteLifecycleAction"), (3, 1));
+        let (agent, status) = join_with_two_refused_completions(&boot).await;
         assert_abandoned(&boot, &agent, status, UNAUTHORIZED).await;
     })
     .await;
@@ -776,17 +783,8 @@ async fn a_refused_continue_is_retried() {
     let _serial = serial().await;
     bounded(LIMIT, async {
         let boot = boot(Some(TOKEN), None).await;
-        let proxy = CountingProxy::start(boot.model.endpoint()).await;
-        proxy.deny("CompleteLifecycleAction", 2);
-        let mut agent = boot.spawn_join("30s", &proxy.url, None);
-        let status = agent.wait_exit(Duration::from_secs(30)).await;
-        let log = agent.log();
-        assert!(status.success(), "{log}");
-        assert!(
-            log.contains("could not complete the launch lifecycle action; retrying"),
-            "{log}"
-        );
-        assert_eq!(proxy.count("CompleteLifecycleAction"), (3, 1));
+        let (agent, status) = join_with_two_refused_completions(&boot).await;
+        assert!(status.success(), "{}", agent.log());
         assert_eq!(boot.lifecycle().await, "InService");
     })
     .await;
